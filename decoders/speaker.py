@@ -1,0 +1,392 @@
+"""Speaker tracking for a stream: change detection with hysteresis + online clustering.
+
+The tracker sees one speaker embedding per rolling window (e.g. 1.5 s every 0.5 s,
+from any `stream.speakers.EmbeddingSource`) together with the fraction of the
+window that is speech, and turns them into
+
+- `SpeakerChange` events, each carrying the estimated time the new speaker started
+  (not the time the change was detected) and a score;
+- stable labels S1, S2, ... (`label_for` an interval, for finals);
+- the diarization as speaker turns (`turns`, `write_rttm`).
+
+How it decides
+--------------
+Every speech window is compared with the centroid of the current speaker. A window
+further than `change_threshold` (cosine distance) votes for a change; a change is
+emitted only when `hysteresis` consecutive speech windows vote for it and agree with
+each other, so one noisy window (a cough, a laugh, a door) never flips the label.
+A window that agrees with the current speaker again cancels the votes. Silent
+windows (no embedding, or speech fraction below `min_speech_fraction`) neither vote
+nor cancel: a pause is never a change, and "A, pause, B" is a change at B's onset.
+
+The confirmed run of windows is then matched against the known speakers: the
+closest one within `new_speaker_threshold` gets the turn (a returning speaker keeps
+the label); otherwise a new label is opened, unless `max_speakers` are known, in
+which case the closest known speaker other than the current one takes it (or no
+change at all when the current speaker is still the closest).
+
+Change point: when the old and new speakers' windows overlap, each window that
+straddles the change is a mixture; projecting it on the line from the old centroid
+to the new speaker's embedding estimates the fraction of it that is new speech, and
+so where in the window the change lies. The median over straddling windows is the
+change time. After a pause the change time is the new speaker's speech onset.
+
+Speech vs silence for the turns is recovered from the windows' speech fractions at
+the resolution of the window boundaries (one hop): an interval is speech only if
+every window covering it has enough speech to fill it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import IO, NamedTuple
+
+import numpy as np
+
+from decoders.clustering import OnlineClusters, unit
+from decoders.events import SpeakerChange
+
+
+@dataclass(frozen=True)
+class SpeakerTrackerConfig:
+    """Options of `SpeakerTracker`; the window geometry is also read by the embedding sources."""
+
+    window_s: float = 1.5               # length of each embedding window (s)
+    hop_s: float = 0.5                  # a new window every hop (s)
+    change_threshold: float = 0.4       # cosine distance to the current speaker's centroid above which a window votes for a change
+    hysteresis: int = 2                 # consecutive, mutually consistent votes needed to emit a change
+    new_speaker_threshold: float = 0.5  # cosine distance to every known centroid above which a new label is opened
+    max_speakers: int = 8               # cap on distinct labels
+    min_speech_fraction: float = 0.5    # windows with less speech than this are silence
+    centroid_max_count: int = 50        # centroids are running means with weight >= 1/centroid_max_count
+
+    def __post_init__(self):
+        if not (self.window_s > 0 and self.hop_s > 0):
+            raise ValueError(f"window_s and hop_s must be > 0, got {self.window_s}, {self.hop_s}")
+        if self.hop_s > self.window_s:
+            raise ValueError(f"hop_s ({self.hop_s}) must not exceed window_s ({self.window_s})")
+        if not 0.0 < self.change_threshold < 2.0:
+            raise ValueError(f"change_threshold is a cosine distance in (0, 2), got {self.change_threshold}")
+        if not 0.0 < self.new_speaker_threshold < 2.0:
+            raise ValueError(f"new_speaker_threshold is a cosine distance in (0, 2), got {self.new_speaker_threshold}")
+        if self.hysteresis < 1:
+            raise ValueError(f"hysteresis must be >= 1, got {self.hysteresis}")
+        if self.max_speakers < 1:
+            raise ValueError(f"max_speakers must be >= 1, got {self.max_speakers}")
+        if not 0.0 <= self.min_speech_fraction <= 1.0:
+            raise ValueError(f"min_speech_fraction must be in [0, 1], got {self.min_speech_fraction}")
+
+    @property
+    def windows_per_span(self) -> int:
+        """How many consecutive windows overlap any one instant."""
+        return math.ceil(self.window_s / self.hop_s - 1e-9)
+
+
+class Turn(NamedTuple):
+    """One speaker turn: [start, end) seconds from stream start, label like "S1"."""
+
+    start: float
+    end: float
+    label: str
+
+
+@dataclass(frozen=True)
+class _SpeechWindow:
+    index: int          # position among all pushed windows
+    start: float
+    end: float
+    fraction: float
+    e: np.ndarray       # unit embedding (E,)
+    onset: float        # estimated start of the stretch of speech this window belongs to
+    after_silence: bool # the window pushed just before it was silence (or there was none)
+
+
+_STRADDLE = (0.15, 0.85)  # new-speech fractions that count as a window straddling a change
+
+
+class SpeakerTracker:
+    """Per-stream speaker tracker. Cheap to create; holds no model.
+
+    push(start_s, end_s, embedding (E,) | None, speech_fraction) -> list[SpeakerChange]
+    label_for(start_s, end_s) -> str | None
+    turns() -> list[Turn]
+    finish() -> list[SpeakerChange]
+    """
+
+    def __init__(self, config: SpeakerTrackerConfig | None = None):
+        self.config = config or SpeakerTrackerConfig()
+        c = self.config
+        self._clusters = OnlineClusters(c.max_speakers, c.centroid_max_count)
+        # Every window, for the speech/silence grid of `turns` (starts and ends are nondecreasing).
+        self._w_start: list[float] = []
+        self._w_end: list[float] = []
+        self._w_frac: list[float] = []   # 0 for windows without an embedding
+        # Recent speech windows, enough to look back over a change and its votes.
+        self._recent: deque[_SpeechWindow] = deque(maxlen=c.hysteresis + 2 * c.windows_per_span + 2)
+        self._pending: list[_SpeechWindow] = []
+        # Windows that agreed with the current speaker, applied to its centroid only once they
+        # can no longer turn out to straddle a change confirmed later.
+        self._deferred: deque[_SpeechWindow] = deque()
+        self._current: int | None = None
+        self._change_times: list[float] = []   # label timeline: speaker _change_labels[i] from _change_times[i]
+        self._change_labels: list[int] = []
+        self._last_was_speech = False
+        self._onset = 0.0
+        self._finished = False
+
+    # ------------------------------------------------------------------ input
+
+    def push(self, start_s: float, end_s: float, embedding: np.ndarray | None,
+             speech_fraction: float) -> list[SpeakerChange]:
+        """Add one window [start_s, end_s) and return the changes it confirms (0 or 1).
+
+        embedding : np.ndarray, shape = (E,), or None for a window without speech.
+        speech_fraction : fraction of the window that is speech, in [0, 1].
+        """
+        if self._finished:
+            raise RuntimeError("push() after finish()")
+        start_s, end_s, speech_fraction = float(start_s), float(end_s), float(speech_fraction)
+        if not (math.isfinite(start_s) and math.isfinite(end_s) and end_s > start_s >= 0.0):
+            raise ValueError(f"bad window [{start_s}, {end_s})")
+        if self._w_start and (start_s < self._w_start[-1] or end_s < self._w_end[-1]):
+            raise ValueError(f"windows must come in time order: [{start_s}, {end_s}) after "
+                             f"[{self._w_start[-1]}, {self._w_end[-1]})")
+        if not 0.0 <= speech_fraction <= 1.0:
+            raise ValueError(f"speech_fraction must be in [0, 1], got {speech_fraction}")
+        index = len(self._w_start)
+        is_speech = embedding is not None and speech_fraction >= self.config.min_speech_fraction
+        self._w_start.append(start_s)
+        self._w_end.append(end_s)
+        self._w_frac.append(speech_fraction if embedding is not None else 0.0)
+        if not is_speech:
+            self._last_was_speech = False
+            return []
+
+        after_silence = not self._last_was_speech
+        if after_silence:
+            # Speech fills the end of the first window after a pause.
+            self._onset = max(start_s, end_s - speech_fraction * (end_s - start_s))
+        self._last_was_speech = True
+        w = _SpeechWindow(index, start_s, end_s, speech_fraction, unit(embedding), self._onset, after_silence)
+        self._recent.append(w)
+        return self._vote(w)
+
+    def finish(self) -> list[SpeakerChange]:
+        """End of stream. The last windows have no successors to confirm them, so a run
+        one window shorter than `hysteresis` is accepted here, but never a single window."""
+        if self._finished:
+            return []
+        self._finished = True
+        events: list[SpeakerChange] = []
+        if len(self._pending) >= max(2, self.config.hysteresis - 1):
+            events = self._confirm()
+        self._flush_deferred(math.inf)
+        return events
+
+    # ---------------------------------------------------------------- queries
+
+    @property
+    def current_label(self) -> str | None:
+        """Label of the speaker currently talking (or last heard), None before the first."""
+        return None if self._current is None else OnlineClusters.label(self._current)
+
+    @property
+    def num_speakers(self) -> int:
+        return len(self._clusters)
+
+    def label_at(self, t: float) -> str | None:
+        """Label of the confirmed speaker timeline at time t (ignores silence)."""
+        i = bisect.bisect_right(self._change_times, t) - 1
+        return None if i < 0 else OnlineClusters.label(self._change_labels[i])
+
+    def label_for(self, start_s: float, end_s: float) -> str | None:
+        """The label whose speech covers most of [start_s, end_s); for a final's `speaker`.
+
+        Falls back to the timeline label at the interval's middle when no speech of a
+        known speaker overlaps it (e.g. the windows over it are all below the speech
+        threshold), and None before the first speaker is established.
+        """
+        overlap: dict[str, float] = {}
+        for t in self._turns(start_s, end_s):
+            d = min(t.end, end_s) - max(t.start, start_s)
+            if d > 0:
+                overlap[t.label] = overlap.get(t.label, 0.0) + d
+        if overlap:
+            return max(overlap.items(), key=lambda kv: kv[1])[0]
+        return self.label_at(0.5 * (start_s + end_s))
+
+    def turns(self) -> list[Turn]:
+        """The diarization so far: speech intervals with their labels, in time order."""
+        if not self._w_start:
+            return []
+        return self._turns(self._w_start[0], self._w_end[-1])
+
+    # -------------------------------------------------------------- internals
+
+    def _vote(self, w: _SpeechWindow) -> list[SpeakerChange]:
+        c = self.config
+        if self._current is not None:
+            d = 1.0 - float(self._clusters.centroid(self._current) @ w.e)
+            if d <= c.change_threshold:
+                self._pending.clear()
+                self._defer(w)
+                return []
+        # Votes for a change must be consecutive and agree with each other: keep the
+        # latest run of pending windows that all agree with this one.
+        keep = 0
+        for p in reversed(self._pending):
+            if 1.0 - float(p.e @ w.e) > c.change_threshold:
+                break
+            keep += 1
+        self._pending = self._pending[len(self._pending) - keep:] + [w]
+        if len(self._pending) >= c.hysteresis:
+            return self._confirm()
+        return []
+
+    def _confirm(self) -> list[SpeakerChange]:
+        c = self.config
+        run = self._pending
+        mean = unit(np.mean(np.stack([p.e for p in run]), axis=0))
+        sims = self._clusters.similarities(mean)
+        others = [i for i in range(len(sims)) if i != self._current]
+        target: int | None = None
+        if others:
+            best = max(others, key=lambda i: sims[i])
+            if 1.0 - sims[best] <= c.new_speaker_threshold:
+                target = best
+        if target is None and self._clusters.full:
+            target = int(np.argmax(sims))
+            if target == self._current:
+                # At the cap, and the current speaker is still the closest: no change.
+                self._pending = []
+                return []
+        time = self._change_time(run)
+        if self._current is None:
+            score = float(np.mean([p.e @ mean for p in run]))
+        else:
+            score = 1.0 - float(self._clusters.centroid(self._current) @ mean)
+        score = float(np.clip(score, 0.0, 1.0))
+        # Deferred windows that end after the change contain the new speaker: drop them.
+        self._flush_deferred(time)
+        if target is None:
+            target = self._clusters.add([p.e for p in run])
+        else:
+            for p in run:
+                self._clusters.update(target, p.e)
+        previous = self.current_label
+        self._current = target
+        self._change_times.append(time)
+        self._change_labels.append(target)
+        self._pending = []
+        return [SpeakerChange(time=time, from_speaker=previous, to_speaker=self.current_label, score=score)]
+
+    def _change_time(self, run: list[_SpeechWindow]) -> float:
+        """Estimate when the speaker of `run` started (see module docstring)."""
+        first = run[0]
+        lo = self._change_times[-1] if self._change_times else 0.0
+        hi = first.end
+        if self._current is None or first.after_silence:
+            return min(max(first.onset, lo), hi)
+        old = self._clusters.centroid(self._current)
+        new = run[-1].e
+        diff = new - old
+        dd = float(diff @ diff)
+        lo = max(lo, first.onset)
+        span = [w for w in self._recent
+                if first.index - self.config.windows_per_span <= w.index <= run[-1].index
+                and w.onset == first.onset]
+        estimates, last_old_end = [], None
+        for w in span:
+            a = float(np.clip((w.e - old) @ diff / dd, 0.0, 1.0)) if dd > 1e-12 else 0.5
+            if _STRADDLE[0] < a < _STRADDLE[1]:
+                estimates.append(w.end - a * (w.end - w.start))
+            elif a <= _STRADDLE[0] and w.index < first.index:
+                last_old_end = w.end
+        if estimates:
+            t = float(np.median(estimates))
+        elif last_old_end is not None:
+            t = 0.5 * (last_old_end + first.start)
+        else:
+            t = 0.5 * (first.start + first.end)
+        return min(max(t, lo), hi)
+
+    def _defer(self, w: _SpeechWindow) -> None:
+        self._deferred.append(w)
+        # A window can straddle a change confirmed at most `hysteresis` windows later.
+        while self._deferred and self._deferred[0].index < w.index - self.config.hysteresis - 1:
+            self._clusters.update(self._current, self._deferred.popleft().e)
+
+    def _flush_deferred(self, before: float) -> None:
+        """Apply deferred updates of windows ending by `before`; forget the rest."""
+        while self._deferred:
+            w = self._deferred.popleft()
+            if w.end <= before and self._current is not None:
+                self._clusters.update(self._current, w.e)
+
+    def _turns(self, t0: float, t1: float) -> list[Turn]:
+        """Labelled speech intervals within [t0, t1], from the windows overlapping it."""
+        starts, ends, fracs = self._w_start, self._w_end, self._w_frac
+        lo = bisect.bisect_right(ends, t0)      # first window ending after t0
+        hi = bisect.bisect_left(starts, t1)     # windows from here start at or after t1
+        if lo >= hi:
+            return []
+        bounds = set()
+        for j in range(lo, hi):
+            bounds.add(starts[j])
+            bounds.add(ends[j])
+        bounds.update(t for t in self._change_times if t0 < t < t1)
+        edges = sorted(b for b in bounds if t0 <= b <= t1)
+        if not edges or edges[0] > t0:
+            edges.insert(0, t0)
+        if edges[-1] < t1:
+            edges.append(t1)
+        out: list[Turn] = []
+        for a, b in zip(edges[:-1], edges[1:]):
+            if b - a <= 1e-9:
+                continue
+            # Windows covering [a, b]: start <= a and end >= b (a contiguous index range).
+            j0 = bisect.bisect_left(ends, b - 1e-9)
+            j1 = bisect.bisect_right(starts, a + 1e-9)
+            if j0 >= j1:
+                continue
+            # Speech in a window of length L with fraction f can fill at most f*L of [a, b].
+            fill = min(min(1.0, fracs[j] * (ends[j] - starts[j]) / (b - a)) for j in range(j0, j1))
+            if fill < 0.5:
+                continue
+            label = self.label_at(0.5 * (a + b))
+            if label is None:
+                continue
+            if out and out[-1].label == label and abs(out[-1].end - a) <= 1e-9:
+                out[-1] = Turn(out[-1].start, b, label)
+            else:
+                out.append(Turn(a, b, label))
+        return out
+
+
+def write_rttm(turns, file_id: str, fp: IO[str]) -> None:
+    """Write turns [(start, end, label), ...] as RTTM SPEAKER lines (times in seconds, 3 decimals)."""
+    if not file_id or any(ch.isspace() for ch in file_id):
+        raise ValueError(f"RTTM file id must be non-empty without whitespace, got {file_id!r}")
+    for start, end, label in turns:
+        if end <= start:
+            continue
+        fp.write(f"SPEAKER {file_id} 1 {start:.3f} {end - start:.3f} <NA> <NA> {label} <NA> <NA>\n")
+
+
+def read_rttm(fp: IO[str]) -> dict[str, list[Turn]]:
+    """Read RTTM SPEAKER lines -> {file_id: [Turn, ...] sorted by start}."""
+    out: dict[str, list[Turn]] = {}
+    for n, line in enumerate(fp, 1):
+        parts = line.split()
+        if not parts or parts[0] != "SPEAKER":
+            continue
+        if len(parts) < 8:
+            raise ValueError(f"RTTM line {n}: expected at least 8 fields, got {len(parts)}")
+        start, dur = float(parts[3]), float(parts[4])
+        out.setdefault(parts[1], []).append(Turn(start, start + dur, parts[7]))
+    for turns in out.values():
+        turns.sort()
+    return out

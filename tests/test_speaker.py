@@ -1,0 +1,219 @@
+"""SpeakerTracker on crafted embeddings: changes, hysteresis, silence, labels, cap, RTTM."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig, Turn, read_rttm, write_rttm
+
+DIM = 32
+
+
+def voices(n: int, seed: int = 0) -> np.ndarray:
+    """n random unit speaker vectors, (n, DIM); nearly orthogonal in 32 dims."""
+    v = np.random.default_rng(seed).standard_normal((n, DIM))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def simulate(segments, voice, *, window=1.5, hop=0.5, noise=0.05, seed=1, config=None, outliers=()):
+    """Feed a tracker the windows of a crafted meeting.
+
+    segments : [(start, end, speaker index or None for silence), ...] covering [0, total).
+    A window's embedding is the speech-time-weighted mix of its speakers' vectors plus
+    Gaussian noise; its speech fraction is the speech time over the window length.
+    outliers : window end times whose embedding is replaced by an unrelated random vector.
+    Returns (tracker, [(detection_time, event), ...]).
+    """
+    rng = np.random.default_rng(seed)
+    total = segments[-1][1]
+    tracker = SpeakerTracker(config or SpeakerTrackerConfig(window_s=window, hop_s=hop))
+    out = []
+    n = int(round(total / hop))
+    for k in range(1, n + 1):
+        end = k * hop
+        start = max(0.0, end - window)
+        mix = np.zeros(DIM)
+        speech = 0.0
+        for s0, s1, spk in segments:
+            ov = min(end, s1) - max(start, s0)
+            if ov > 0 and spk is not None:
+                mix += ov * voice[spk]
+                speech += ov
+        frac = speech / (end - start)
+        if speech == 0:
+            emb = None
+        elif any(abs(end - t) < 1e-9 for t in outliers):
+            emb = rng.standard_normal(DIM)
+        else:
+            emb = mix / np.linalg.norm(mix) + noise * rng.standard_normal(DIM) / np.sqrt(DIM)
+        for ev in tracker.push(start, end, emb, frac):
+            out.append((end, ev))
+    for ev in tracker.finish():
+        out.append((total, ev))
+    return tracker, out
+
+
+def changes(events):
+    """Events between two speakers (the first speaker's onset has from_speaker None)."""
+    return [(t, e) for t, e in events if e.from_speaker is not None]
+
+
+def test_one_change_emitted_once_at_the_change_point():
+    v = voices(2)
+    tracker, events = simulate([(0, 10.2, 0), (10.2, 20, 1)], v)
+    assert [(e.from_speaker, e.to_speaker) for _, e in events] == [(None, "S1"), ("S1", "S2")]
+    assert events[0][1].time == pytest.approx(0.0, abs=0.25)
+    detected, ev = events[1]
+    assert ev.time == pytest.approx(10.2, abs=0.25)   # the change point, not the detection time
+    assert 10.2 < detected <= 10.2 + 1.5 + 0.5       # one window + one hop of hysteresis
+    assert 0.5 < ev.score <= 1.0
+    assert ev.latency is None                        # stamped by the pipeline, not here
+
+
+def test_single_outlier_window_is_not_a_change():
+    v = voices(2)
+    segs = [(0, 20, 0)]
+    _, events = simulate(segs, v, outliers=(8.0,))
+    assert changes(events) == []
+    # Without hysteresis the same outlier does flip the label: the test can see flapping.
+    _, flappy = simulate(segs, v, outliers=(8.0,),
+                         config=SpeakerTrackerConfig(hysteresis=1))
+    assert len(changes(flappy)) >= 1
+
+
+def test_outlier_right_after_a_change_point_does_not_move_it():
+    v = voices(2)
+    _, events = simulate([(0, 10, 0), (10, 20, 1)], v, outliers=(16.0,))
+    ch = changes(events)
+    assert len(ch) == 1 and ch[0][1].time == pytest.approx(10.0, abs=0.25)
+
+
+def test_silence_is_not_a_change_and_a_change_across_silence_is_at_the_onset():
+    v = voices(2)
+    _, same = simulate([(0, 8, 0), (8, 11, None), (11, 20, 0)], v)
+    assert changes(same) == []
+    _, other = simulate([(0, 8, 0), (8, 11, None), (11, 20, 1)], v)
+    ch = changes(other)
+    assert len(ch) == 1
+    assert ch[0][1].time == pytest.approx(11.0, abs=0.25)
+
+
+def test_returning_speakers_keep_their_labels():
+    v = voices(3)
+    order = [0, 1, 0, 1, 2, 0, 2]
+    segs = [(6 * i, 6 * i + 6, s) for i, s in enumerate(order)]
+    tracker, events = simulate(segs, v)
+    assert [e.to_speaker for _, e in events] == ["S1", "S2", "S1", "S2", "S3", "S1", "S3"]
+    for (_, e), t in zip(events[1:], [6, 12, 18, 24, 30, 36]):
+        assert e.time == pytest.approx(t, abs=0.25)
+    assert tracker.num_speakers == 3
+
+
+def test_speaker_cap_is_respected():
+    v = voices(5)
+    segs = [(6 * i, 6 * i + 6, s) for i, s in enumerate([0, 1, 2, 3, 4, 0])]
+    cfg = SpeakerTrackerConfig(max_speakers=3)
+    tracker, events = simulate(segs, v, config=cfg)
+    labels = {e.to_speaker for _, e in events} | {t.label for t in tracker.turns()}
+    assert labels <= {"S1", "S2", "S3"}
+    assert tracker.num_speakers == 3
+    # The first three speakers still get their own labels, in order.
+    assert [e.to_speaker for _, e in events][:3] == ["S1", "S2", "S3"]
+
+
+def test_turns_label_for_and_rttm_round_trip():
+    v = voices(2)
+    segs = [(0, 6, 0), (6, 8, None), (8, 14, 1), (14, 20, 0)]
+    tracker, _ = simulate(segs, v)
+    turns = tracker.turns()
+    assert [t.label for t in turns] == ["S1", "S2", "S1"]
+    for t, (s0, s1) in zip(turns, [(0, 6), (8, 14), (14, 20)]):
+        assert t.start == pytest.approx(s0, abs=0.26) and t.end == pytest.approx(s1, abs=0.26)
+    assert tracker.label_for(1.0, 5.0) == "S1"
+    assert tracker.label_for(9.0, 13.0) == "S2"
+    assert tracker.label_for(12.0, 17.5) == "S1"     # 3.5 s of S1 against 2 s of S2
+    assert tracker.label_for(6.4, 7.6) == "S1"       # silence: the timeline's label
+    buf = io.StringIO()
+    write_rttm(turns, "meeting_1", buf)
+    assert buf.getvalue().splitlines()[0].split()[:5] == ["SPEAKER", "meeting_1", "1", f"{turns[0].start:.3f}",
+                                                        f"{turns[0].end - turns[0].start:.3f}"]
+    back = read_rttm(io.StringIO(buf.getvalue()))["meeting_1"]
+    assert [(round(a, 3), round(b, 3), c) for a, b, c in turns] == \
+        [(pytest.approx(t.start, abs=1e-3), pytest.approx(t.end, abs=1e-3), t.label) for t in back]
+    with pytest.raises(ValueError, match="whitespace"):
+        write_rttm(turns, "two words", io.StringIO())
+
+
+def test_no_speech_gives_no_labels():
+    tracker = SpeakerTracker()
+    for k in range(1, 10):
+        assert tracker.push(max(0, 0.5 * k - 1.5), 0.5 * k, None, 0.0) == []
+    assert tracker.finish() == [] and tracker.turns() == [] and tracker.label_for(0, 4) is None
+
+
+def test_low_speech_fraction_windows_do_not_vote():
+    v = voices(2)
+    tracker = SpeakerTracker()
+    t = 0.0
+    for _ in range(10):
+        t += 0.5
+        tracker.push(max(0, t - 1.5), t, v[0], 1.0)
+    for _ in range(4):   # another voice, but mostly silence in each window
+        t += 0.5
+        assert tracker.push(t - 1.5, t, v[1], 0.2) == []
+    assert tracker.current_label == "S1"
+
+
+def test_invalid_input_is_refused():
+    tracker = SpeakerTracker()
+    tracker.push(0.0, 1.5, np.ones(DIM), 1.0)
+    with pytest.raises(ValueError, match="time order"):
+        tracker.push(0.0, 1.0, np.ones(DIM), 1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        tracker.push(0.5, 2.0, np.full(DIM, np.nan), 1.0)
+    with pytest.raises(ValueError, match="speech_fraction"):
+        tracker.push(0.5, 2.0, np.ones(DIM), 1.5)
+    with pytest.raises(ValueError, match="hop_s"):
+        SpeakerTrackerConfig(window_s=1.0, hop_s=2.0)
+    tracker.finish()
+    with pytest.raises(RuntimeError):
+        tracker.push(1.0, 2.5, np.ones(DIM), 1.0)
+
+
+def test_finish_confirms_a_trailing_run_of_two_but_not_one():
+    v = voices(2)
+    cfg = SpeakerTrackerConfig(hysteresis=3)
+    _, events = simulate([(0, 10, 0), (10, 11.5, 1)], v, config=cfg)
+    assert len(changes(events)) == 1 and changes(events)[0][0] == 11.5   # confirmed by finish()
+    _, events = simulate([(0, 10, 0), (10, 11.0, 1)], v, config=cfg)
+    assert changes(events) == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.floats(3.0, 8.0), st.floats(0.0, 2.0)),
+                min_size=2, max_size=6),
+       st.integers(0, 1000))
+def test_every_true_change_is_found_once_within_the_collar(turns, seed):
+    """Random meetings (4 voices, turns of 3-8 s, optional pauses, noisy embeddings):
+    each speaker change is reported exactly once within 0.5 s, and nothing else."""
+    v = voices(4, seed=seed)
+    segs, t, truth, prev = [], 0.0, [], None
+    for spk, dur, pause in turns:
+        if pause >= 1.0:             # pauses of 1-2 s, or none
+            segs.append((t, t + round(pause, 1), None))
+            t += round(pause, 1)
+        d = round(dur, 1)
+        segs.append((t, t + d, spk))
+        if prev is not None and spk != prev:
+            truth.append(t)
+        prev = spk
+        t += d
+    _, events = simulate(segs, v, noise=0.2, seed=seed)
+    found = [e.time for _, e in changes(events)]
+    assert len(found) == len(truth), (found, truth)
+    for f, r in zip(found, truth):
+        assert abs(f - r) <= 0.5, (found, truth)
