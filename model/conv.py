@@ -1,0 +1,140 @@
+"""Convolutional front end: feature encoder, feature projection, positional convolution."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .activations import get_activation
+from .config import WavLMConfig
+
+
+def conv_output_lengths(lengths: torch.Tensor, kernels: tuple[int, ...], strides: tuple[int, ...]) -> torch.Tensor:
+    """Valid output lengths of a stack of unpadded 1-D convolutions, lengths (B,) int -> (B,) int."""
+    for kernel, stride in zip(kernels, strides):
+        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+    return lengths
+
+
+class ConvLayer(nn.Module):
+    """Conv1d -> optional norm -> activation.
+
+    norm: None, "group" (GroupNorm(C, C): each channel normalised over the whole utterance) or
+    "layer" (LayerNorm over channels, per frame, so it streams exactly).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, stride: int, bias: bool,
+                 norm: str | None, activation: str):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.conv = nn.Conv1d(in_dim, out_dim, kernel_size, stride=stride, bias=bias)
+        self.norm = norm
+        if norm == "group":
+            self.layer_norm = nn.GroupNorm(out_dim, out_dim, affine=True)
+        elif norm == "layer":
+            self.layer_norm = nn.LayerNorm(out_dim, elementwise_affine=True)
+        elif norm is not None:
+            raise ValueError(f"unknown conv norm {norm!r}")
+        self.activation = get_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C_in, T) -> (B, C_out, T') with T' = (T - kernel_size) // stride + 1."""
+        x = self.conv(x)
+        if self.norm == "group":
+            x = self.layer_norm(x)
+        elif self.norm == "layer":
+            x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
+        return self.activation(x)
+
+
+class FeatureEncoder(nn.Module):
+    """Raw waveform (B, N) -> conv features (B, C, T), total stride prod(conv_stride)."""
+
+    def __init__(self, config: WavLMConfig):
+        super().__init__()
+        layers = []
+        in_dim = 1
+        for i, (dim, kernel, stride) in enumerate(zip(config.conv_dim, config.conv_kernel, config.conv_stride)):
+            if config.feat_extract_norm == "layer":
+                norm = "layer"
+            else:
+                norm = "group" if i == 0 else None
+            layers.append(ConvLayer(in_dim, dim, kernel, stride, config.conv_bias, norm, config.feat_extract_activation))
+            in_dim = dim
+        self.conv_layers = nn.ModuleList(layers)
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        """input_values: (B, N) float -> (B, conv_dim[-1], T)."""
+        x = input_values[:, None]
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm over conv channels, then Linear to the transformer width."""
+
+    def __init__(self, in_dim: int, hidden_size: int, eps: float, dropout: float = 0.0):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(in_dim, eps=eps)
+        self.projection = nn.Linear(in_dim, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (B, T, C) -> hidden (B, T, H)."""
+        return self.forward_with_normed(features)[0]
+
+    def forward_with_normed(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features: (B, T, C) -> (hidden (B, T, H), layer-normed features (B, T, C))."""
+        normed = self.layer_norm(features)
+        return self.dropout(self.projection(normed)), normed
+
+
+class WeightNormConv1d(nn.Module):
+    """Conv1d whose weight is weight_g * weight_v / ||weight_v||, the norm taken over all dims but `dim`.
+
+    Stored as plain parameters ``weight_g`` / ``weight_v`` (the old ``torch.nn.utils.weight_norm`` key
+    names); the loader maps the newer ``parametrizations.weight.original0/1`` keys onto them.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, groups: int, dim: int = 2):
+        super().__init__()
+        self.dim = dim
+        self.padding = kernel_size // 2
+        self.groups = groups
+        g_shape = [1, 1, 1]
+        g_shape[dim] = [channels, channels // groups, kernel_size][dim]
+        self.weight_v = nn.Parameter(torch.empty(channels, channels // groups, kernel_size))
+        self.weight_g = nn.Parameter(torch.ones(g_shape))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        nn.init.normal_(self.weight_v, std=2 * (1 / (kernel_size * channels)) ** 0.5)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        dims = [d for d in range(3) if d != self.dim]
+        return self.weight_v * (self.weight_g / self.weight_v.norm(dim=dims, keepdim=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, T) -> (B, C, T + 1 - kernel_size % 2)."""
+        return F.conv1d(x, self.weight, self.bias, padding=self.padding, groups=self.groups)
+
+
+class PositionalConvEmbedding(nn.Module):
+    """Grouped, weight-normed convolution over time; 'same' length output (B, T, H) -> (B, T, H)."""
+
+    def __init__(self, hidden_size: int, kernel_size: int, groups: int, activation: str):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv = WeightNormConv1d(hidden_size, kernel_size, groups)
+        # an even kernel with padding k//2 yields one extra frame at the end, which is dropped
+        self.num_pad_remove = 1 if kernel_size % 2 == 0 else 0
+        self.activation = get_activation(activation)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: (B, T, H) -> positional embeddings (B, T, H) (to be added to hidden)."""
+        x = self.conv(hidden.transpose(1, 2))
+        if self.num_pad_remove:
+            x = x[:, :, : -self.num_pad_remove]
+        return self.activation(x).transpose(1, 2)
