@@ -1,0 +1,113 @@
+import importlib.util
+
+import numpy as np
+import pytest
+
+from ctc_frames import VOCAB, log_probs
+from decoders import beam as beam_mod
+from decoders.beam import BeamFinaliser
+from decoders.endpoint import EndpointConfig
+from decoders.events import Final
+from decoders.transcriber import SegmentTranscriber
+
+HAVE_KENLM = importlib.util.find_spec("kenlm") is not None
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return BeamFinaliser(VOCAB)
+
+
+def near_tie(p_b=0.45, p_c=0.40):
+    """Frames of "_B_A_R_" where the B frame is almost a C: greedy says BAR."""
+    lp = log_probs("_B_A_R_")
+    v = len(VOCAB)
+    row = np.full(v, (1.0 - p_b - p_c) / (v - 2))
+    row[VOCAB.tokens.index("B")] = p_b
+    row[VOCAB.tokens.index("C")] = p_c
+    lp[1] = np.log(row)
+    return lp
+
+
+def test_clear_input_gives_the_path_with_word_times(plain):
+    lp = log_probs("__HH_E_LL_L_OO|__W_O_R_L_D__")
+    text, words = plain.decode(lp, frame_offset=100)
+    assert text == "HELLO WORLD"
+    assert [w.word for w in words] == ["HELLO", "WORLD"]
+    # HELLO spans frames 2..13 (end exclusive 14), WORLD 17..25 (end 26); offset 100 frames = 2 s
+    assert (words[0].start, words[0].end) == (pytest.approx(2.04), pytest.approx(2.28))
+    assert (words[1].start, words[1].end) == (pytest.approx(2.34), pytest.approx(2.52))
+    assert all(w.confidence == pytest.approx(0.9, abs=1e-5) for w in words)
+
+
+def test_near_tie_and_hotword_changes_it(plain):
+    lp = near_tie()
+    assert plain.decode(lp)[0] == "BAR"
+    hot = BeamFinaliser(VOCAB, hotwords=["car"], hotword_weight=10.0)  # matched in the vocabulary's case
+    assert hot.hotwords == ("CAR",)
+    text, words = hot.decode(lp, frame_offset=0)
+    assert text == "CAR"
+    # confidence: mean over frames 1..5 of the frame's max posterior
+    assert words[0].confidence == pytest.approx((0.45 + 0.9 * 4) / 5, rel=1e-5)
+
+
+def test_specials_never_appear(plain):
+    text, _ = plain.decode(log_probs("_A??A_<_".replace("<", "?")))
+    assert text == "AA"
+
+
+def test_empty_and_bad_shapes(plain):
+    assert plain.decode(np.zeros((0, len(VOCAB)), np.float32)) == ("", ())
+    with pytest.raises(ValueError, match=r"\(T, 16\)"):
+        plain.decode(np.zeros((4, 3), np.float32))
+
+
+def test_transcriber_final_comes_from_beam():
+    hot = BeamFinaliser(VOCAB, hotwords=["CAR"])
+    lp = np.concatenate([near_tie(), log_probs("_" * 30)])
+    tr = SegmentTranscriber(VOCAB, EndpointConfig(min_silence_s=0.2), hot)
+    ev = tr.push(lp[:10], 40) + tr.push(lp[10:], 50) + tr.finish()
+    partials = [e.text for e in ev if not isinstance(e, Final)]
+    finals = [e for e in ev if isinstance(e, Final)]
+    assert partials[-1] == "BAR"  # greedy
+    assert [f.text for f in finals] == ["CAR"]
+    assert finals[0].start == pytest.approx(41 * 0.02) and finals[0].words[0].end == pytest.approx(46 * 0.02)
+
+
+def test_kenlm_path_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="nope.arpa"):
+        BeamFinaliser(VOCAB, kenlm_path=tmp_path / "nope.arpa")
+    lm = tmp_path / "lm.arpa"
+    lm.write_text(ARPA)
+    monkeypatch.setattr(beam_mod, "kenlm_available", lambda: False)
+    with pytest.raises(ImportError, match="pip install"):
+        BeamFinaliser(VOCAB, kenlm_path=lm)
+
+
+ARPA = """\\data\\
+ngram 1=5
+ngram 2=2
+
+\\1-grams:
+-1.0\t<unk>\t0
+-0.5\t<s>\t0
+-0.5\t</s>\t0
+-0.1\tCAR\t0
+-4.0\tBAR\t0
+
+\\2-grams:
+-0.1\t<s> CAR
+-4.0\t<s> BAR
+
+\\end\\
+"""
+
+
+@pytest.mark.skipif(not HAVE_KENLM, reason="kenlm python bindings not installed (optional extra: pip install kenlm)")
+def test_kenlm_language_model_resolves_the_tie(tmp_path):
+    lm = tmp_path / "lm.arpa"
+    lm.write_text(ARPA)
+    fin = BeamFinaliser(VOCAB, kenlm_path=lm, alpha=0.5, beta=1.0)
+    text, words = fin.decode(near_tie(), frame_offset=10)
+    assert text == "CAR"
+    assert words[0].start == pytest.approx(11 * 0.02) and words[0].end == pytest.approx(16 * 0.02)
