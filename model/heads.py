@@ -154,7 +154,12 @@ class TDNNLayer(nn.Module):
         return F.relu(y.transpose(1, 2))
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return lengths - self.dilation * (self.kernel_size - 1)
+        """Frames counted as valid after this layer, as transformers counts them: L - kernel_size + 1.
+
+        This ignores the dilation (the true count is L - dilation * (kernel_size - 1)), so with padding a
+        few frames that saw padding enter the statistics; kept for parity with transformers' x-vector.
+        """
+        return lengths - (self.kernel_size - 1)
 
 
 class WavLMForXVector(_Head):

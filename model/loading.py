@@ -188,6 +188,41 @@ def _is_backbone_key(k: str) -> bool:
                                *(p.rstrip(".") for p in _PRETRAINING_PREFIXES))
 
 
+def save_model(model: nn.Module, directory: str | os.PathLike, vocab: list[str] | tuple[str, ...] | None = None) -> Path:
+    """Write model as a Hugging Face checkpoint directory: config.json, model.safetensors, vocab.json (CTC).
+
+    Weight-norm keys are written as transformers 5 writes them (parametrizations.weight.original0/1), so
+    transformers loads the files too; a WavLMForCTCWithSpeaker is saved with architectures ["WavLMForCTC"]
+    plus config.speaker_head (transformers then reads the CTC part and ignores speaker_head.* weights).
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arch = type(model).__name__
+    if arch == "WavLMForCTCWithSpeaker":
+        arch = "WavLMForCTC"
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"save_model: unsupported module type {type(model).__name__}")
+    config: WavLMConfig = model.config
+    config.replace(architectures=(arch,)).to_json_file(directory / "config.json")
+    state = {}
+    for k, v in model.state_dict().items():
+        k = re.sub(r"\.weight_g$", ".parametrizations.weight.original0", k) if "pos_conv_embed" in k else k
+        k = re.sub(r"\.weight_v$", ".parametrizations.weight.original1", k) if "pos_conv_embed" in k else k
+        state[k] = v.detach().to("cpu").contiguous()
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    vocab = vocab if vocab is not None else getattr(model, "vocab", None)
+    if isinstance(model, WavLMForCTC):
+        if vocab is None:
+            raise ValueError("save_model: a CTC model needs its vocabulary (pass vocab= or set model.vocab)")
+        if len(vocab) != config.vocab_size:
+            raise ValueError(f"save_model: {len(vocab)} tokens for a CTC head of {config.vocab_size} outputs")
+        with open(directory / "vocab.json", "w", encoding="utf-8") as f:
+            json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False, indent=1)
+    return directory
+
+
 def load_model(path_or_hub_id: str | os.PathLike, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load a WavLM checkpoint in the Hugging Face layout into the head its config names, in eval mode.
