@@ -69,16 +69,21 @@ class BeamFinaliser:
                     f"a KenLM model was given ({self.kenlm_path}) but the kenlm package is not installed: "
                     + KENLM_INSTALL_HINT
                 )
-        # pyctcdecode logs at INFO/WARNING about label normalisation (multi-character
-        # specials such as "<s>"): expected here, since specials are masked out below.
-        logging.getLogger("pyctcdecode.alphabet").setLevel(logging.ERROR)
-        self._decoder = build_ctcdecoder(
-            vocab.pyctcdecode_labels(),
-            kenlm_model_path=self.kenlm_path,
-            unigrams=None if unigrams is None else list(unigrams),
-            alpha=alpha,
-            beta=beta,
-        )
+        # pyctcdecode warns about multi-character labels ("<s>", "</s>"): expected here,
+        # since the specials are masked out in decode(). Silence it for this call only.
+        alphabet_log = logging.getLogger("pyctcdecode.alphabet")
+        level = alphabet_log.level
+        alphabet_log.setLevel(logging.ERROR)
+        try:
+            self._decoder = build_ctcdecoder(
+                vocab.pyctcdecode_labels(),
+                kenlm_model_path=self.kenlm_path,
+                unigrams=None if unigrams is None else list(unigrams),
+                alpha=alpha,
+                beta=beta,
+            )
+        finally:
+            alphabet_log.setLevel(level)
         self._specials = np.array(sorted(vocab.special_ids), dtype=np.int64)
 
     def _match_case(self, word: str) -> str:

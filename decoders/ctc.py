@@ -178,16 +178,20 @@ def frame_confidence(log_probs: np.ndarray, start: int, end: int) -> float:
     """Confidence of a word spanning frames ``[start, end)`` of log_probs (T, V).
 
     Defined as the mean over the word's frames of the frame's highest posterior
-    probability, ``mean_t max_v exp(log_probs[t, v])``: 1.0 when the model is certain on
-    every frame, lower when frames are ambiguous. It measures the acoustic model only (not
-    the language model or hotwords). Frame indices are relative to ``log_probs``; an
-    empty span uses the single frame ``start``.
+    probability, ``mean_t max_v p[t, v]``: 1.0 when the model is certain on every frame,
+    lower when frames are ambiguous. It measures the acoustic model only (not the language
+    model or hotwords). The span includes blank frames between the word's characters (a
+    confident blank is a confident frame). Frame indices are relative to ``log_probs``;
+    an empty span uses the single frame ``start``. Rows are normalised here, so
+    unnormalised logits give the same result as log-probabilities.
     """
     end = max(end, start + 1)
-    span = log_probs[start:end]
+    span = np.asarray(log_probs[start:end], dtype=np.float64)
     if span.shape[0] == 0:
         return 0.0
-    return float(np.exp(span.max(axis=-1)).mean())
+    top = span.max(axis=-1)
+    log_z = top + np.log(np.exp(span - top[:, None]).sum(axis=-1))  # logsumexp per frame
+    return float(np.exp(top - log_z).mean())
 
 
 def runs_to_words(runs: list[TokenRun], vocab: Vocabulary, log_probs: np.ndarray, first_frame: int) -> tuple[Word, ...]:

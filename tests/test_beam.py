@@ -111,3 +111,23 @@ def test_kenlm_language_model_resolves_the_tie(tmp_path):
     text, words = fin.decode(near_tie(), frame_offset=10)
     assert text == "CAR"
     assert words[0].start == pytest.approx(11 * 0.02) and words[0].end == pytest.approx(16 * 0.02)
+
+
+def test_beam_and_greedy_finals_agree_on_clear_input(plain):
+    lp = log_probs("__HH_E_LL_L_OO|__W_O_RR_L_DD" + "_" * 30 + "A_BB|_C" + "_" * 3)
+    greedy = SegmentTranscriber(VOCAB, EndpointConfig(), None)
+    beam = SegmentTranscriber(VOCAB, EndpointConfig(), plain)
+    g = greedy.push(lp, 7) + greedy.finish()
+    b = beam.push(lp, 7) + beam.finish()
+    assert [e for e in g if isinstance(e, Final)] == [e for e in b if isinstance(e, Final)]
+    assert [e.text for e in b if isinstance(e, Final)] == ["HELLO WORLD", "AB C"]
+
+
+def test_shared_finaliser_is_stateless_across_streams(plain):
+    a, b = log_probs("_AB|C__", noise=0.5, seed=1), log_probs("_BA_D|E", noise=0.5, seed=2)
+    alone = [plain.decode(a, 3), plain.decode(b, 9)]
+    s1 = SegmentTranscriber(VOCAB, EndpointConfig(), plain)
+    s2 = SegmentTranscriber(VOCAB, EndpointConfig(), plain)
+    s1.push(a[:3], 3), s2.push(b[:4], 9), s1.push(a[3:], 6), s2.push(b[4:], 13)
+    f1, f2 = s1.finish()[0], s2.finish()[0]
+    assert (f1.text, f1.words) == alone[0] and (f2.text, f2.words) == alone[1]

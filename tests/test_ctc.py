@@ -54,6 +54,8 @@ def test_frame_confidence_is_mean_max_posterior():
     lp = np.log(np.array([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]], dtype=np.float32))
     assert frame_confidence(lp, 1, 3) == pytest.approx((0.9 + 0.8) / 2, rel=1e-6)
     assert frame_confidence(lp, 0, 0) == pytest.approx(0.5)  # empty span: the start frame
+    # logits (log-probs up to a per-frame constant) give the same confidence
+    assert frame_confidence(lp + np.array([[3.0], [-7.0], [0.5]]), 1, 3) == pytest.approx(0.85, rel=1e-6)
 
 
 def test_runs_to_words_times_are_absolute():
