@@ -1,0 +1,297 @@
+"""The pipeline that turns live audio into caption and speaker events.
+
+One :class:`Pipeline` holds the model and everything shared (the relative-position bias
+cache, the beam-search decoder); each :meth:`Pipeline.new_stream` returns a
+:class:`Stream` that owns all of its own state, so many streams share one model::
+
+    pipe = Pipeline.from_pretrained()          # the bundled default model
+    s = pipe.new_stream()
+    events = s.feed(samples, sample_rate)      # int16/float, mono or (n, channels)
+    events += s.finish()
+
+A stream's audio goes: intake (to float32 16 kHz) -> incremental conv encoder ->
+feature projection -> window scheduler -> transformer (``Pipeline.run_pending``, which
+batches the ready windows of many streams) -> CTC log-probs -> incremental decoder
+(partials, endpointed finals) and, when the model has a speaker head or a speaker model is
+given, speaker tracking (speaker_change events, labels on finals).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from bisect import bisect_left
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from decoders.beam import BeamFinaliser
+from decoders.ctc import Vocabulary
+from decoders.endpoint import EndpointConfig
+from decoders.events import Event, Final
+from decoders.transcriber import SegmentTranscriber
+from model import load_model
+from stream.audio import AudioIntake
+from stream.encoder import IncrementalConvEncoder
+from stream.window import FRAME_SECONDS, TransformerState, WindowConfig, WindowRunner, next_window
+
+SAMPLE_RATE = 16000
+
+#: The bundled default model, trained by train/ on synthetic voices.
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "model" / "default"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How every stream of a pipeline is processed."""
+
+    chunk_ms: float = 640.0          # audio made final by each transformer window
+    left_ms: float = 2000.0          # left context of each window
+    right_ms: float = 320.0          # lookahead: adds this much latency
+    mode: str = "cached"             # "cached" (reuse left keys/values) or "recompute"
+    min_silence_s: float = 0.5       # blank run after speech that ends a segment
+    max_segment_s: float = 15.0      # a segment is cut after this long regardless
+    beam: bool = True                # finalise segments with beam search (else greedy)
+    beam_width: int = 32
+    hotwords: tuple[str, ...] = ()
+    kenlm_path: str | None = None
+
+    def window(self) -> WindowConfig:
+        return WindowConfig.from_ms(self.chunk_ms, self.left_ms, self.right_ms, self.mode)
+
+
+class Pipeline:
+    """A loaded CTC model plus the per-shape caches shared by all of its streams."""
+
+    def __init__(self, model: torch.nn.Module, config: StreamConfig = StreamConfig(),
+                 speaker_source_factory=None, speaker_tracker_config=None):
+        if not hasattr(model, "lm_head") or getattr(model, "vocab", None) is None:
+            name = type(model).__name__
+            raise ValueError(f"the pipeline needs a CTC model with a vocabulary (WavLMForCTC); got {name}")
+        backbone = model.wavlm
+        if backbone.config.add_adapter:
+            raise ValueError("checkpoints with adapter layers (add_adapter=true) run offline only; "
+                             "streaming them is not supported")
+        self.model = model.eval()
+        self.config = config
+        self.window_config = config.window()
+        self.vocabulary = Vocabulary.from_tokens(model.vocab)
+        self.conv = IncrementalConvEncoder(backbone.feature_extractor, backbone.config.feat_extract_norm)
+        self.runner = WindowRunner(backbone, self.window_config)
+        self.endpoint = EndpointConfig(min_silence_s=config.min_silence_s,
+                                       max_segment_s=config.max_segment_s)
+        self.finaliser = None
+        if config.beam:
+            self.finaliser = BeamFinaliser(self.vocabulary, kenlm_path=config.kenlm_path,
+                                           hotwords=config.hotwords, beam_width=config.beam_width)
+        self.speaker_source_factory = speaker_source_factory
+        self.speaker_tracker_config = speaker_tracker_config
+        self._dtype = next(model.parameters()).dtype
+        self._device = next(model.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | Path | None = None, *, device: str = "cpu",
+                        speaker_model: str | Path | None = None, speakers: bool = True,
+                        speaker_tracker_config=None, **stream_config) -> "Pipeline":
+        """Load a CTC checkpoint (default: the bundled model) and build a pipeline.
+
+        speaker_model: an x-vector or frame-classification checkpoint for speaker
+        tracking beside the CTC model; without it, the CTC model's own speaker head is
+        used when it has one (the bundled model does). ``speakers=False`` turns tracking off.
+        stream_config: fields of :class:`StreamConfig` (chunk_ms, left_ms, right_ms, mode, ...).
+        """
+        model = load_model(DEFAULT_MODEL if path_or_hub_id is None else path_or_hub_id, device=device)
+        factory = None
+        if speakers:
+            from stream.speakers import speaker_source_factory
+            extra = None if speaker_model is None else load_model(speaker_model, device=device)
+            factory = speaker_source_factory(model, extra)
+        return cls(model, StreamConfig(**stream_config), factory, speaker_tracker_config)
+
+    def new_stream(self, keep_log_probs: bool = False) -> "Stream":
+        """A fresh stream. keep_log_probs: also keep every chunk's CTC log-probs
+        (``Stream.log_probs``), for measuring the stream against the offline model."""
+        return Stream(self, keep_log_probs)
+
+    def streaming_log_probs(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
+                            block: int = 1600) -> np.ndarray:
+        """CTC log-probs (T, V) of ``audio`` fed through a fresh stream in blocks of ``block`` samples."""
+        stream = self.new_stream(keep_log_probs=True)
+        for i in range(0, len(audio), block):
+            stream.accept(audio[i:i + block], sample_rate)
+            self.run_pending([stream])
+        stream.finish()
+        return stream.log_probs
+
+    @property
+    def frame_seconds(self) -> float:
+        return FRAME_SECONDS
+
+    def run_pending(self, streams: list["Stream"]) -> list[list[Event]]:
+        """Run every ready window of the given streams, batching windows of one shape.
+
+        Returns the events of each stream, in the order of ``streams``.
+        """
+        events: list[list[Event]] = [[] for _ in streams]
+        while True:
+            ready = []
+            for i, s in enumerate(streams):
+                window = s._next_window()
+                if window is not None:
+                    ready.append((i, window))
+            if not ready:
+                return events
+            groups = defaultdict(list)
+            for i, window in ready:
+                groups[self.runner.shape_key(streams[i]._tf, window)].append((i, window))
+            for members in groups.values():
+                batch = [streams[i] for i, _ in members]
+                outputs = self.runner.run([s._tf for s in batch], [w for _, w in members],
+                                          need_hidden_states=any(s._needs_hidden for s in batch))
+                for (i, _), (output, state) in zip(members, outputs):
+                    events[i].extend(streams[i]._consume(output, state))
+
+
+class Stream:
+    """One live audio stream: its own intake, encoder, transformer and decoder state."""
+
+    def __init__(self, pipeline: Pipeline, keep_log_probs: bool = False):
+        self.pipeline = pipeline
+        self._kept: list[np.ndarray] | None = [] if keep_log_probs else None
+        self._intake = AudioIntake(SAMPLE_RATE)
+        self._conv = pipeline.conv.init_state(pipeline._dtype, pipeline._device)
+        hidden = pipeline.model.wavlm.config.hidden_size
+        self._tf: TransformerState = pipeline.runner.initial_state(hidden, pipeline._dtype,
+                                                                    pipeline._device)
+        self._transcriber = SegmentTranscriber(pipeline.vocabulary, pipeline.endpoint,
+                                               pipeline.finaliser)
+        self._speakers = None
+        if pipeline.speaker_source_factory is not None:
+            self._speakers = pipeline.speaker_source_factory.new_stream(pipeline.speaker_tracker_config)
+        self._needs_hidden = self._speakers is not None and self._speakers.needs_hidden_states
+        self._samples_in = 0                       # 16 kHz samples accepted so far
+        self._arrivals: list[tuple[int, float]] = []  # (16 kHz sample count, wall time)
+        self._end_of_stream = False
+        self._finished = False
+
+    # -- audio in ---------------------------------------------------------------------
+
+    def accept(self, samples, sample_rate: int, arrival_time: float | None = None) -> None:
+        """Take audio (numpy int16/float, (n,) or (n, channels)); queue the windows it completes.
+
+        Cheap (intake, conv encoder, feature projection); the transformer runs in
+        :meth:`Pipeline.run_pending`. Raises ``AudioFormatError`` for bad audio, which
+        leaves the stream as it was.
+        """
+        if self._finished:
+            raise RuntimeError("stream already finished; start a new stream")
+        audio16 = self._intake.push(samples, sample_rate)
+        self._ingest(audio16, time.monotonic() if arrival_time is None else arrival_time)
+
+    def _ingest(self, audio16: np.ndarray, arrival_time: float) -> None:
+        if audio16.size == 0:
+            return
+        x = torch.from_numpy(np.ascontiguousarray(audio16, dtype=np.float32))
+        start_sample = self._samples_in
+        self._samples_in += x.shape[0]
+        self._arrivals.append((self._samples_in, arrival_time))
+        with torch.inference_mode():
+            frames, self._conv = self.pipeline.conv.push(x.to(self.pipeline._device), self._conv)
+            self._add_frames(frames)
+        if self._speakers is not None:
+            self._speakers.push_audio(audio16, start_sample)
+
+    def _add_frames(self, frames: torch.Tensor) -> None:
+        if frames.shape[0]:
+            hidden = self.pipeline.model.wavlm.feature_projection(frames[None])[0]
+            self._tf = self.pipeline.runner.append(self._tf, hidden)
+
+    @property
+    def pending_windows(self) -> int:
+        """Number of windows ready to run now (0 or more)."""
+        return 0 if self._next_window() is None else 1
+
+    def _next_window(self):
+        if self._finished and not self._end_of_stream:
+            return None
+        return next_window(self.pipeline.window_config, self._tf, self._end_of_stream)
+
+    def feed(self, samples, sample_rate: int) -> list[Event]:
+        """Accept audio and run its ready windows; returns the new events."""
+        self.accept(samples, sample_rate)
+        return self.pipeline.run_pending([self])[0]
+
+    def finish(self) -> list[Event]:
+        """End of stream: process the tail without lookahead and flush every pending final."""
+        if self._finished:
+            return []
+        tail = self._intake.flush()
+        self._ingest(tail, self._last_arrival())
+        with torch.inference_mode():
+            frames, self._conv = self.pipeline.conv.flush(self._conv)
+            self._add_frames(frames)
+        self._end_of_stream = True
+        events = self.pipeline.run_pending([self])[0]
+        events += self._stamp(self._transcriber.finish())
+        if self._speakers is not None:
+            events += self._stamp(self._speakers.finish())
+        self._finished = True
+        return events
+
+    # -- results out ------------------------------------------------------------------
+
+    def _consume(self, output, state: TransformerState) -> list[Event]:
+        """Decode one window's chunk outputs into events."""
+        self._tf = state
+        window = output.window
+        with torch.inference_mode():
+            logits = self.pipeline.model.lm_head(output.last_hidden_state)
+            log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        if self._kept is not None:
+            self._kept.append(log_probs)
+        events = self._transcriber.push(log_probs, window.emit_start)
+        if self._speakers is not None:
+            events = events + self._speakers.push_window(output, log_probs)
+        return self._stamp(events)
+
+    def _stamp(self, events: list[Event]) -> list[Event]:
+        """Add latency (now minus arrival of the audio at the event's end) and speaker labels."""
+        now = time.monotonic()
+        out = []
+        for event in events:
+            changes = {}
+            if isinstance(event, Final) and self._speakers is not None and event.speaker is None:
+                changes["speaker"] = self._speakers.label_for(event.start, event.end)
+            end = getattr(event, "end", getattr(event, "time", None))
+            if end is not None and getattr(event, "latency", None) is None:
+                arrived = self._arrival_of(end)
+                if arrived is not None:
+                    changes["latency"] = round(max(0.0, now - arrived), 4)
+            out.append(dataclasses.replace(event, **changes) if changes else event)
+        return out
+
+    def _arrival_of(self, seconds: float) -> float | None:
+        sample = int(round(seconds * SAMPLE_RATE))
+        i = bisect_left(self._arrivals, (sample, float("-inf")))
+        if i < len(self._arrivals):
+            return self._arrivals[i][1]
+        return self._arrivals[-1][1] if self._arrivals else None
+
+    def _last_arrival(self) -> float:
+        return self._arrivals[-1][1] if self._arrivals else time.monotonic()
+
+    @property
+    def log_probs(self) -> np.ndarray:
+        """All chunk log-probs so far, (T, V); needs ``new_stream(keep_log_probs=True)``."""
+        if self._kept is None:
+            raise RuntimeError("create the stream with new_stream(keep_log_probs=True)")
+        if not self._kept:
+            return np.zeros((0, len(self.pipeline.vocabulary.tokens)), dtype=np.float32)
+        return np.concatenate(self._kept)
+
+    def speaker_turns(self) -> list[tuple[float, float, str]]:
+        """Diarization so far as (start, end, label) turns (empty without speaker tracking)."""
+        return [] if self._speakers is None else self._speakers.turns()

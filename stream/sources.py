@@ -1,0 +1,137 @@
+"""Audio sources (a file, optionally paced as if live; a microphone) and the event iterator.
+
+Each source is an async iterator of ``(samples, sample_rate)`` blocks, samples being a
+numpy array of shape (n,) or (n, channels). :func:`stream_events` runs a source through a
+stream off the event loop and yields events as they come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+
+from decoders.events import Event
+
+
+class SourceError(RuntimeError):
+    """A source cannot deliver audio (unreadable file, no microphone, no PortAudio)."""
+
+
+def read_file_info(path: str | Path):
+    """Open-check an audio file; returns soundfile's info or raises SourceError naming the problem."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise SourceError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise SourceError(f"expected an audio file, got a directory: {path}")
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
+        raise SourceError(f"cannot read audio file {path}: {exc} "
+                          f"(supported: WAV, FLAC, OGG and the other formats libsndfile reads)") from None
+    if info.frames == 0:
+        raise SourceError(f"audio file {path} contains no audio (0 samples)")
+    return info
+
+
+async def file_source(path: str | Path, block_ms: float = 100.0,
+                      realtime: bool = False) -> AsyncIterator[tuple[np.ndarray, int]]:
+    """Blocks of a file as float32 (n, channels); ``realtime`` paces them at 1x speed."""
+    import soundfile as sf
+
+    info = read_file_info(path)
+    block = max(1, int(info.samplerate * block_ms / 1000))
+    started = time.monotonic()
+    sent = 0
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                data = f.read(block, dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    break
+                if realtime:
+                    # Deliver each block when its last sample would have been captured live.
+                    due = started + (sent + data.shape[0]) / info.samplerate
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                sent += data.shape[0]
+                yield data, info.samplerate
+    except sf.LibsndfileError as exc:
+        # A file truncated mid-way: what was read has been delivered already.
+        raise SourceError(f"audio file {path} is damaged after {sent / info.samplerate:.2f} s: {exc}") from None
+
+
+def _import_sounddevice():
+    try:
+        import sounddevice as sd
+    except OSError as exc:
+        raise SourceError("the microphone needs the PortAudio library, which is not installed "
+                          f"({exc}); on Debian/Ubuntu: apt-get install libportaudio2") from None
+    return sd
+
+
+def list_input_devices() -> list[str]:
+    """Names of the input devices PortAudio sees, as 'index: name'."""
+    sd = _import_sounddevice()
+    return [f"{i}: {d['name']}" for i, d in enumerate(sd.query_devices()) if d["max_input_channels"] > 0]
+
+
+async def microphone_source(device: int | str | None = None, block_ms: float = 100.0,
+                            ) -> AsyncIterator[tuple[np.ndarray, int]]:
+    """Live microphone blocks as float32 (n, 1) at the device's default rate.
+
+    PortAudio calls back on its own thread; the callback hands each block to the event
+    loop with ``call_soon_threadsafe``, so waiting for audio costs no CPU.
+    """
+    sd = _import_sounddevice()
+    try:
+        info = sd.query_devices(device, kind="input")
+    except (ValueError, sd.PortAudioError) as exc:
+        names = list_input_devices()
+        available = "; ".join(names) if names else "none"
+        raise SourceError(f"no usable input device {device!r}: {exc}. Input devices: {available}") from None
+    rate = int(info["default_samplerate"])
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue(maxsize=200)
+
+    def on_audio(indata, frames, time_info, status):  # PortAudio thread
+        loop.call_soon_threadsafe(_put_dropping_oldest, queue, indata.copy())
+
+    stream = sd.InputStream(device=device, channels=1, samplerate=rate, dtype="float32",
+                            blocksize=int(rate * block_ms / 1000), callback=on_audio)
+    with stream:
+        while True:
+            yield await queue.get(), rate
+
+
+def _put_dropping_oldest(queue: asyncio.Queue, item) -> None:
+    # If the consumer stalls, drop the oldest audio rather than grow without bound.
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(item)
+
+
+async def stream_events(stream, source: AsyncIterator[tuple[np.ndarray, int]],
+                        ) -> AsyncIterator[Event]:
+    """Feed a source through a stream; yield events, ending with the flush at end of source.
+
+    Inference runs in a worker thread so the event loop (and the source) keeps going.
+    If the source fails part-way (a damaged file), everything transcribed so far is
+    flushed as finals first and then the error is raised.
+    """
+    failure = None
+    try:
+        async for samples, rate in source:
+            for event in await asyncio.to_thread(stream.feed, samples, rate):
+                yield event
+    except SourceError as exc:
+        failure = exc
+    for event in await asyncio.to_thread(stream.finish):
+        yield event
+    if failure is not None:
+        raise failure

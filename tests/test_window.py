@@ -1,0 +1,134 @@
+"""stream/window.py and the pipeline's transformer path: bias cache, scheduling, exactness."""
+
+import numpy as np
+import pytest
+import torch
+
+from model import load_model
+from stream.pipeline import Pipeline, StreamConfig
+from stream.window import BiasCache, TransformerState, Window, WindowConfig, next_window
+from tests.checkpoints import write_ctc_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ctc_model(tmp_path_factory):
+    return load_model(write_ctc_checkpoint(tmp_path_factory.mktemp("ctc"), norm="layer", stable=True))
+
+
+@pytest.fixture(scope="module")
+def post_ln_model(tmp_path_factory):
+    return load_model(write_ctc_checkpoint(tmp_path_factory.mktemp("postln"), norm="layer", stable=False))
+
+
+def _audio(seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+
+
+def _offline_log_probs(model, audio):
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(audio)[None]).logits[0]
+    return torch.log_softmax(logits, -1).numpy()
+
+
+def test_cached_bias_is_the_block_of_the_offline_bias(ctc_model):
+    attention = ctc_model.wavlm.encoder.layers[0].attention
+    full = attention.compute_bias(300, 300)
+    cache = BiasCache(attention)
+    for q, k, offset in [(48, 148, 0), (48, 148, 100), (16, 16, 7), (32, 80, 200)]:
+        block = full[:, offset + k - q: offset + k, offset: offset + k]
+        torch.testing.assert_close(cache.get(q, k), block, atol=0, rtol=0)
+    first = cache.get(48, 148)
+    assert cache.get(48, 148) is first            # computed once, reused
+    assert len(cache) == 3                        # one entry per (queries, keys) shape
+
+
+def _state(total, emitted):
+    return TransformerState(torch.zeros(total, 4), 0, emitted)
+
+
+def test_scheduler_waits_for_chunk_plus_right_context():
+    config = WindowConfig(chunk=4, left=10, right=2)
+    assert next_window(config, _state(5, 0), end_of_stream=False) is None
+    assert next_window(config, _state(6, 0), False) == Window(0, 0, 4, 6)
+    assert next_window(config, _state(30, 20), False) == Window(10, 20, 24, 26)
+    # End of stream: the tail runs with the right context that exists, nothing beyond.
+    assert next_window(config, _state(22, 20), True) == Window(10, 20, 22, 22)
+    assert next_window(config, _state(25, 20), True) == Window(10, 20, 24, 25)
+    assert next_window(config, _state(25, 25), True) is None
+
+
+def test_window_config_from_ms_and_validation():
+    assert WindowConfig.from_ms(640, 2000, 320) == WindowConfig(32, 100, 16, "cached")
+    with pytest.raises(ValueError, match="chunk"):
+        WindowConfig.from_ms(5, 2000, 320)
+    with pytest.raises(ValueError, match="mode"):
+        WindowConfig(4, 4, 4, "fast")
+
+
+@pytest.mark.parametrize("mode", ["cached", "recompute"])
+@pytest.mark.parametrize("fixture", ["ctc_model", "post_ln_model"])
+def test_window_covering_the_whole_input_equals_offline(request, fixture, mode):
+    model = request.getfixturevalue(fixture)
+    audio = _audio(3.0)
+    pipe = Pipeline(model, StreamConfig(chunk_ms=10000, left_ms=10000, right_ms=10000, mode=mode, beam=False))
+    streamed = pipe.streaming_log_probs(audio, block=1234)
+    offline = _offline_log_probs(model, audio)
+    assert streamed.shape == offline.shape
+    assert np.abs(streamed - offline).max() <= 1e-4
+
+
+def test_recompute_with_full_left_context_equals_offline_for_causal_bias_span(ctc_model):
+    # With left context covering everything and right context covering the rest of the
+    # utterance, every recompute window sees the whole input: exact again.
+    audio = _audio(2.0, seed=3)
+    pipe = Pipeline(ctc_model, StreamConfig(chunk_ms=200, left_ms=10000, right_ms=10000,
+                                            mode="recompute", beam=False))
+    stream = pipe.new_stream(keep_log_probs=True)
+    stream.accept(audio, 16000)
+    stream.finish()
+    assert np.abs(stream.log_probs - _offline_log_probs(ctc_model, audio)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("mode", ["cached", "recompute"])
+@pytest.mark.parametrize("block", [320, 777, 4321])
+def test_streaming_output_does_not_depend_on_how_audio_was_cut(ctc_model, mode, block):
+    audio = _audio(4.0, seed=1)
+    pipe = Pipeline(ctc_model, StreamConfig(chunk_ms=160, left_ms=400, right_ms=80, mode=mode, beam=False))
+    want = pipe.streaming_log_probs(audio, block=len(audio))
+    got = pipe.streaming_log_probs(audio, block=block)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-5
+
+
+def test_single_sample_pushes_give_the_same_output(ctc_model):
+    audio = _audio(1.2, seed=4)
+    pipe = Pipeline(ctc_model, StreamConfig(chunk_ms=160, left_ms=400, right_ms=80, beam=False))
+    want = pipe.streaming_log_probs(audio, block=len(audio))
+    got = pipe.streaming_log_probs(audio, block=1)
+    assert np.abs(got - want).max() <= 1e-5
+
+
+def test_cached_mode_is_close_to_recompute_but_not_required_equal(ctc_model):
+    audio = _audio(4.0, seed=2)
+    cfg = dict(chunk_ms=160, left_ms=400, right_ms=80, beam=False)
+    cached = Pipeline(ctc_model, StreamConfig(mode="cached", **cfg)).streaming_log_probs(audio)
+    recompute = Pipeline(ctc_model, StreamConfig(mode="recompute", **cfg)).streaming_log_probs(audio)
+    offline = _offline_log_probs(ctc_model, audio)
+    assert cached.shape == recompute.shape == offline.shape
+    # Same first window in both modes (no left context yet): identical there.
+    np.testing.assert_allclose(cached[:8], recompute[:8], atol=1e-5)
+
+
+def test_batched_windows_equal_one_stream_at_a_time(ctc_model):
+    pipe = Pipeline(ctc_model, StreamConfig(chunk_ms=160, left_ms=400, right_ms=80, beam=False))
+    audios = [_audio(2.5, seed=s) for s in range(3)]
+    alone = [pipe.streaming_log_probs(a) for a in audios]
+    streams = [pipe.new_stream(keep_log_probs=True) for _ in audios]
+    for i in range(0, len(audios[0]), 1600):
+        for s, a in zip(streams, audios):
+            s.accept(a[i:i + 1600], 16000)
+        pipe.run_pending(streams)              # one batched forward per window shape
+    for s, want in zip(streams, alone):
+        s.finish()
+        assert np.abs(s.log_probs - want).max() <= 1e-4
