@@ -1,0 +1,798 @@
+"""``wavlm-stream serve``: the websocket server for many clients and the browser demo.
+
+One port (default 127.0.0.1:8765) serves, through the ``websockets`` library:
+
+* HTTP GET of the files in ``web/`` (``/`` is ``web/index.html``), via the library's
+  ``process_request`` hook. Only plain files inside ``web/`` with a known extension are
+  served; ``..``, encoded separators, hidden files and symlinks out of the root are 404.
+* websockets at ``/ws`` (native protocol, or Vosk when the first message is Vosk-style),
+  ``/vosk`` (Vosk protocol) and ``/`` (the path Vosk clients use: Vosk unless the first
+  message is a native ``start``). See :mod:`stream.protocol`.
+
+Concurrency: each connection is a :class:`_Session` on the asyncio loop with its own
+stream state. Every call into the engine (``Stream.accept``, ``Pipeline.run_pending``,
+``Stream.finish``) happens in one :class:`InferenceWorker` thread, so the loop never
+blocks on the model and a stream is never touched by two threads. Each worker cycle takes
+at most ``slice_s`` seconds of queued audio from every session (round robin, so a client
+that floods audio cannot starve the others), then runs the ready windows of all streams
+in one ``run_pending`` call, which batches windows of equal shape into one forward.
+
+Isolation: a session's reader stops reading (TCP backpressure) while more than
+``max_backlog_s`` of its audio waits for the worker; its outgoing events go through a
+bounded outbox in which a newer partial replaces an unsent older one, and a client whose
+outbox still overflows is closed (1008) without touching the others. A disconnect drops
+the session's stream at once. If the engine raises for a batch, each stream of the batch
+is retried alone and only the ones that still fail get an ``internal_error`` and are closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import mimetypes
+import signal
+import threading
+import time
+import urllib.parse
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Hashable
+
+import numpy as np
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from decoders.events import ErrorEvent, Event, Final, Partial
+from stream.audio import AudioFormatError, decode_pcm_bytes
+from stream.protocol import (
+    ProtocolError,
+    Start,
+    Stop,
+    VoskConfig,
+    VoskEof,
+    VoskReset,
+    check_audio_bytes,
+    detect_dialect,
+    parse_native,
+    parse_vosk,
+)
+
+log = logging.getLogger("wavlm_stream.server")
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+#: Websocket paths: "/ws" native (or Vosk by first message), "/vosk" Vosk, "/" as Vosk servers.
+WS_PATHS = ("/ws", "/vosk", "/")
+#: The only file types the static server hands out.
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".json": "application/json",
+    ".wav": "audio/wav",
+}
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Per-client limits. All enforced; see the module docstring for what happens at each."""
+    max_message_bytes: int = 1 << 20   # largest websocket message (bigger: close 1009)
+    max_session_s: float = 3600.0      # wall-clock seconds since connect, and seconds of audio
+    max_sessions: int = 16             # websocket sessions at once; more get error + close 1013
+    idle_timeout_s: float = 30.0       # no message for this long: error, flush finals, close
+    max_backlog_s: float = 10.0        # audio waiting for the worker before reading pauses
+    max_outbox: int = 256              # unsent messages before a non-reading client is closed
+    slice_s: float = 1.0               # audio per session per worker cycle (fairness)
+    finish_timeout_s: float = 60.0     # longest wait for the final flush before closing anyway
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"            # loopback by default; --host 0.0.0.0 to bind wider
+    port: int = 8765                   # 0: any free port (tests)
+    web_root: Path = WEB_ROOT
+    # Origins allowed to open a websocket. None: same origin only (the Origin's host equals
+    # the Host header). "*" allows any. Clients that send no Origin (not browsers) are allowed.
+    allowed_origins: tuple[str, ...] | None = None
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    batching: bool = True              # one run_pending over all ready streams (False: one per stream)
+    vosk_sample_rate: int = 16000      # Vosk clients that send audio without a config
+
+
+# -- static files and origins --------------------------------------------------------
+
+
+def resolve_static(web_root: Path, url_path: str) -> Path | None:
+    """The file under ``web_root`` that ``url_path`` names, or None when it must not be served.
+
+    Percent-decoding happens once; any "..", ".", empty or hidden segment, backslash or NUL is
+    refused before touching the file system, and the resolved path (symlinks followed) must
+    still lie inside the root.
+    """
+    path = urllib.parse.unquote(url_path.split("?", 1)[0].split("#", 1)[0])
+    if not path.startswith("/") or "\\" in path or "\x00" in path:
+        return None
+    rel = path[1:] or "index.html"
+    if any(part in ("", ".", "..") or part.startswith(".") for part in rel.split("/")):
+        return None
+    root = web_root.resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root) or not target.is_file() or target.suffix not in CONTENT_TYPES:
+        return None
+    return target
+
+
+def origin_allowed(headers: Headers, allowed: tuple[str, ...] | None) -> bool:
+    """Whether a websocket handshake's Origin may connect (see ServerConfig.allowed_origins)."""
+    origin = headers.get("Origin")
+    if origin is None:
+        return True
+    if allowed is not None:
+        return "*" in allowed or origin.rstrip("/") in {a.rstrip("/") for a in allowed}
+    parsed = urllib.parse.urlsplit(origin)
+    host = headers.get("Host", "")
+    return parsed.scheme in ("http", "https") and parsed.netloc.lower() == host.lower()
+
+
+# -- the inference worker -------------------------------------------------------------
+
+
+@dataclass
+class WorkerResult:
+    """What one worker cycle produced for one session (delivered on the event loop)."""
+    events: list[Event] = field(default_factory=list)
+    done_tags: list[Hashable] = field(default_factory=list)  # tags of submissions fully processed
+    consumed_s: float = 0.0            # seconds of queued audio taken off the backlog
+    finished: bool = False             # finish() ran: no more events will come
+    fatal: ErrorEvent | None = None    # the engine failed for this session; close it
+
+
+@dataclass
+class _Chunk:
+    samples: np.ndarray                # (n,) or (n, channels) at sample_rate
+    sample_rate: int
+    arrival: float                     # time.monotonic() when the message arrived
+    tag: Hashable | None               # reported in done_tags once accepted and run
+
+
+@dataclass(frozen=True)
+class _Flush:
+    """Queued after the audio: finish the stream (and with reset, start a fresh one)."""
+    tag: Hashable | None
+    reset: bool
+
+
+@dataclass(eq=False)
+class _Job:
+    """The worker's side of a session: its Stream and the commands queued for it, in order."""
+    deliver: Callable[[WorkerResult], None]
+    stream: Any = None
+    inbox: deque = field(default_factory=deque)  # _Chunk | _Flush
+    flushing: bool = False             # a final (non-reset) flush is queued: accept no more audio
+    done: bool = False                 # finished or failed: nothing more to do
+    closed: bool = False               # the session is gone: deliver nothing
+
+
+class InferenceWorker:
+    """The one thread that runs the engine for every session (see the module docstring)."""
+
+    def __init__(self, pipeline, *, batching: bool = True, slice_s: float = 1.0):
+        self.pipeline = pipeline
+        self.batching = batching
+        self.slice_s = slice_s
+        self._cv = threading.Condition()
+        self._jobs: dict[int, _Job] = {}
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="wavlm-inference", daemon=True)
+        # Counters for tests and the capacity benchmark (written by the worker thread only).
+        self.cycles = 0
+        self.max_batch = 0
+        self.forwards = 0              # run_pending calls
+
+    # Called from the event loop ------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._jobs.clear()
+            self._cv.notify()
+        self._thread.join(timeout=30)
+
+    @property
+    def job_count(self) -> int:
+        """Sessions whose state the worker holds."""
+        with self._cv:
+            return len(self._jobs)
+
+    def open(self, job_id: int, deliver: Callable[[WorkerResult], None]) -> None:
+        """Register a session; ``deliver`` is called from the worker thread with each result."""
+        with self._cv:
+            self._jobs[job_id] = _Job(deliver=deliver)
+
+    def submit(self, job_id: int, samples: np.ndarray, sample_rate: int, arrival: float,
+               tag: Hashable | None = None) -> None:
+        """Queue audio for a session (dropped once its final flush is queued)."""
+        with self._cv:
+            job = self._jobs.get(job_id)
+            if job is not None and not job.flushing and not job.done:
+                job.inbox.append(_Chunk(samples, sample_rate, arrival, tag))
+                self._cv.notify()
+
+    def finish(self, job_id: int, tag: Hashable | None = None, *, reset: bool = False) -> None:
+        """Flush the stream after its queued audio; ``reset`` starts a fresh stream afterwards."""
+        with self._cv:
+            job = self._jobs.get(job_id)
+            if job is not None and not job.flushing and not job.done:
+                job.inbox.append(_Flush(tag, reset))
+                job.flushing = not reset
+                self._cv.notify()
+
+    def close(self, job_id: int) -> None:
+        """Forget a session now (disconnect): its queued audio and stream are dropped."""
+        with self._cv:
+            job = self._jobs.pop(job_id, None)
+            if job is not None:
+                job.closed = True
+                job.inbox.clear()
+                # A cycle in flight keeps its reference to the stream until it ends; the
+                # job is no longer listed, so nothing else reaches the stream.
+
+    # The worker thread ---------------------------------------------------------------
+
+    def _take(self) -> list[tuple[_Job, list[tuple[_Chunk, bool]], _Flush | None]]:
+        """Under the lock: up to slice_s of audio from each job, and a flush that follows it."""
+        work = []
+        for job in self._jobs.values():
+            if job.done:
+                continue
+            budget = self.slice_s
+            taken: list[tuple[_Chunk, bool]] = []   # (piece, whether it ends its message)
+            flush = None
+            while job.inbox and budget > 0:
+                item = job.inbox[0]
+                if isinstance(item, _Flush):
+                    job.inbox.popleft()
+                    flush = item
+                    break
+                n = max(1, int(budget * item.sample_rate))
+                if len(item.samples) <= n:
+                    job.inbox.popleft()
+                    taken.append((item, True))
+                    budget -= len(item.samples) / item.sample_rate
+                else:
+                    taken.append((_Chunk(item.samples[:n], item.sample_rate, item.arrival, None), False))
+                    item.samples = item.samples[n:]
+                    budget = 0
+            if taken or flush is not None:
+                work.append((job, taken, flush))
+        return work
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                work = self._take()
+                while not work and not self._stopping:
+                    self._cv.wait()
+                    work = self._take()
+                if self._stopping:
+                    return
+            try:
+                self._cycle(work)
+            except Exception:  # a bug here must not kill the worker for everyone
+                log.exception("inference worker cycle failed")
+                for job, _, _ in work:
+                    self._deliver(job, WorkerResult(fatal=ErrorEvent("internal_error", "worker cycle failed")))
+
+    def _cycle(self, work) -> None:
+        self.cycles += 1
+        results = {job: WorkerResult() for job, _, _ in work}
+        live: list[_Job] = []
+        for job, pieces, _ in work:
+            result = results[job]
+            try:
+                if job.stream is None:
+                    job.stream = self.pipeline.new_stream()
+                for piece, ends_message in pieces:
+                    result.consumed_s += len(piece.samples) / piece.sample_rate
+                    try:
+                        job.stream.accept(piece.samples, piece.sample_rate, piece.arrival)
+                    except AudioFormatError as e:
+                        result.events.append(ErrorEvent("bad_audio", str(e)))
+                    if ends_message and piece.tag is not None:
+                        result.done_tags.append(piece.tag)
+                live.append(job)
+            except Exception as e:
+                log.exception("stream.accept failed")
+                result.fatal = ErrorEvent("internal_error", f"the engine failed on this stream: {e}")
+
+        ready = [job for job in live if not job.closed and job.stream.pending_windows]
+        for job, events in self._run_windows(ready).items():
+            if isinstance(events, Exception):
+                results[job].fatal = ErrorEvent("internal_error", f"the model failed on this stream: {events}")
+            else:
+                results[job].events.extend(events)
+
+        for job, _, flush in work:
+            result = results[job]
+            if flush is not None and result.fatal is None and not job.closed:
+                try:
+                    result.events.extend(job.stream.finish())
+                except Exception as e:
+                    log.exception("stream.finish failed")
+                    result.fatal = ErrorEvent("internal_error", f"the engine failed to flush this stream: {e}")
+                if flush.tag is not None:
+                    result.done_tags.append(flush.tag)
+                if flush.reset:
+                    job.stream = None          # a fresh stream on the next audio or flush
+                else:
+                    result.finished = True
+            self._deliver(job, result)
+
+    def _run_windows(self, ready: list[_Job]) -> dict[_Job, list[Event] | Exception]:
+        """Run the ready windows of ``ready``; per job: its events, or the exception it raised."""
+        out: dict[_Job, list[Event] | Exception] = {}
+        groups = [ready] if self.batching and ready else [[job] for job in ready]
+        for group in groups:
+            self.max_batch = max(self.max_batch, len(group))
+            self.forwards += 1
+            try:
+                out.update(zip(group, self.pipeline.run_pending([job.stream for job in group])))
+            except Exception as e:
+                if len(group) == 1:
+                    log.exception("run_pending failed")
+                    out[group[0]] = e
+                    continue
+                # Find the stream(s) at fault; the others go on with their own results.
+                for job in group:
+                    try:
+                        out[job] = self.pipeline.run_pending([job.stream])[0]
+                    except Exception as e1:
+                        log.exception("run_pending failed for one stream")
+                        out[job] = e1
+        return out
+
+    def _deliver(self, job: _Job, result: WorkerResult) -> None:
+        if result.fatal is not None or result.finished:
+            with self._cv:
+                job.done = True
+                job.inbox.clear()
+                job.stream = None
+        if job.closed:
+            job.stream = None
+        else:
+            job.deliver(result)
+
+
+# -- sessions -------------------------------------------------------------------------
+
+
+class _Session:
+    """One websocket connection: reads messages, feeds the worker, writes events."""
+
+    def __init__(self, server: "SpeechServer", ws: ServerConnection, session_id: int):
+        self.server = server
+        self.ws = ws
+        self.id = session_id
+        self.limits = server.config.limits
+        self.loop = asyncio.get_running_loop()
+        path = urllib.parse.urlsplit(ws.request.path).path if ws.request else "/ws"
+        self.path = path
+        self.dialect: str | None = "vosk" if path == "/vosk" else None
+        self.start: Start | None = None          # native: the announced audio format
+        self.vosk_rate: int | None = None        # vosk: the configured sample rate
+        self.opened = False                      # a worker job exists
+        self.audio_s = 0.0                       # seconds of audio received
+        self.backlog_s = 0.0                     # seconds of audio queued at the worker
+        self.backlog_ok = asyncio.Event()
+        self.backlog_ok.set()
+        self.finished = asyncio.Event()          # the worker flushed the stream (or failed)
+        self.outbox: deque[tuple[str, bool]] = deque()   # (text, is_partial)
+        self.outbox_ready = asyncio.Event()
+        self.close_after_send: tuple[int, str] | None = None
+        self.vosk_partial = ""
+        self.vosk_finals: deque[Final] = deque()
+        self.dead = False                        # connection gone or being closed by us
+
+    # Outgoing ------------------------------------------------------------------------
+
+    def send(self, text: str, *, partial: bool = False) -> None:
+        """Queue a message. A partial replaces an unsent partial; overflow closes the client."""
+        if self.dead:
+            return
+        if partial and self.outbox and self.outbox[-1][1]:
+            self.outbox[-1] = (text, True)
+        else:
+            self.outbox.append((text, partial))
+        if len(self.outbox) > self.limits.max_outbox:
+            log.warning("session %d: client is not reading; closing it", self.id)
+            self.server.stats["slow_client"] += 1
+            self.outbox.clear()
+            self.abort(1008, "slow_client: events not read")
+            return
+        self.outbox_ready.set()
+
+    def send_error(self, code: str, message: str) -> None:
+        self.send(ErrorEvent(code, message).to_json())
+
+    def close_when_sent(self, code: int = 1000, reason: str = "") -> None:
+        self.close_after_send = (code, reason)
+        self.outbox_ready.set()
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close now, dropping queued output (misbehaving client or engine failure)."""
+        self.dead = True
+        self.server.worker.close(self.id)
+        self.finished.set()
+        self.backlog_ok.set()
+        asyncio.ensure_future(self.ws.close(code, reason[:120]))
+
+    async def send_loop(self) -> None:
+        try:
+            while True:
+                await self.outbox_ready.wait()
+                self.outbox_ready.clear()
+                while self.outbox and not self.dead:
+                    text, _ = self.outbox.popleft()
+                    await self.ws.send(text)
+                if self.close_after_send is not None and not self.outbox and not self.dead:
+                    self.dead = True
+                    await self.ws.close(*self.close_after_send)
+                    return
+                if self.dead:
+                    return
+        except ConnectionClosed:
+            self.dead = True
+
+    # Worker results (on the loop) -----------------------------------------------------
+
+    def deliver_threadsafe(self, result: WorkerResult) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.on_result, result)
+        except RuntimeError:  # loop closed: the server is shutting down
+            pass
+
+    def on_result(self, result: WorkerResult) -> None:
+        self.backlog_s = max(0.0, self.backlog_s - result.consumed_s)
+        if self.backlog_s <= self.limits.max_backlog_s:
+            self.backlog_ok.set()
+        if self.dead:
+            return
+        if self.dialect == "vosk":
+            self._vosk_result(result)
+        else:
+            for event in result.events:
+                self.send(event.to_json(), partial=isinstance(event, Partial))
+        if result.fatal is not None:
+            self.server.stats["internal_error"] += 1
+            self.send(result.fatal.to_json())
+            self.finished.set()
+            self.close_when_sent(1011, "internal error")
+        elif result.finished:
+            self.finished.set()
+
+    def _vosk_result(self, result: WorkerResult) -> None:
+        for event in result.events:
+            if isinstance(event, Partial):
+                self.vosk_partial = event.text
+            elif isinstance(event, Final):
+                self.vosk_finals.append(event)
+                self.vosk_partial = ""
+            elif isinstance(event, ErrorEvent):
+                self.send(event.to_json())
+        for tag in result.done_tags:
+            if tag == "audio":
+                # One reply per audio message, as Vosk's server does: a finished utterance if
+                # one is waiting, else the current partial.
+                if self.vosk_finals:
+                    self.send(_vosk_text([self.vosk_finals.popleft()]))
+                else:
+                    self.send(_json({"partial": self.vosk_partial}))
+            else:  # "eof" / "reset": everything not yet delivered, as one result
+                self.send(_vosk_text(list(self.vosk_finals)))
+                self.vosk_finals.clear()
+                self.vosk_partial = ""
+
+    # Incoming ------------------------------------------------------------------------
+
+    def _open_job(self) -> None:
+        if not self.opened:
+            self.server.worker.open(self.id, self.deliver_threadsafe)
+            self.opened = True
+
+    def _submit(self, samples: np.ndarray, rate: int, arrival: float, tag=None) -> bool:
+        seconds = len(samples) / rate
+        if self.audio_s + seconds > self.limits.max_session_s:
+            self.send_error("session_limit", f"session exceeds {self.limits.max_session_s:g} s of audio")
+            return False
+        self.audio_s += seconds
+        self.backlog_s += seconds
+        if self.backlog_s > self.limits.max_backlog_s:
+            self.backlog_ok.clear()
+        self.server.worker.submit(self.id, samples, rate, arrival, tag)
+        return True
+
+    def handle_text(self, text: str) -> bool:
+        """Handle a text message; False when the session ends (stop / eof)."""
+        if self.dialect is None:
+            self.dialect = detect_dialect(text) or "native"
+        if self.dialect == "vosk":
+            message = parse_vosk(text)
+            if isinstance(message, VoskConfig):
+                if message.sample_rate is not None:
+                    if self.opened and message.sample_rate != self.vosk_rate:
+                        raise ProtocolError("bad_sample_rate", "sample_rate cannot change after audio started")
+                    self.vosk_rate = message.sample_rate
+                return True
+            self._open_job()
+            if isinstance(message, VoskReset):
+                self.server.worker.finish(self.id, "reset", reset=True)
+                return True
+            self.server.worker.finish(self.id, "eof")
+            return False
+        message = parse_native(text)
+        if isinstance(message, Start):
+            if self.start is not None:
+                raise ProtocolError("already_started", "the stream has already started")
+            self.start = message
+            self._open_job()
+            return True
+        assert isinstance(message, Stop)
+        if self.opened:
+            self.server.worker.finish(self.id)
+        else:
+            self.finished.set()
+        return False
+
+    def handle_binary(self, data: bytes, arrival: float) -> bool:
+        if self.dialect is None:
+            self.dialect = "vosk" if self.path == "/" else "native"
+        if self.dialect == "vosk":
+            rate = self.vosk_rate or self.server.config.vosk_sample_rate
+            self.vosk_rate = rate
+            self._open_job()
+            # A bad message's error event is its one reply.
+            check_audio_bytes(data, 2)
+            try:
+                samples = decode_pcm_bytes(data, "pcm_s16le", 1)
+            except AudioFormatError as e:
+                raise ProtocolError("bad_audio", str(e)) from None
+            return self._submit(samples, rate, arrival, tag="audio")
+        if self.start is None:
+            raise ProtocolError("not_started", 'audio before {"type": "start"}')
+        check_audio_bytes(data, self.start.frame_bytes)
+        try:
+            samples = decode_pcm_bytes(data, self.start.format, self.start.channels)
+        except AudioFormatError as e:
+            raise ProtocolError("bad_audio", str(e)) from None
+        return self._submit(samples, self.start.sample_rate, arrival)
+
+    async def read_loop(self) -> None:
+        limits = self.limits
+        deadline = time.monotonic() + limits.max_session_s
+        while not self.dead:
+            if not self.backlog_ok.is_set():
+                await self.backlog_ok.wait()  # TCP backpressure on this client only
+                continue
+            now = time.monotonic()
+            wait = min(limits.idle_timeout_s, deadline - now)
+            try:
+                async with asyncio.timeout(max(wait, 0)):
+                    message = await self.ws.recv()
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    self.send_error("session_limit", f"session longer than {limits.max_session_s:g} s")
+                else:
+                    self.send_error("idle_timeout", f"no message for {limits.idle_timeout_s:g} s")
+                self._end()
+                return
+            arrival = time.monotonic()
+            try:
+                if isinstance(message, str):
+                    going = self.handle_text(message)
+                else:
+                    going = self.handle_binary(message, arrival)
+            except ProtocolError as e:
+                self.send_error(e.code, e.message)
+                continue
+            if not going:
+                self._end()
+                return
+
+    def _end(self) -> None:
+        """Flush what the stream holds (finals) and close once it is sent."""
+        if self.opened:
+            self.server.worker.finish(self.id, "eof" if self.dialect == "vosk" else None)
+        else:
+            self.finished.set()
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self.send_loop())
+        try:
+            await self.read_loop()
+            if not self.dead:
+                try:
+                    async with asyncio.timeout(self.limits.finish_timeout_s):
+                        await self.finished.wait()
+                except TimeoutError:
+                    self.send_error("internal_error", "timed out flushing the stream")
+                if self.close_after_send is None:
+                    self.close_when_sent(1000, "done")
+                await sender
+        except ConnectionClosed:
+            pass
+        finally:
+            self.dead = True
+            self.server.worker.close(self.id)
+            sender.cancel()
+
+
+def _json(obj: dict) -> str:
+    import json
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _vosk_text(finals: list[Final]) -> str:
+    """Vosk's result message for one or more finished utterances."""
+    text = " ".join(f.text for f in finals if f.text)
+    words = [w.to_dict() for f in finals for w in f.words]
+    return _json({"result": words, "text": text}) if words else _json({"text": text})
+
+
+# -- the server -----------------------------------------------------------------------
+
+
+class SpeechServer:
+    """The websocket + static-file server. ``async with SpeechServer(pipeline, config) as s:``."""
+
+    def __init__(self, pipeline, config: ServerConfig = ServerConfig()):
+        self.pipeline = pipeline
+        self.config = config
+        self.worker = InferenceWorker(pipeline, batching=config.batching, slice_s=config.limits.slice_s)
+        self.sessions: dict[int, _Session] = {}
+        self.stats: Counter[str] = Counter()  # sessions, server_busy, slow_client, internal_error
+        self._ids = itertools.count(1)
+        self._server = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        self.worker.start()
+        self._server = await serve(
+            self._handle, self.config.host, self.config.port,
+            process_request=self._process_request,
+            max_size=self.config.limits.max_message_bytes,
+            max_queue=16,
+            write_limit=1 << 16,
+            close_timeout=2,
+            ping_interval=20,
+            ping_timeout=20,
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        await asyncio.to_thread(self.worker.stop)
+
+    async def __aenter__(self) -> "SpeechServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        async with self:
+            await asyncio.Future()
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urllib.parse.urlsplit(request.path).path
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            if path not in WS_PATHS:
+                return connection.respond(404, "no websocket at this path\n")
+            if not origin_allowed(request.headers, self.config.allowed_origins):
+                return connection.respond(403, "origin not allowed\n")
+            return None
+        target = resolve_static(self.config.web_root, request.path)
+        if target is None:
+            return connection.respond(404, "not found\n")
+        headers = Headers([
+            ("Content-Type", CONTENT_TYPES[target.suffix]),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Connection", "close"),
+        ])
+        return Response(200, "OK", headers, target.read_bytes())
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        if len(self.sessions) >= self.config.limits.max_sessions:
+            self.stats["server_busy"] += 1
+            await ws.send(ErrorEvent("server_busy", f"{self.config.limits.max_sessions} sessions already "
+                                                    "running; try again later").to_json())
+            await ws.close(1013, "server busy")
+            return
+        self.stats["sessions"] += 1
+        session = _Session(self, ws, next(self._ids))
+        self.sessions[session.id] = session
+        try:
+            await session.run()
+        finally:
+            del self.sessions[session.id]
+
+
+mimetypes.add_type("text/javascript", ".js")  # some systems map .js to text/plain
+
+
+# -- command line ---------------------------------------------------------------------
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``wavlm-stream serve`` (the CLI's serve subparser)."""
+    d = ServerLimits()
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; "
+                        "0.0.0.0 exposes the server to the network)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    parser.add_argument("--model", default=None, help="checkpoint directory or hub id (default: bundled model)")
+    parser.add_argument("--chunk-ms", type=int, default=None, help="transformer chunk (ms)")
+    parser.add_argument("--left-ms", type=int, default=None, help="left context (ms)")
+    parser.add_argument("--right-ms", type=int, default=None, help="lookahead (ms)")
+    parser.add_argument("--max-sessions", type=int, default=d.max_sessions, help="websocket sessions at once")
+    parser.add_argument("--max-session-s", type=float, default=d.max_session_s,
+                        help="longest session, wall clock and seconds of audio")
+    parser.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+                        help="largest websocket message")
+    parser.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s,
+                        help="close a session after this long without a message")
+    parser.add_argument("--allowed-origin", action="append", default=None, metavar="ORIGIN",
+                        help="browser origin allowed to connect (repeatable; '*' for any); "
+                             "default: the server's own origin only")
+    parser.add_argument("--no-batching", action="store_true",
+                        help="run each stream's windows separately (for comparison)")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    limits = ServerLimits(max_message_bytes=args.max_message_bytes, max_session_s=args.max_session_s,
+                          max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout_s)
+    origins = tuple(args.allowed_origin) if args.allowed_origin else None
+    return ServerConfig(host=args.host, port=args.port, allowed_origins=origins, limits=limits,
+                        batching=not args.no_batching)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``wavlm-stream serve``: load the model, serve until SIGINT/SIGTERM. Returns the exit code."""
+    from stream.pipeline import Pipeline
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    window = {k: v for k, v in (("chunk_ms", args.chunk_ms), ("left_ms", args.left_ms),
+                                ("right_ms", args.right_ms)) if v is not None}
+    pipeline = Pipeline.from_pretrained(args.model, **window)
+    config = config_from_args(args)
+
+    async def main() -> None:
+        server = SpeechServer(pipeline, config)
+        async with server:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            host = config.host if ":" not in config.host else f"[{config.host}]"
+            log.info("serving http://%s:%d/ (websocket /ws, Vosk protocol /vosk)", host, server.port)
+            await stop.wait()
+            log.info("shutting down")
+
+    asyncio.run(main())
+    return 0

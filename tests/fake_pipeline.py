@@ -1,0 +1,125 @@
+"""FakePipeline: a stand-in with the engine's streaming API, for server tests only.
+
+It has the same surface the server uses (``Pipeline.new_stream``, ``Stream.accept``,
+``Stream.pending_windows``, ``Pipeline.run_pending``, ``Stream.finish``) but "recognises"
+a code written into the audio, so a test knows exactly which transcript each client must
+get and runs in milliseconds. The real-engine tests in test_server.py / test_vosk.py check
+the same behaviour against ``stream.Pipeline`` with a tiny random-weight model.
+
+The code: audio is a sequence of symbols, each ``SYMBOL_S`` seconds of a constant level.
+Level k/10 (k = 1..8) is the word ``WORDS[k]``; level 0 is silence, which ends a segment;
+level >= 0.95 is poison: ``run_pending`` raises, as a failing model would.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from decoders.events import Final, Partial, Word
+from stream.audio import AudioFormatError, to_float_mono
+
+SYMBOL_S = 0.32
+WORDS = ["", "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+POISON = 0.97
+
+
+def encode(words: list[str], sample_rate: int = 16000) -> np.ndarray:
+    """int16 audio for a list of words ("" = a silent symbol, "POISON" = poison)."""
+    n = int(round(SYMBOL_S * sample_rate))
+    levels = [POISON if w == "POISON" else WORDS.index(w) / 10 for w in words]
+    return np.concatenate([np.full(n, lv * 32767, dtype=np.int16) for lv in levels])
+
+
+class FakeStream:
+    def __init__(self, pipeline: "FakePipeline"):
+        self.pipeline = pipeline
+        self.rate: int | None = None
+        self.buffer = np.zeros(0, np.float32)
+        self.windows_done = 0
+        self.segment = 0
+        self.words: list[Word] = []
+        self.finished = False
+
+    def accept(self, samples, sample_rate: int, arrival_time: float | None = None) -> None:
+        x = to_float_mono(samples)
+        if x.size == 0 or not np.isfinite(x).all():
+            raise AudioFormatError("empty or non-finite audio")
+        if self.rate is not None and sample_rate != self.rate:
+            raise AudioFormatError("sample rate changed mid-stream")
+        self.rate = sample_rate
+        self.buffer = np.concatenate([self.buffer, x])
+
+    @property
+    def _window(self) -> int:
+        return int(round(SYMBOL_S * self.rate))
+
+    @property
+    def pending_windows(self) -> int:
+        return 0 if self.rate is None else len(self.buffer) // self._window
+
+    def _decode_ready(self) -> list:
+        events = []
+        while self.rate is not None and len(self.buffer) >= self._window:
+            level = float(np.mean(self.buffer[: self._window]))
+            self.buffer = self.buffer[self._window:]
+            start, end = self.windows_done * SYMBOL_S, (self.windows_done + 1) * SYMBOL_S
+            self.windows_done += 1
+            code = int(round(level * 10))
+            if code > 0:
+                self.words.append(Word(WORDS[code], start, end, 0.9))
+                events.append(Partial(self.segment, self._text(), self.words[0].start, end))
+            elif self.words:
+                events.append(self._final())
+        return events
+
+    def _text(self) -> str:
+        return " ".join(w.word for w in self.words)
+
+    def _final(self) -> Final:
+        text = self._text() + " " * bool(self.pipeline.event_padding) + "x" * self.pipeline.event_padding
+        final = Final(self.segment, text, self.words[0].start, self.words[-1].end,
+                      tuple(self.words), speaker="S1")
+        self.segment += 1
+        self.words = []
+        return final
+
+    def finish(self) -> list:
+        if self.finished:
+            return []
+        events = self._decode_ready()
+        if self.words:
+            events.append(self._final())
+        self.finished = True
+        return events
+
+
+class FakePipeline:
+    """``window_cost_s``: sleep per window, once per batch (a batched forward costs about
+    as much as one window of the longest stream in it). ``event_padding``: characters of
+    filler appended to each final's text (to make big messages)."""
+
+    def __init__(self, window_cost_s: float = 0.0, event_padding: int = 0):
+        self.window_cost_s = window_cost_s
+        self.event_padding = event_padding
+        self.batch_sizes: list[int] = []
+        self.threads: set[str] = set()
+        self.streams_created = 0
+        self._lock = threading.Lock()
+
+    def new_stream(self) -> FakeStream:
+        self.streams_created += 1
+        return FakeStream(self)
+
+    def run_pending(self, streams: list[FakeStream]) -> list[list]:
+        self.threads.add(threading.current_thread().name)
+        self.batch_sizes.append(len(streams))
+        for s in streams:
+            if s.rate is not None and np.any(s.buffer[: s.pending_windows * s._window] > POISON - 0.02):
+                raise RuntimeError("poisoned window")
+        longest = max((s.pending_windows for s in streams), default=0)
+        if self.window_cost_s:
+            time.sleep(self.window_cost_s * longest)
+        return [s._decode_ready() for s in streams]

@@ -1,0 +1,551 @@
+"""The websocket server with real websocket clients over loopback.
+
+Most tests drive the server with tests/fake_pipeline.FakePipeline (same streaming API,
+transcripts known exactly, milliseconds per test); the ``real engine`` tests at the end run
+stream.Pipeline with a tiny random-weight model and check that every concurrent client gets
+what its audio gives when run alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import time
+from dataclasses import fields
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from fake_pipeline import FakePipeline, encode
+from stream.server import ServerConfig, ServerLimits, SpeechServer, resolve_static
+
+LIMIT_FIELDS = {f.name for f in fields(ServerLimits)}
+
+
+def run(coro, timeout: float = 60.0):
+    async def guarded():
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(guarded())
+
+
+@contextlib.asynccontextmanager
+async def serving(pipeline, **options):
+    limits = ServerLimits(**{k: v for k, v in options.items() if k in LIMIT_FIELDS})
+    rest = {k: v for k, v in options.items() if k not in LIMIT_FIELDS}
+    server = SpeechServer(pipeline, ServerConfig(port=0, limits=limits, **rest))
+    async with server:
+        yield server
+
+
+def url(server, path: str = "/ws") -> str:
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+async def drain(ws) -> tuple[list[dict], int | None]:
+    """Every message until the server closes; and the close code."""
+    out = []
+    try:
+        async for message in ws:
+            out.append(json.loads(message))
+    except ConnectionClosed:
+        pass
+    return out, ws.close_code
+
+
+async def settled(server, timeout: float = 3.0) -> bool:
+    """Whether the server freed every session (they close just after the client sees the close)."""
+    deadline = time.monotonic() + timeout
+    while server.sessions or server.worker.job_count:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def start_msg(rate: int = 16000, fmt: str = "pcm_s16le", channels: int = 1) -> str:
+    return json.dumps({"type": "start", "sample_rate": rate, "format": fmt, "channels": channels})
+
+
+async def stream_audio(ws, audio: np.ndarray, chunk: int, pace_s: float = 0.0) -> None:
+    for i in range(0, len(audio), chunk):
+        await ws.send(audio[i:i + chunk].tobytes())
+        await asyncio.sleep(pace_s)
+
+
+async def transcribe(server, audio: np.ndarray, chunk: int = 1234, pace_s: float = 0.0, path: str = "/ws"):
+    async with connect(url(server, path)) as ws:
+        with contextlib.suppress(ConnectionClosed):  # the server may close first (errors, limits)
+            await ws.send(start_msg())
+            await stream_audio(ws, audio, chunk, pace_s)
+            await ws.send(json.dumps({"type": "stop"}))
+        return await drain(ws)
+
+
+def finals(events: list[dict]) -> list[str]:
+    return [e["text"] for e in events if e["type"] == "final"]
+
+
+def errors(events: list[dict]) -> list[str]:
+    return [e["code"] for e in events if e["type"] == "error"]
+
+
+SCRIPTS = [
+    ["alpha", "bravo", "", "charlie"],
+    ["delta", "", "echo", "foxtrot", ""],
+    ["golf", "hotel", "alpha"],
+    ["bravo", "", "", "bravo", "delta", "", "echo"],
+    ["hotel"],
+]
+
+
+def expected_finals(script: list[str]) -> list[str]:
+    out, cur = [], []
+    for w in script + [""]:
+        if w:
+            cur.append(w)
+        elif cur:
+            out.append(" ".join(cur))
+            cur = []
+    return out
+
+
+# -- many clients ---------------------------------------------------------------------
+
+
+def test_concurrent_clients_get_their_own_transcripts_in_batched_forwards():
+    fake = FakePipeline(window_cost_s=0.01)
+
+    async def main():
+        async with serving(fake) as server:
+            results = await asyncio.gather(*[
+                transcribe(server, encode(script), chunk=700 + 97 * i, pace_s=0.002)
+                for i, script in enumerate(SCRIPTS)])
+            assert await settled(server)
+            return results, server.worker.max_batch
+
+    results, max_batch = run(main())
+    for script, (events, code) in zip(SCRIPTS, results):
+        assert code == 1000
+        assert not errors(events)
+        assert finals(events) == expected_finals(script)
+        # Partials of a segment only grow, and come before its final.
+        assert events[-1]["type"] == "final"
+    assert max_batch > 1, "windows of concurrent streams were never batched"
+    assert fake.threads == {"wavlm-inference"}  # the model never ran on the event loop
+
+
+def test_unbatched_mode_runs_one_stream_per_forward():
+    fake = FakePipeline(window_cost_s=0.005)
+
+    async def main():
+        async with serving(fake, batching=False) as server:
+            return await asyncio.gather(*[transcribe(server, encode(s), pace_s=0.001) for s in SCRIPTS[:3]])
+
+    results = run(main())
+    for script, (events, _) in zip(SCRIPTS, results):
+        assert finals(events) == expected_finals(script)
+    assert set(fake.batch_sizes) == {1}
+
+
+def test_f32_stereo_48k_input():
+    audio = encode(["charlie", "delta"], 48000).astype(np.float32) / 32767
+    stereo = np.stack([audio, audio], axis=1)
+
+    async def main():
+        async with serving(FakePipeline()) as server:
+            async with connect(url(server)) as ws:
+                await ws.send(start_msg(48000, "f32le", 2))
+                await stream_audio(ws, stereo, 4000)
+                await ws.send('{"type": "stop"}')
+                return await drain(ws)
+
+    events, code = run(main())
+    assert finals(events) == ["charlie delta"] and code == 1000
+
+
+# -- protocol errors -----------------------------------------------------------------
+
+
+def test_bad_messages_get_error_events_and_the_session_goes_on():
+    script = ["alpha", "", "bravo"]
+
+    async def main():
+        async with serving(FakePipeline()) as server:
+            other = asyncio.create_task(transcribe(server, encode(SCRIPTS[1]), pace_s=0.002))
+            async with connect(url(server)) as ws:
+                await ws.send(b"\x00\x01" * 100)                  # audio before start
+                await ws.send("{not json")
+                await ws.send('["a list"]')
+                await ws.send('{"type": "dance"}')
+                await ws.send('{"sample_rate": 16000}')           # no type
+                await ws.send(start_msg(rate=123))
+                await ws.send(start_msg(rate=True))
+                await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "format": "mp3"}))
+                await ws.send(start_msg(channels=0))
+                await ws.send(start_msg())                          # finally a good start
+                await ws.send(start_msg())                          # twice
+                await ws.send(b"\x01\x02\x03")                      # odd byte count
+                await stream_audio(ws, encode(script), 1000)
+                await ws.send('{"type": "stop"}')
+                mine = await drain(ws)
+            return mine, await other
+
+    (events, code), (other_events, other_code) = run(main())
+    assert errors(events) == ["not_started", "bad_json", "bad_message", "unknown_type", "bad_message",
+                              "bad_sample_rate", "bad_sample_rate", "bad_format", "bad_channels",
+                              "already_started", "bad_audio"]
+    assert all(e["message"] for e in events if e["type"] == "error")
+    assert finals(events) == expected_finals(script) and code == 1000
+    assert finals(other_events) == expected_finals(SCRIPTS[1]) and other_code == 1000
+
+
+def test_non_finite_float_audio_is_rejected_and_the_stream_goes_on():
+    good = encode(["echo"]).astype(np.float32) / 32767
+
+    async def main():
+        async with serving(FakePipeline()) as server:
+            async with connect(url(server)) as ws:
+                await ws.send(start_msg(fmt="f32le"))
+                await ws.send(np.array([0.1, np.nan, 0.2], np.float32).tobytes())
+                await stream_audio(ws, good, 2000)
+                await ws.send('{"type": "stop"}')
+                return await drain(ws)
+
+    events, code = run(main())
+    assert errors(events) == ["bad_audio"]
+    assert finals(events) == ["echo"] and code == 1000
+
+
+def test_model_failure_closes_only_that_session():
+    async def main():
+        async with serving(FakePipeline(window_cost_s=0.002)) as server:
+            good = [asyncio.create_task(transcribe(server, encode(s), pace_s=0.002)) for s in SCRIPTS[:3]]
+            bad = await transcribe(server, encode(["alpha", "POISON", "bravo"]), pace_s=0.002)
+            after = await transcribe(server, encode(["golf"]))
+            return bad, await asyncio.gather(*good), after, await settled(server)
+
+    (bad_events, bad_code), good, (after_events, _), jobs = run(main())
+    assert "internal_error" in errors(bad_events) and bad_code == 1011
+    for script, (events, code) in zip(SCRIPTS, good):
+        assert finals(events) == expected_finals(script) and code == 1000
+    assert finals(after_events) == ["golf"]
+    assert jobs
+
+
+# -- limits -------------------------------------------------------------------------
+
+
+def test_max_sessions_new_ones_get_an_error_and_a_clean_close():
+    async def main():
+        async with serving(FakePipeline(), max_sessions=2) as server:
+            a = await connect(url(server))
+            b = await connect(url(server))
+            await a.send(start_msg())
+            await b.send(start_msg())
+            async with connect(url(server)) as c:
+                refused = await drain(c)
+            await a.send('{"type": "stop"}')
+            await drain(a)
+            await asyncio.sleep(0.05)
+            admitted = await transcribe(server, encode(["delta"]))   # room again
+            await b.close()
+            return refused, admitted
+
+    (events, code), (admitted, _) = run(main())
+    assert errors(events) == ["server_busy"] and code == 1013
+    assert finals(admitted) == ["delta"]
+
+
+def test_idle_timeout_flushes_finals_and_closes():
+    async def main():
+        async with serving(FakePipeline(), idle_timeout_s=0.3) as server:
+            async with connect(url(server)) as ws:
+                await ws.send(start_msg())
+                await stream_audio(ws, encode(["alpha", "bravo"]), 3000)
+                t0 = time.monotonic()
+                events, code = await drain(ws)
+                return events, code, time.monotonic() - t0
+
+    events, code, waited = run(main())
+    assert errors(events) == ["idle_timeout"]
+    assert finals(events) == ["alpha bravo"] and code == 1000
+    assert 0.2 < waited < 5
+
+
+def test_session_length_limit_counts_audio_seconds():
+    async def main():
+        async with serving(FakePipeline(), max_session_s=1.0) as server:
+            async with connect(url(server)) as ws:
+                await ws.send(start_msg())
+                with contextlib.suppress(ConnectionClosed):
+                    await stream_audio(ws, encode(["alpha", "bravo", "charlie", "delta", "echo"]), 1600)
+                return await drain(ws)
+
+    events, code = run(main())
+    assert errors(events) == ["session_limit"] and code == 1000
+    assert finals(events) == ["alpha bravo charlie"]  # 0.96 s of audio were taken, then the flush
+
+
+def test_session_length_limit_counts_wall_time():
+    async def main():
+        async with serving(FakePipeline(), max_session_s=0.5, idle_timeout_s=10) as server:
+            async with connect(url(server)) as ws:
+                await ws.send(start_msg())
+                return await drain(ws)
+
+    events, code = run(main())
+    assert errors(events) == ["session_limit"] and code == 1000
+
+
+def test_oversized_message_closes_that_client_only():
+    async def main():
+        async with serving(FakePipeline(), max_message_bytes=20000) as server:
+            other = asyncio.create_task(transcribe(server, encode(SCRIPTS[2]), chunk=4000, pace_s=0.002))
+            async with connect(url(server), max_size=None) as ws:
+                await ws.send(start_msg())
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(bytes(40000))
+                big = await drain(ws)
+            return big, await other
+
+    (events, code), (other_events, other_code) = run(main())
+    assert code == 1009
+    assert finals(other_events) == expected_finals(SCRIPTS[2]) and other_code == 1000
+
+
+def test_disconnect_mid_word_frees_the_session_at_once():
+    async def main():
+        async with serving(FakePipeline(window_cost_s=0.001)) as server:
+            ws = await connect(url(server))
+            await ws.send(start_msg())
+            await stream_audio(ws, encode(["alpha", "bravo"])[:7000], 1000)  # stops inside "bravo"
+            await asyncio.sleep(0.1)
+            assert server.worker.job_count == 1 and len(server.sessions) == 1
+            ws.transport.abort()  # no close handshake: the client just vanishes
+            t0 = time.monotonic()
+            state = await settled(server, 1.0), time.monotonic() - t0
+            still_ok = await transcribe(server, encode(["hotel"]))
+            return state, still_ok
+
+    state, (events, _) = run(main())
+    freed, seconds = state
+    assert freed and seconds < 0.5
+    assert finals(events) == ["hotel"]
+
+
+def test_client_that_stops_reading_is_closed_and_others_are_not():
+    fake = FakePipeline(event_padding=200_000)   # every final is a 200 kB message
+    flood = encode(["alpha", ""] * 150)
+
+    async def main():
+        async with serving(fake, max_outbox=4, max_backlog_s=1000) as server:
+            other = asyncio.create_task(transcribe(server, encode(SCRIPTS[0]), pace_s=0.01))
+            ws = await connect(url(server), max_queue=1)   # and never read
+            await ws.send(start_msg())
+            with contextlib.suppress(ConnectionClosed):
+                await stream_audio(ws, flood, 16000)
+            for _ in range(500):
+                if server.stats["slow_client"] and len(server.sessions) <= (0 if other.done() else 1):
+                    break
+                await asyncio.sleep(0.02)
+            dropped = server.stats["slow_client"]
+            other_events, other_code = await other
+            ws.transport.abort()
+            return other_events, other_code, dropped, await settled(server)
+
+    other_events, other_code, dropped, freed = run(main())
+    assert dropped == 1 and freed
+    assert finals(other_events) == [t + " " + "x" * 200_000 for t in expected_finals(SCRIPTS[0])]
+    assert other_code == 1000
+
+
+def test_a_flooding_client_does_not_delay_a_live_one():
+    """One client dumps 2 minutes of audio at once; a live client's captions stay prompt."""
+    fake = FakePipeline(window_cost_s=0.01)   # unsliced, the flood alone would hold the worker ~4 s
+    live = encode(["alpha", "bravo", "", "charlie", "delta", ""] * 2)
+
+    async def live_client(server):
+        delays = []
+        async with connect(url(server)) as ws:
+            await ws.send(start_msg())
+            chunk = 1600
+            sent_at = {}
+            reader_events = []
+
+            async def reader():
+                async for message in ws:
+                    e = json.loads(message)
+                    reader_events.append(e)
+                    if e["type"] == "partial":
+                        # When the audio that completed this window went out.
+                        key = min(k for k in sent_at if k >= int(round(e["end"] * 16000)))
+                        delays.append(time.monotonic() - sent_at[key])
+
+            task = asyncio.create_task(reader())
+            for i in range(0, len(live), chunk):
+                sent_at[i + chunk] = time.monotonic()
+                await ws.send(live[i:i + chunk].tobytes())
+                await asyncio.sleep(0.1)   # real time
+            await ws.send('{"type": "stop"}')
+            await task
+        return reader_events, delays
+
+    async def main():
+        async with serving(fake, slice_s=0.5, max_backlog_s=5.0) as server:
+            flooder = await connect(url(server))
+            await flooder.send(start_msg())
+            flood = encode(["echo"] * 375)
+            flood_task = asyncio.create_task(stream_audio(flooder, flood, 32000))
+            await asyncio.sleep(0.05)
+            events, delays = await live_client(server)
+            flood_task.cancel()
+            flooder.transport.abort()
+            return events, delays
+
+    events, delays = run(main())
+    assert finals(events) == ["alpha bravo", "charlie delta"] * 2
+    print("live client partial delays (s):", [round(d, 3) for d in delays])
+    assert max(delays) < 1.5, delays
+
+
+# -- static files, origins, binding ---------------------------------------------------
+
+
+def http_get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path, headers=headers or {})
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    return r.status, body, dict(r.getheaders())
+
+
+def test_serves_the_page_and_rejects_path_traversal(tmp_path):
+    root = tmp_path / "web"
+    root.mkdir()
+    (root / "index.html").write_text("<h1>hi</h1>")
+    (root / "app.js").write_text("1")
+    (root / ".secret.js").write_text("SECRET")
+    (tmp_path / "outside.js").write_text("SECRET")
+    (root / "link.js").symlink_to(tmp_path / "outside.js")
+
+    async def main():
+        async with serving(FakePipeline(), web_root=root) as server:
+            port = server.port
+            return {p: await asyncio.to_thread(http_get, port, p) for p in [
+                "/", "/index.html", "/app.js", "/app.js?v=2", "/../outside.js", "/%2e%2e/outside.js",
+                "/..%2foutside.js", "/%2E%2E%2Foutside.js", "//outside.js", "/.secret.js", "/link.js",
+                "/sub/../app.js", "/app.js%00.html", "/..\\outside.js", "/missing.js", "/ws",
+            ]}
+
+    got = run(main())
+    assert got["/"][0] == 200 and got["/"][1] == b"<h1>hi</h1>"
+    assert got["/"][2]["Content-Type"].startswith("text/html")
+    assert got["/app.js"][0] == 200 and got["/app.js"][2]["Content-Type"].startswith("text/javascript")
+    assert got["/app.js?v=2"][0] == 200
+    for path, (status, body, _) in got.items():
+        if path not in ("/", "/index.html", "/app.js", "/app.js?v=2"):
+            assert status == 404 and b"SECRET" not in body, path
+
+
+def test_resolve_static_on_the_real_web_root():
+    from stream.server import WEB_ROOT
+    assert resolve_static(WEB_ROOT, "/") == WEB_ROOT.resolve() / "index.html"
+    assert resolve_static(WEB_ROOT, "/../pyproject.toml") is None
+    assert resolve_static(WEB_ROOT, "/%2e%2e/pyproject.toml") is None
+
+
+def test_origins_same_origin_by_default_and_an_allow_list():
+    async def attempt(server, origin):
+        headers = {} if origin is None else {"Origin": origin}
+        try:
+            async with connect(url(server), additional_headers=headers, origin=None) as ws:
+                await ws.send(start_msg())
+                await ws.send('{"type": "stop"}')
+                await drain(ws)
+                return 101
+        except InvalidStatus as e:
+            return e.response.status_code
+
+    async def main():
+        async with serving(FakePipeline()) as server:
+            own = f"http://127.0.0.1:{server.port}"
+            default = [await attempt(server, o) for o in (None, own, "http://evil.example", "null")]
+        async with serving(FakePipeline(), allowed_origins=("https://app.example",)) as server:
+            listed = [await attempt(server, o) for o in (None, "https://app.example", "http://evil.example")]
+        return default, listed
+
+    default, listed = run(main())
+    assert default == [101, 101, 403, 403]
+    assert listed == [101, 101, 403]
+
+
+def test_websocket_on_an_unknown_path_is_404():
+    async def main():
+        async with serving(FakePipeline()) as server:
+            with pytest.raises(InvalidStatus) as e:
+                async with connect(url(server, "/nope")):
+                    pass
+            return e.value.response.status_code
+
+    assert run(main()) == 404
+
+
+def test_binds_loopback_by_default():
+    import argparse
+    from stream.server import add_serve_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    config = config_from_args(parser.parse_args([]))
+    assert config.host == "127.0.0.1" and config.port == 8765
+    assert config_from_args(parser.parse_args(["--host", "0.0.0.0", "--max-sessions", "3"])).limits.max_sessions == 3
+
+    async def main():
+        async with serving(FakePipeline()) as server:
+            return server._server.sockets[0].getsockname()[0]
+
+    assert run(main()) == "127.0.0.1"
+
+
+# -- the real engine ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    from checkpoints import write_ctc_checkpoint
+    from stream.pipeline import Pipeline
+
+    path = write_ctc_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=3)
+    return Pipeline.from_pretrained(path, speakers=False, beam=False, chunk_ms=320, left_ms=640, right_ms=160)
+
+
+def test_real_engine_concurrent_clients_match_each_audio_run_alone(tiny_pipeline):
+    rng = np.random.default_rng(0)
+    audios = [(rng.standard_normal(16000 * 3 + 777 * i) * 3000).astype(np.int16) for i in range(3)]
+
+    def alone(audio):
+        s = tiny_pipeline.new_stream()
+        events = s.feed(audio, 16000) + s.finish()
+        return [e.to_dict() for e in events]
+
+    expected = [alone(a) for a in audios]
+
+    async def main():
+        async with serving(tiny_pipeline) as server:
+            results = await asyncio.gather(*[
+                transcribe(server, a, chunk=1600 + 111 * i, pace_s=0.005) for i, a in enumerate(audios)])
+            return results, server.worker.max_batch
+
+    results, max_batch = run(main(), timeout=120)
+    for exp, (events, code) in zip(expected, results):
+        assert code == 1000 and not errors(events)
+        assert finals(events) == finals(exp)
+        assert any(e["type"] == "final" for e in events)
+        # Partial latency is stamped by the pipeline and survives the trip.
+        assert all(e["latency"] is not None and e["latency"] >= 0 for e in events if e["type"] == "partial")
+    assert max_batch > 1
