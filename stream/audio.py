@@ -49,6 +49,8 @@ def to_float_mono(samples, channels: int | None = None) -> np.ndarray:
         raise AudioFormatError("got raw bytes; decode them with decode_pcm_bytes(data, fmt, channels) first")
     if not isinstance(samples, np.ndarray):
         samples = np.asarray(samples)
+    if not samples.dtype.isnative:
+        samples = samples.astype(samples.dtype.newbyteorder("="))  # e.g. big-endian int16 from a file
     dt = samples.dtype
     if dt not in _INT_SCALE and dt not in _FLOATS:
         raise AudioFormatError(f"unsupported sample dtype {dt}; expected int16, int32, uint8, float32 or float64")

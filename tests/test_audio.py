@@ -56,6 +56,7 @@ def test_int_formats_scale_to_unit_range():
     np.testing.assert_array_equal(to_float_mono(np.array([-32768, 0, 16384], np.int16)), [-1.0, 0.0, 0.5])
     np.testing.assert_array_equal(to_float_mono(np.array([0, 128, 192], np.uint8)), [-1.0, 0.0, 0.5])
     np.testing.assert_allclose(to_float_mono(np.array([-(2**31), 2**30], np.int32)), [-1.0, 0.5])
+    np.testing.assert_array_equal(to_float_mono(np.array([16384, -32768], ">i2")), [0.5, -1.0])  # big-endian
     y = to_float_mono(np.array([0.25, -0.5], np.float64))
     assert y.dtype == np.float32 and y.tolist() == [0.25, -0.5]
 
