@@ -53,11 +53,12 @@ def test_am_softmax_matches_transformers():
     emb, labels = torch.randn(6, 8), torch.tensor([0, 1, 4, 2, 2, 3])
     assert max_diff(ours(emb, labels), ref(emb, labels)) <= 1e-6
     # without labels: plain scaled cosines (for scoring); with labels the true class loses scale * margin
-    plain, margined = ours.logits(emb), ours.logits(emb, labels)
+    with torch.no_grad():
+        plain, margined = ours.logits(emb), ours.logits(emb, labels)
     assert plain.abs().max() <= ours.scale + 1e-4
     diff = plain - margined
     assert torch.allclose(diff[torch.arange(6), labels], torch.full((6,), ours.scale * ours.margin))
-    assert diff.abs().sum() == pytest.approx(6 * ours.scale * ours.margin, rel=1e-5)
+    assert diff.abs().sum().item() == pytest.approx(6 * ours.scale * ours.margin, rel=1e-5)
 
 
 @pytest.mark.parametrize("shape,prob,length,min_masks", [
