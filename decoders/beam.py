@@ -24,6 +24,9 @@ KENLM_INSTALL_HINT = "pip install https://github.com/kpu/kenlm/archive/master.zi
 
 # pyctcdecode clips log-probabilities at log(1e-15); anything below is "impossible".
 _IMPOSSIBLE = -1e4
+# pyctcdecode only extends beams with tokens at least this likely (or the frame's argmax);
+# passed explicitly because frame compression below relies on it.
+_TOKEN_MIN_LOGP = -5.0
 
 
 def kenlm_available() -> bool:
@@ -85,6 +88,7 @@ class BeamFinaliser:
         finally:
             alphabet_log.setLevel(level)
         self._specials = np.array(sorted(vocab.special_ids), dtype=np.int64)
+        self.compress_blanks = True  # see _frames_to_search; False only to check it is exact
 
     def _match_case(self, word: str) -> str:
         skip = self.vocab.special_ids | {self.vocab.blank_id}
@@ -97,8 +101,10 @@ class BeamFinaliser:
         return word
 
     def _fold_specials(self, log_probs: np.ndarray) -> np.ndarray:
-        """Move the specials' probability mass onto the blank; (T, V) -> (T, V) float32."""
-        lp = np.array(log_probs, dtype=np.float32, copy=True)
+        """Normalise rows and move the specials' probability mass onto the blank; (T, V) -> (T, V) float32."""
+        lp = np.array(log_probs, dtype=np.float64, copy=True)
+        top = lp.max(axis=1, keepdims=True)
+        lp = (lp - (top + np.log(np.exp(lp - top).sum(axis=1, keepdims=True)))).astype(np.float32)
         if self._specials.size:
             b = self.vocab.blank_id
             lp[:, b] = np.logaddexp.reduce(
@@ -106,6 +112,21 @@ class BeamFinaliser:
             )
             lp[:, self._specials] = _IMPOSSIBLE
         return lp
+
+    def _frames_to_search(self, folded: np.ndarray) -> np.ndarray:
+        """Indices (T',) of the frames the beam search needs to see.
+
+        On a frame where every non-blank token is below pyctcdecode's ``token_min_logp``,
+        the search can only extend each beam with the blank: every beam gets the same
+        score added and the set of beams does not change after the first such frame. So of
+        a run of such frames only the first is kept; the result is the same (scores shift
+        by a constant) and silence costs nothing. Word frame offsets are mapped back.
+        """
+        quiet = _blank_only(folded, self.vocab.blank_id)
+        drop = quiet.copy()
+        drop[1:] &= quiet[:-1]
+        drop[0] = False
+        return np.flatnonzero(~drop)
 
     def decode(self, log_probs: np.ndarray, frame_offset: int = 0) -> tuple[str, tuple[Word, ...]]:
         """Best transcript of one segment.
@@ -122,9 +143,11 @@ class BeamFinaliser:
         if log_probs.shape[0] == 0:
             return "", ()
         folded = self._fold_specials(log_probs)
+        keep = self._frames_to_search(folded) if self.compress_blanks else np.arange(folded.shape[0])
         beams = self._decoder.decode_beams(
-            folded,
+            folded[keep],
             beam_width=self.beam_width,
+            token_min_logp=_TOKEN_MIN_LOGP,
             hotwords=list(self.hotwords) or None,
             hotword_weight=self.hotword_weight,
         )
@@ -132,9 +155,17 @@ class BeamFinaliser:
         ids = folded.argmax(axis=1)
         words = []
         for w, (s, e) in word_frames:
+            s, e = int(keep[s]), int(keep[max(e, s + 1) - 1]) + 1  # back to segment frames
             s, e = _snap(ids, s, e, self.vocab.blank_id)
             words.append(Word(w, frame_time(frame_offset + s), frame_time(frame_offset + e), frame_confidence(log_probs, s, e)))
         return text, tuple(words)
+
+
+def _blank_only(folded: np.ndarray, blank: int) -> np.ndarray:
+    """Bool (T,): frames where the search can only extend beams with the blank."""
+    nonblank = folded.copy()
+    nonblank[:, blank] = -np.inf
+    return nonblank.max(axis=1) < _TOKEN_MIN_LOGP
 
 
 def _snap(ids: np.ndarray, s: int, e: int, blank: int) -> tuple[int, int]:

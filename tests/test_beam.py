@@ -131,3 +131,17 @@ def test_shared_finaliser_is_stateless_across_streams(plain):
     s1.push(a[:3], 3), s2.push(b[:4], 9), s1.push(a[3:], 6), s2.push(b[4:], 13)
     f1, f2 = s1.finish()[0], s2.finish()[0]
     assert (f1.text, f1.words) == alone[0] and (f2.text, f2.words) == alone[1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_blank_run_compression_is_exact(seed):
+    hot = BeamFinaliser(VOCAB, hotwords=["BAD", "CAB"], beam_width=8)
+    rng = np.random.default_rng(seed)
+    path = "".join(rng.choice(list("ABCD|") + ["_"] * 8, size=160))
+    lp = log_probs(path, peak=0.97, noise=1.5, seed=seed)
+    lp[rng.random(160) < 0.3] = log_probs("_", peak=0.999)[0]  # confident blanks
+    assert len(hot._frames_to_search(hot._fold_specials(lp))) < 140  # the check means something
+    fast = hot.decode(lp, 5)
+    hot.compress_blanks = False
+    slow = hot.decode(lp, 5)
+    assert fast == slow and fast[0]
