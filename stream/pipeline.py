@@ -32,7 +32,7 @@ from decoders.beam import BeamFinaliser
 from decoders.ctc import Vocabulary
 from decoders.endpoint import EndpointConfig
 from decoders.events import Event, Final
-from decoders.transcriber import SegmentTranscriber
+from decoders.transcriber import SegmentTranscriber, coalesce_partials
 from model import load_model
 from stream.audio import AudioIntake
 from stream.encoder import IncrementalConvEncoder
@@ -252,7 +252,8 @@ class Stream:
             log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
         if self._kept is not None:
             self._kept.append(log_probs)
-        events = self._transcriber.push(log_probs, window.emit_start)
+        # One partial per chunk: the newest text of each segment.
+        events = coalesce_partials(self._transcriber.push(log_probs, window.emit_start))
         if self._speakers is not None:
             events = events + self._speakers.push_window(output, log_probs)
         return self._stamp(events)

@@ -1,0 +1,218 @@
+"""The ``wavlm-stream`` command line: transcribe a file, caption the microphone, serve.
+
+Errors a user can cause (a missing file, a corrupt file, a missing checkpoint, no
+microphone) print one ``error: ...`` line on stderr and exit with status 2, never a
+traceback. With ``--json`` stdout carries one event per line and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from decoders.events import ErrorEvent, Event, Final, Partial, SpeakerChange
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="checkpoint directory or hub id of a WavLM CTC model (default: the bundled model)")
+    p.add_argument("--chunk-ms", type=float, default=640.0, help="audio made final per step (default 640)")
+    p.add_argument("--left-ms", type=float, default=2000.0, help="left context per window (default 2000)")
+    p.add_argument("--right-ms", type=float, default=320.0, help="lookahead per window (default 320)")
+    p.add_argument("--mode", choices=("cached", "recompute"), default="cached",
+                   help="reuse left-context keys/values (cached, default) or recompute each window")
+    p.add_argument("--speaker-model", default=None,
+                   help="x-vector or frame-classification checkpoint for speaker tracking "
+                        "(default: the CTC model's own speaker head, if it has one)")
+    p.add_argument("--no-speakers", action="store_true", help="turn speaker tracking off")
+    p.add_argument("--hotword", action="append", default=[], metavar="WORD",
+                   help="boost a word in the final beam search (repeatable)")
+    p.add_argument("--kenlm", default=None, metavar="ARPA_OR_BIN",
+                   help="KenLM language model for the final beam search (needs the kenlm extra)")
+    p.add_argument("--no-beam", action="store_true", help="finalise segments greedily, without beam search")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wavlm-stream",
+                                     description="Streaming WavLM: live captions and speaker changes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("transcribe", help="stream an audio file through the engine and show captions")
+    t.add_argument("file", help="audio file (WAV, FLAC, OGG, ...; any rate, mono or multi-channel)")
+    _add_model_arguments(t)
+    t.add_argument("--json", action="store_true", help="print events as JSON lines and nothing else on stdout")
+    t.add_argument("--realtime", action="store_true", help="pace the file at 1x, as if live")
+    t.add_argument("--rttm", default=None, metavar="FILE", help="write the speaker turns as RTTM")
+
+    m = sub.add_parser("mic", help="live captions from the microphone (Ctrl-C to stop)")
+    _add_model_arguments(m)
+    m.add_argument("--device", default=None, help="input device index or name (see --list-devices)")
+    m.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    m.add_argument("--json", action="store_true", help="print events as JSON lines")
+
+    s = sub.add_parser("serve", help="websocket server with the browser demo")
+    from stream.server import add_serve_arguments
+    add_serve_arguments(s)
+    return parser
+
+
+def load_pipeline(args):
+    """Build the pipeline from the shared model arguments, turning load errors into UserError."""
+    import torch
+
+    from stream.pipeline import Pipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return Pipeline.from_pretrained(
+            args.model, speaker_model=args.speaker_model, speakers=not args.no_speakers,
+            chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms, mode=args.mode,
+            beam=not args.no_beam, hotwords=tuple(args.hotword), kenlm_path=args.kenlm)
+    except (FileNotFoundError, ValueError, KeyError, OSError, ImportError, RuntimeError) as exc:
+        raise UserError(f"cannot load the model: {exc}") from None
+
+
+class CaptionPrinter:
+    """Terminal captions: the partial line is rewritten in place, finals are printed.
+
+    On a terminal, partials show on one line that each update overwrites; when stdout is
+    not a terminal only finals and speaker changes are printed, one per line.
+    """
+
+    def __init__(self, out=None, json_lines: bool = False):
+        self.out = sys.stdout if out is None else out
+        self.json_lines = json_lines
+        self.live = not json_lines and self.out.isatty()
+        self.last_speaker = None
+        self._partial_shown = False
+
+    def show(self, event: Event) -> None:
+        if self.json_lines:
+            print(event.to_json(), file=self.out, flush=True)
+        elif isinstance(event, Partial):
+            if self.live:
+                self.out.write(f"\r\033[K\033[2m{_clock(event.start)} {event.text}\033[0m")
+                self.out.flush()
+                self._partial_shown = True
+        elif isinstance(event, Final):
+            self._clear_partial()
+            if not event.text:
+                return
+            if event.speaker is not None and event.speaker != self.last_speaker:
+                if self.last_speaker is not None:
+                    print(file=self.out)
+                self.last_speaker = event.speaker
+            who = f" {event.speaker}" if event.speaker else ""
+            print(f"[{_clock(event.start)}{who}] {event.text}", file=self.out, flush=True)
+        elif isinstance(event, SpeakerChange):
+            self._clear_partial()
+            print(f"-- speaker {event.from_speaker or '-'} -> {event.to_speaker} at {_clock(event.time)}",
+                  file=self.out, flush=True)
+        elif isinstance(event, ErrorEvent):
+            self._clear_partial()
+            print(f"error: {event.message}", file=sys.stderr, flush=True)
+
+    def _clear_partial(self) -> None:
+        if self._partial_shown:
+            self.out.write("\r\033[K")
+            self._partial_shown = False
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(max(0.0, seconds), 60)
+    return f"{int(minutes):02d}:{secs:05.2f}"
+
+
+async def _run_source(pipeline, source, printer: CaptionPrinter):
+    from stream.sources import stream_events
+
+    stream = pipeline.new_stream()
+    try:
+        async for event in stream_events(stream, source):
+            printer.show(event)
+    except asyncio.CancelledError:
+        # Ctrl-C on a live source: still print the finals of what was heard.
+        for event in stream.finish():
+            printer.show(event)
+        raise
+    finally:
+        printer._clear_partial()
+    return stream
+
+
+def cmd_transcribe(args) -> int:
+    from decoders.speaker import write_rttm
+    from stream.sources import SourceError, file_source, read_file_info
+
+    try:
+        read_file_info(args.file)       # fail fast, before loading the model
+    except SourceError as exc:
+        raise UserError(str(exc)) from None
+    pipeline = load_pipeline(args)
+    printer = CaptionPrinter(json_lines=args.json)
+    try:
+        stream = asyncio.run(_run_source(pipeline, file_source(args.file, realtime=args.realtime), printer))
+    except SourceError as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:  # AudioFormatError and friends: name the problem, keep stdout clean
+        from stream.audio import AudioFormatError
+        if isinstance(exc, AudioFormatError):
+            raise UserError(f"{args.file}: {exc}") from None
+        raise
+    if args.rttm:
+        turns = stream.speaker_turns()
+        if not turns and pipeline.speaker_source_factory is None:
+            print("warning: no speaker tracking (the model has no speaker head; use --speaker-model); "
+                  "the RTTM file is empty", file=sys.stderr)
+        with open(args.rttm, "w") as fp:
+            write_rttm(turns, Path(args.file).stem, fp)
+    return 0
+
+
+def cmd_mic(args) -> int:
+    from stream.sources import SourceError, list_input_devices, microphone_source
+
+    try:
+        if args.list_devices:
+            print("\n".join(list_input_devices()) or "no input devices")
+            return 0
+        device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
+        pipeline = load_pipeline(args)
+        printer = CaptionPrinter(json_lines=args.json)
+        asyncio.run(_run_source(pipeline, microphone_source(device), printer))
+    except SourceError as exc:
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "transcribe":
+            return cmd_transcribe(args)
+        if args.command == "mic":
+            return cmd_mic(args)
+        from stream.server import run_serve
+        return run_serve(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""stream/cli.py: the command line on good and bad input (no tracebacks, clean --json stdout)."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from decoders.events import Final
+from stream.cli import main
+from tests.checkpoints import write_ctc_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return str(write_ctc_checkpoint(tmp_path_factory.mktemp("cli"), norm="layer"))
+
+
+def _write(path, seconds=1.5, rate=16000, channels=1, subtype="PCM_16", seed=0):
+    rng = np.random.default_rng(seed)
+    data = (rng.standard_normal((int(rate * seconds), channels)) * 0.2).clip(-1, 1)
+    sf.write(str(path), data, rate, subtype=subtype)
+    return str(path)
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("rate,channels,subtype", [
+    (16000, 1, "PCM_16"), (8000, 1, "PCM_U8"), (48000, 2, "PCM_16"), (44100, 1, "DOUBLE"), (22050, 3, "FLOAT"),
+])
+def test_json_output_is_one_event_per_line_for_any_format(tmp_path, capsys, ckpt, rate, channels, subtype):
+    path = _write(tmp_path / "a.wav", rate=rate, channels=channels, subtype=subtype)
+    code, out, err = _run(capsys, ["transcribe", path, "--model", ckpt, "--json", "--no-speakers",
+                                   "--chunk-ms", "320", "--right-ms", "160"])
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events, "a random model still emits partials/finals for noise"
+    assert all(e["type"] in {"partial", "final", "speaker_change"} for e in events)
+    finals = [e for e in events if e["type"] == "final"]
+    partial_segments = {e["segment"] for e in events if e["type"] == "partial"}
+    assert partial_segments <= {e["segment"] for e in finals}       # every segment is finalised
+    assert all(e["latency"] is not None for e in events)
+
+
+def test_terminal_output_prints_finals(tmp_path, capsys, ckpt):
+    path = _write(tmp_path / "a.wav", seconds=2)
+    code, out, err = _run(capsys, ["transcribe", path, "--model", ckpt, "--no-speakers", "--no-beam"])
+    assert code == 0, err
+    json_code, json_out, _ = _run(capsys, ["transcribe", path, "--model", ckpt, "--no-speakers",
+                                           "--no-beam", "--json"])
+    texts = [json.loads(line)["text"] for line in json_out.splitlines() if '"final"' in line]
+    for text in filter(None, texts):
+        assert text in out
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "not found"),
+    (b"", "cannot read audio file"),
+    (b"RIFF\x00\x00\x00\x00WAVEfmt garbage", "cannot read audio file"),
+    (b"this is not audio at all" * 50, "cannot read audio file"),
+])
+def test_bad_files_give_one_clear_error_line(tmp_path, capsys, ckpt, content, needle):
+    path = tmp_path / "bad.wav"
+    if content is not None:
+        path.write_bytes(content)
+    code, out, err = _run(capsys, ["transcribe", str(path), "--model", ckpt, "--json"])
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: ") and needle in err
+    assert "Traceback" not in err
+
+
+def test_zero_length_wav_is_reported(tmp_path, capsys, ckpt):
+    path = tmp_path / "empty.wav"
+    sf.write(str(path), np.zeros((0, 1)), 16000)
+    code, _, err = _run(capsys, ["transcribe", str(path), "--model", ckpt])
+    assert code == 2 and "no audio" in err
+
+
+def test_truncated_wav_keeps_what_was_transcribed(tmp_path, capsys, ckpt):
+    path = tmp_path / "t.wav"
+    _write(path, seconds=3)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])      # header still claims 3 s
+    code, out, err = _run(capsys, ["transcribe", str(path), "--model", ckpt, "--json", "--no-speakers"])
+    assert "Traceback" not in err
+    if code == 0:       # libsndfile reads what is there
+        assert out
+    else:
+        assert err.startswith("error: ")
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    path = _write(tmp_path / "a.wav")
+    code, out, err = _run(capsys, ["transcribe", path, "--model", str(tmp_path / "nope")])
+    assert code == 2 and out == ""
+    assert "cannot load the model" in err and "nope" in err
+
+
+def test_python_api_events_are_dataclasses(tmp_path, ckpt):
+    from stream import Pipeline
+
+    pipe = Pipeline.from_pretrained(ckpt, speakers=False, beam=False)
+    audio = sf.read(_write(tmp_path / "a.wav", seconds=2), dtype="int16")[0]
+    s = pipe.new_stream()
+    events = s.feed(audio, 16000) + s.finish()
+    finals = [e for e in events if isinstance(e, Final)]
+    assert finals and all(json.loads(e.to_json())["type"] == "final" for e in finals)
