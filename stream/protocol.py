@@ -94,7 +94,7 @@ TextMessage = Union[Start, Stop, VoskConfig, VoskEof, VoskReset]
 def _load_object(text: str) -> dict:
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, and ints over the digit limit
         raise ProtocolError("bad_json", f"text message is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_message", f"expected a JSON object, got {type(obj).__name__}")
@@ -122,7 +122,7 @@ def detect_dialect(text: str) -> Dialect | None:
     """
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         return None
     if isinstance(obj, dict) and "type" not in obj and obj.keys() & {"config", "eof", "reset"}:
         return "vosk"

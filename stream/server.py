@@ -47,7 +47,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from decoders.events import ErrorEvent, Event, Final, Partial
+from decoders.events import ErrorEvent, Event, Partial
 from stream.audio import AudioFormatError, decode_pcm_bytes
 from stream.protocol import (
     ProtocolError,
@@ -61,6 +61,7 @@ from stream.protocol import (
     parse_native,
     parse_vosk,
 )
+from stream.vosk import VoskReplies
 
 log = logging.getLogger("wavlm_stream.server")
 
@@ -400,8 +401,7 @@ class _Session:
         self.outbox: deque[tuple[str, bool]] = deque()   # (text, is_partial)
         self.outbox_ready = asyncio.Event()
         self.close_after_send: tuple[int, str] | None = None
-        self.vosk_partial = ""
-        self.vosk_finals: deque[Final] = deque()
+        self.vosk = VoskReplies()
         self.dead = False                        # connection gone or being closed by us
 
     # Outgoing ------------------------------------------------------------------------
@@ -483,25 +483,13 @@ class _Session:
 
     def _vosk_result(self, result: WorkerResult) -> None:
         for event in result.events:
-            if isinstance(event, Partial):
-                self.vosk_partial = event.text
-            elif isinstance(event, Final):
-                self.vosk_finals.append(event)
-                self.vosk_partial = ""
-            elif isinstance(event, ErrorEvent):
+            if isinstance(event, ErrorEvent):
                 self.send(event.to_json())
+            else:
+                self.vosk.observe(event)
         for tag in result.done_tags:
-            if tag == "audio":
-                # One reply per audio message, as Vosk's server does: a finished utterance if
-                # one is waiting, else the current partial.
-                if self.vosk_finals:
-                    self.send(_vosk_text([self.vosk_finals.popleft()]))
-                else:
-                    self.send(_json({"partial": self.vosk_partial}))
-            else:  # "eof" / "reset": everything not yet delivered, as one result
-                self.send(_vosk_text(list(self.vosk_finals)))
-                self.vosk_finals.clear()
-                self.vosk_partial = ""
+            # "audio": one reply per audio message; "eof" / "reset": the final result.
+            self.send(self.vosk.reply_to_audio() if tag == "audio" else self.vosk.reply_final())
 
     # Incoming ------------------------------------------------------------------------
 
@@ -635,18 +623,6 @@ class _Session:
             self.dead = True
             self.server.worker.close(self.id)
             sender.cancel()
-
-
-def _json(obj: dict) -> str:
-    import json
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
-def _vosk_text(finals: list[Final]) -> str:
-    """Vosk's result message for one or more finished utterances."""
-    text = " ".join(f.text for f in finals if f.text)
-    words = [w.to_dict() for f in finals for w in f.words]
-    return _json({"result": words, "text": text}) if words else _json({"text": text})
 
 
 # -- the server -----------------------------------------------------------------------
