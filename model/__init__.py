@@ -5,12 +5,12 @@ from .config import WavLMConfig
 from .encoder import Encoder, EncoderLayer
 from .heads import (WavLMForAudioFrameClassification, WavLMForCTC, WavLMForCTCWithSpeaker,
                     WavLMForSequenceClassification, WavLMForXVector)
-from .loading import CheckpointError, build_model, load_model, save_model
+from .loading import DEFAULT_MODEL_DIR, CheckpointError, build_model, load_model, save_model
 from .outputs import ModelOutput
 from .wavlm import WavLMModel
 
 __all__ = [
-    "CheckpointError", "Encoder", "EncoderLayer", "KeyValue", "ModelOutput", "WavLMAttention", "WavLMConfig",
+    "DEFAULT_MODEL_DIR", "CheckpointError", "Encoder", "EncoderLayer", "KeyValue", "ModelOutput", "WavLMAttention", "WavLMConfig",
     "WavLMForAudioFrameClassification", "WavLMForCTC", "WavLMForCTCWithSpeaker", "WavLMForSequenceClassification",
     "WavLMForXVector", "WavLMModel", "build_model", "load_model", "save_model",
 ]

@@ -77,7 +77,7 @@ class WavLMAttention(nn.Module):
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-head, per-query gate of the position bias: x (B, Tq, H) -> (B, heads, Tq, 1), values in (1, 2+c)."""
         B, T, _ = x.shape
-        proj = self.gru_rel_pos_linear(x.view(B, T, self.num_heads, self.head_dim))  # (B, T, nh, 8)
+        proj = self.gru_rel_pos_linear(x.unflatten(-1, (self.num_heads, self.head_dim)))  # (B, T, nh, 8)
         gate_a, gate_b = torch.sigmoid(proj.view(B, T, self.num_heads, 2, 4).sum(-1)).permute(0, 2, 1, 3).unbind(-1)
         return (gate_a * (gate_b * self.gru_rel_pos_const[..., 0] - 1.0) + 2.0)[..., None]
 

@@ -18,6 +18,9 @@ from .wavlm import WavLMModel
 
 logger = logging.getLogger(__name__)
 
+# The bundled default checkpoint (config.json, model.safetensors, vocab.json), exported by train/.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
+
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "WavLMModel": WavLMModel,
     "WavLMForCTC": WavLMForCTC,
@@ -78,7 +81,8 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
         except Exception:  # noqa: BLE001
             pass
         raise OSError(
-            f"could not download {s!r} from the Hugging Face Hub and it is not in the local cache "
+            f"no local directory {s!r}, and could not download it from the Hugging Face Hub, nor find it in the "
+            f"local cache "
             f"(offline, HF_HUB_OFFLINE set, or no such repository): {type(first).__name__}: {first}. "
             f"Download it where the network is available, e.g. `huggingface-cli download {s} --local-dir DIR`, "
             f"copy DIR here and pass the local directory: load_model('DIR')."

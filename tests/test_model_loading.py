@@ -94,6 +94,9 @@ def test_added_tokens_extend_the_vocabulary(checkpoint):
 def test_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(tmp_path / "nope")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        load_model(tmp_path / "config.json")
 
 
 def test_missing_config_weights_and_vocab(checkpoint):
@@ -150,7 +153,7 @@ def test_hub_id_offline_says_how_to_pass_a_local_directory(monkeypatch, tmp_path
     import huggingface_hub.constants as c
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    with pytest.raises(OSError, match=r"could not download 'someone/no-such-wavlm'.*pass the local directory"):
+    with pytest.raises(OSError, match=r"no local directory 'someone/no-such-wavlm'.*could not download.*pass the local directory"):
         resolve_checkpoint("someone/no-such-wavlm")
 
 
