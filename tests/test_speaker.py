@@ -217,3 +217,54 @@ def test_every_true_change_is_found_once_within_the_collar(turns, seed):
     assert len(found) == len(truth), (found, truth)
     for f, r in zip(found, truth):
         assert abs(f - r) <= 0.5, (found, truth)
+
+
+# ------------------------------------------------------- bench metrics (bench/speaker_metrics.py)
+
+def _metrics():
+    import importlib.util
+    import sys
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "bench" / "speaker_metrics.py"
+    spec = importlib.util.spec_from_file_location("speaker_metrics", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["speaker_metrics"] = mod     # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 5), st.integers(0, 10_000))
+def test_hungarian_finds_the_minimum_cost_assignment(n, m, seed):
+    import itertools
+    M = _metrics()
+    cost = np.random.default_rng(seed).integers(0, 20, (n, m)).astype(float)
+    pairs = M.hungarian(cost)
+    assert len(pairs) == min(n, m) and len({r for r, _ in pairs}) == len({c for _, c in pairs}) == min(n, m)
+    if n <= m:
+        best = min(sum(cost[i, p[i]] for i in range(n)) for p in itertools.permutations(range(m), n))
+    else:
+        best = min(sum(cost[p[j], j] for j in range(m)) for p in itertools.permutations(range(n), m))
+    assert sum(cost[r, c] for r, c in pairs) == best
+
+
+def test_der_and_change_metrics_on_hand_made_cases():
+    M = _metrics()
+    ref = [Turn(0, 10, "A"), Turn(10, 20, "B"), Turn(22, 30, "A")]
+    same = [Turn(0, 10, "x"), Turn(10, 20, "y"), Turn(22, 30, "x")]
+    assert M.diarization_error(ref, same, collar=0).der == 0.0
+    # 2 s of B labelled as A's speaker (confusion) and 1 s of silence called speech (false alarm).
+    hyp = [Turn(0, 12, "x"), Turn(12, 20, "y"), Turn(21, 30, "x")]
+    d = M.diarization_error(ref, hyp, collar=0)
+    assert (d.total, d.miss) == pytest.approx((28.0, 0.0))
+    assert d.confusion == pytest.approx(2.0) and d.false_alarm == pytest.approx(1.0)
+    assert d.der == pytest.approx(3 / 28)
+    # A 0.25 s collar forgives errors within 0.25 s of reference boundaries and shrinks the total.
+    near = [Turn(0, 10.2, "x"), Turn(10.2, 20, "y"), Turn(22, 30, "x")]
+    assert M.diarization_error(ref, near, collar=0.25).der == 0.0
+    # Collars remove 0.25 + 0.5 + 0.25 + 0.25 + 0.25 s of speech around the 6 boundaries.
+    assert M.diarization_error(ref, [], collar=0.25).miss == pytest.approx(28 - 1.5)
+    assert M.reference_changes(ref) == [10, 22]
+    c = M.ChangeCounts()
+    assert c.add([10, 22], [10.4, 21.0, 22.3], collar=0.5) == [(0, 0), (1, 2)]
+    assert (c.precision, c.recall) == pytest.approx((2 / 3, 1.0))
