@@ -103,9 +103,14 @@ class WavLMAttention(nn.Module):
                 f"position_bias must be (heads, {Tq}, {Tk}) or (B*heads, {Tq}, {Tk}), got {tuple(position_bias.shape)}"
             )
         bias = position_bias.view(-1, nh, Tq, Tk)  # (1 or B, nh, Tq, Tk)
-        mask = self.gate(x) * bias  # (B, nh, Tq, Tk)
-        if key_padding_mask is not None:
-            mask = mask.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        gate = self.gate(x)  # (B, nh, Tq, 1)
+        if key_padding_mask is None:
+            mask = gate * bias  # (B, nh, Tq, Tk)
+        else:
+            # one (B, nh, Tq, Tk) allocation: -inf on padded keys + gate * bias
+            pad = torch.zeros(key_padding_mask.shape, dtype=bias.dtype, device=bias.device)
+            pad = pad.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+            mask = torch.addcmul(pad, gate, bias)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype),
                                              dropout_p=self.dropout if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, Tq, H)

@@ -182,8 +182,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "
             )
     model.load_state_dict(renamed, strict=False)  # strictness checked above (masked_spec_embed may stay initialised)
     if ignored:
-        logger.warning("%s: ignored %d pre-training-only weights not used for inference (%s)", source, len(ignored),
-                       ", ".join(sorted({k.split(".")[0] for k in ignored})))
+        logger.warning("%s: ignored %d training-only weights that inference does not use (%s)", source, len(ignored),
+                       ", ".join(sorted({k.removeprefix("wavlm.").split(".")[0] for k in ignored})))
     return ignored
 
 

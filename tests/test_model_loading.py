@@ -77,7 +77,7 @@ def test_pretraining_quantizer_keys_are_ignored_with_a_note(checkpoint, caplog):
     _rewrite(directory, add_quantizer)
     with caplog.at_level("WARNING", logger="model.loading"):
         m = load_model(directory)
-    assert "ignored 7 pre-training-only weights" in caplog.text and "quantizer" in caplog.text
+    assert "ignored 7 training-only weights that inference does not use (project_hid, project_q, quantizer)" in caplog.text
     x = audio(1, 1000)
     assert max_diff(m(x).last_hidden_state, hf(x).last_hidden_state) <= 1e-4
 
@@ -201,3 +201,20 @@ def test_config_round_trips_through_transformers(checkpoint):
     with pytest.raises(ValueError, match="equal length"):
         WavLMConfig(conv_dim=(8, 8), conv_kernel=(3,), conv_stride=(1,))
     assert isinstance(WavLMForCTC(ours), WavLMForCTC)
+
+
+@torch.inference_mode()
+def test_masked_spec_embed_is_optional(checkpoint, caplog):
+    """The training-only SpecAugment vector: a checkpoint may lack it, or carry it when the config asks for none."""
+    hf, directory = checkpoint("WavLMForCTC", **BASE_STYLE)
+    _rewrite(directory, lambda sd: {k: v for k, v in sd.items() if k != "wavlm.masked_spec_embed"})
+    x = audio(1, 1000)
+    assert max_diff(load_model(directory)(x).logits, hf(x).logits) <= 1e-4
+    hf, directory = checkpoint("WavLMForCTC", seed=1, **BASE_STYLE)
+    cfg = json.loads((directory / "config.json").read_text())
+    cfg["mask_time_prob"] = 0.0
+    (directory / "config.json").write_text(json.dumps(cfg))
+    with caplog.at_level("WARNING", logger="model.loading"):
+        m = load_model(directory)
+    assert m.wavlm.masked_spec_embed is None and "weights that inference does not use (masked_spec_embed)" in caplog.text
+    assert max_diff(m(x).logits, hf(x).logits) <= 1e-4
