@@ -1,0 +1,479 @@
+"""Speaker-change detection and diarization quality: the tracker against a simple baseline.
+
+For every meeting (audio + reference RTTM) it prints change-point precision / recall /
+F1 at a +-0.5 s collar, DER at a 0.25 s collar (overlap scored; the tracker gives one
+speaker at a time), and the detection latency of speaker changes, for
+
+* ``tracker``  -- decoders.speaker.SpeakerTracker (hysteresis + online clustering);
+* ``baseline`` -- cosine distance between adjacent windows of the same embeddings, a
+  change at every local peak above a threshold, a fresh label after every change. Its
+  threshold is the best one on the evaluated meetings (an optimistic baseline).
+
+Detection latency = the stream position (seconds of audio fed) at which the change
+event was emitted, minus the reference change time; only matched changes count.
+
+Embeddings come from one pass over each meeting, recorded once, so the tracker and the
+baseline see the same windows:
+
+* ``--via engine`` (default): the streaming engine (stream.Pipeline) with its chunk /
+  lookahead settings, audio fed in 80 ms pieces, the same way as live audio; the tracker
+  events the engine emitted are checked against a replay of the recorded windows.
+* ``--via offline``: the model's offline forward over blocks of the meeting (what the
+  engine would compute, without the engine), windows pushed every --chunk-ms with the
+  --right-ms lookahead added to the emission time.
+
+Meetings: ``--meetings DIR`` (``*.wav``/``*.flac`` with an ``.rttm`` of the same stem;
+default ~/.cache/wavlm-stream/meetings, held-out voices), and ``--real N``: N meetings
+assembled from real recorded voices shipped by Debian (asterisk-core-sounds-{en,fr,it,ru}-wav:
+four professional voice talents, 8 kHz telephone prompts, in four languages) with an
+exact RTTM from the assembly.
+
+    python bench/speaker_eval.py [--model DIR] [--speaker-model DIR] [--via engine|offline]
+        [--meetings DIR] [--limit N] [--real N] [--tune] [--window 1.5 --hop 0.5 ...]
+
+``--tune`` picks the change threshold and hysteresis on the first half of the meetings
+(dev) and reports both halves, so that the test numbers are not tuned on themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig, Turn, read_rttm, write_rttm  # noqa: E402
+from speaker_metrics import ChangeCounts, DERCounts, diarization_error, reference_changes  # noqa: E402
+
+SR = 16000
+COLLAR_CHANGE = 0.5
+COLLAR_DER = 0.25
+
+
+# ----------------------------------------------------------------------- meetings
+
+
+@dataclass
+class Meeting:
+    name: str
+    audio: np.ndarray          # float32 16 kHz mono
+    ref: list[Turn]
+
+
+def load_audio(path: Path) -> np.ndarray:
+    import soundfile as sf
+    import soxr
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    x = data.mean(axis=1)
+    if rate != SR:
+        x = soxr.resample(x, rate, SR).astype(np.float32)
+    return x
+
+
+def load_meetings(directory: Path, limit: int | None) -> list[Meeting]:
+    audio_files = sorted(p for p in directory.glob("*") if p.suffix in (".wav", ".flac"))
+    out = []
+    for a in audio_files:
+        rttm = a.with_suffix(".rttm")
+        if not rttm.exists():
+            continue
+        with open(rttm) as f:
+            ref = read_rttm(f)
+        turns = ref.get(a.stem) or (next(iter(ref.values())) if len(ref) == 1 else None)
+        if not turns:
+            continue
+        out.append(Meeting(a.stem, load_audio(a), turns))
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+REAL_VOICES = ("en_US_f_Allison", "fr_CA_f_June", "it_IT_m_Carlo", "ru_RU_f_IvrvoiceRU")
+ASTERISK = Path("/usr/share/asterisk/sounds")
+
+
+def _trim(x: np.ndarray, rate: int, db: float = -40.0) -> np.ndarray:
+    """Cut leading/trailing silence (10 ms frames below `db` dBFS)."""
+    hop = rate // 100
+    n = len(x) // hop
+    if n == 0:
+        return x
+    e = 10 * np.log10(np.mean(x[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-10)
+    on = np.flatnonzero(e > db)
+    return x[on[0] * hop:(on[-1] + 1) * hop] if len(on) else x[:0]
+
+
+def build_real_meetings(n: int, seconds: float = 90.0, seed: int = 0) -> list[Meeting]:
+    """Meetings assembled from recorded prompts of four real speakers (see module docstring).
+
+    Each turn: 1-4 prompts of one speaker (3-12 s), 0.15-0.35 s pauses inside a turn,
+    0.1-1.0 s between turns; the next speaker always differs from the last. The reference
+    has one segment per prompt.
+    """
+    import soundfile as sf
+    import soxr
+    voices = [v for v in REAL_VOICES if (ASTERISK / v).is_dir()]
+    if len(voices) < 2:
+        raise SystemExit("--real needs the Debian packages asterisk-core-sounds-{en,fr,it,ru}-wav "
+                         "(apt-get install asterisk-core-sounds-en-wav ...)")
+    rng = np.random.default_rng(seed)
+    prompts: dict[str, list[np.ndarray]] = {}
+    for v in voices:
+        clips = []
+        for f in sorted(glob.glob(str(ASTERISK / v / "*.wav"))):
+            x, rate = sf.read(f, dtype="float32")
+            x = _trim(x if x.ndim == 1 else x.mean(axis=1), rate)
+            if len(x) >= 1.0 * rate:
+                clips.append(soxr.resample(x, rate, SR).astype(np.float32))
+        prompts[v] = clips
+    meetings = []
+    for m in range(n):
+        cast = list(rng.choice(voices, size=min(len(voices), 3 + m % 2), replace=False))
+        pieces, ref, t, prev = [], [], 0.0, None
+        while t < seconds:
+            spk = rng.choice([v for v in cast if v != prev])
+            target = rng.uniform(3.0, 12.0)
+            start = t
+            while t - start < target:
+                clip = prompts[spk][rng.integers(len(prompts[spk]))]
+                if t > start:
+                    gap = rng.uniform(0.15, 0.35)
+                    pieces.append(np.zeros(int(gap * SR), np.float32))
+                    t += gap
+                pieces.append(clip)
+                ref.append(Turn(t, t + len(clip) / SR, spk))
+                t += len(clip) / SR
+            gap = rng.uniform(0.1, 1.0)
+            pieces.append(np.zeros(int(gap * SR), np.float32))
+            t += gap
+            prev = spk
+        audio = np.concatenate(pieces)
+        # Exact sample positions (the float clock above drifts by rounding the gaps).
+        meetings.append(Meeting(f"real{m:02d}", audio, _exact_turns(pieces, ref)))
+    return meetings
+
+
+def _exact_turns(pieces: list[np.ndarray], ref: list[Turn]) -> list[Turn]:
+    out, pos, k = [], 0, 0
+    for p in pieces:
+        if p.any():
+            out.append(Turn(pos / SR, (pos + len(p)) / SR, ref[k].label))
+            k += 1
+        pos += len(p)
+    return out
+
+
+# ------------------------------------------------------------------ windows
+
+
+@dataclass(frozen=True)
+class Recorded:
+    start: float
+    end: float
+    embedding: np.ndarray | None
+    fraction: float
+    emitted_at: float            # stream position (s) when the window reached the tracker
+
+
+class _RecordingTracker(SpeakerTracker):
+    """The engine's tracker, also keeping every window with the stream position."""
+
+    def __init__(self, config, clock):
+        super().__init__(config)
+        self.clock = clock
+        self.recorded: list[Recorded] = []
+
+    def push(self, start_s, end_s, embedding, speech_fraction):
+        self.recorded.append(Recorded(start_s, end_s, None if embedding is None else np.array(embedding),
+                                      speech_fraction, self.clock()))
+        return super().push(start_s, end_s, embedding, speech_fraction)
+
+
+def engine_windows(args, config: SpeakerTrackerConfig):
+    """A function meeting -> (recorded windows, engine change events)."""
+    from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig
+    from stream.speakers import speaker_source_factory
+    from model import load_model
+
+    model = load_model(args.model or DEFAULT_MODEL)
+    factory = speaker_source_factory(model, args.speaker_model)
+    if factory is None:
+        raise SystemExit(f"{args.model or DEFAULT_MODEL} has no speaker head; pass --speaker-model")
+    position = [0.0]
+    recorders = []
+
+    class Factory(type(factory)):
+        def new_stream(self, tracker_config=None):
+            s = super().new_stream(tracker_config)
+            s.tracker = _RecordingTracker(s.tracker.config, lambda: position[0])
+            recorders.append(s.tracker)
+            return s
+
+    rec_factory = Factory(factory.kind, factory.model, factory.frame_seconds, **factory.source_kwargs)
+    stream_config = StreamConfig(chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms,
+                                 beam=False)
+    pipe = Pipeline(model, stream_config, rec_factory, config)
+
+    def run(meeting: Meeting):
+        from decoders.events import SpeakerChange
+        stream = pipe.new_stream()
+        piece = int(0.08 * SR)
+        events = []
+        for i in range(0, len(meeting.audio), piece):
+            x = meeting.audio[i:i + piece]
+            position[0] = (i + len(x)) / SR
+            events += [(position[0], e) for e in stream.feed(x, SR) if isinstance(e, SpeakerChange)]
+        events += [(position[0], e) for e in stream.finish() if isinstance(e, SpeakerChange)]
+        return recorders[-1].recorded, events
+    return run
+
+
+def offline_windows(args, config: SpeakerTrackerConfig):
+    """A function meeting -> (recorded windows, None): the bundled model's offline forward in blocks."""
+    import torch
+    from model import load_model
+    from stream.pipeline import DEFAULT_MODEL
+    from stream.speakers import BundledSpeakerHead
+
+    model = load_model(args.model or DEFAULT_MODEL)
+    stride = int(np.prod(model.config.conv_stride))
+    chunk = max(1, int(round(args.chunk_ms / 1000 * SR / stride)))
+    right_s = args.right_ms / 1000
+
+    def features(audio: np.ndarray) -> torch.Tensor:
+        """Speaker frame features (T, P): blocks of 20 s with 4 s context on each side."""
+        block, ctx = 20 * SR // stride, 4 * SR // stride
+        T = (len(audio) - 400) // stride + 1
+        out = []
+        with torch.inference_mode():
+            for b in range(0, T, block):
+                f0, f1 = max(0, b - ctx), min(T, b + block + ctx)
+                x = torch.from_numpy(audio[f0 * stride:(f1 - 1) * stride + 400])[None]
+                hs = model(x, output_hidden_states=True).hidden_states
+                feats = model.speaker_frame_features(hs)[0]
+                out.append(feats[b - f0:b - f0 + min(block, T - b)])
+        return torch.cat(out)
+
+    def run(meeting: Meeting):
+        feats = features(meeting.audio)
+        src = BundledSpeakerHead(model, config)
+        src.add_audio(meeting.audio, 0)
+        rec = []
+        for a in range(0, feats.shape[0], chunk):
+            b = min(feats.shape[0], a + chunk)
+            emitted = b * stride / SR + right_s
+            for w in src.push_frames(feats[a:b], a):
+                rec.append(Recorded(w.start_s, w.end_s, w.embedding, w.speech_fraction, emitted))
+        for w in src.finish():
+            rec.append(Recorded(w.start_s, w.end_s, w.embedding, w.speech_fraction, len(meeting.audio) / SR))
+        return rec, None
+    return run
+
+
+# ------------------------------------------------------------------- systems
+
+
+@dataclass
+class Result:
+    changes: list[tuple[float, float]]   # (change time, emitted_at)
+    turns: list[Turn]
+
+
+def run_tracker(windows: list[Recorded], config: SpeakerTrackerConfig) -> Result:
+    tracker = SpeakerTracker(config)
+    changes = []
+    for w in windows:
+        for ev in tracker.push(w.start, w.end, w.embedding, w.fraction):
+            if ev.from_speaker is not None:
+                changes.append((ev.time, w.emitted_at))
+    end = windows[-1].emitted_at if windows else 0.0
+    changes += [(ev.time, end) for ev in tracker.finish() if ev.from_speaker is not None]
+    return Result(changes, tracker.turns())
+
+
+def run_baseline(windows: list[Recorded], config: SpeakerTrackerConfig, threshold: float) -> Result:
+    """Adjacent-window cosine distance; a change at each local peak above `threshold`.
+
+    Speech windows only (same speech rule as the tracker). A change is placed where the
+    window that peaks is half new (its end minus half a window) and emitted with the window
+    after the peak (needed to know it is a peak). Each change opens a fresh label.
+    """
+    speech = [w for w in windows if w.embedding is not None and w.fraction >= config.min_speech_fraction]
+    e = [w.embedding / np.linalg.norm(w.embedding) for w in speech]
+    d = [0.0] + [1.0 - float(e[i - 1] @ e[i]) for i in range(1, len(e))]
+    changes, label_at = [], []
+    for i in range(1, len(d)):
+        nxt = d[i + 1] if i + 1 < len(d) else -1.0
+        if d[i] > threshold and d[i] >= d[i - 1] and d[i] > nxt:
+            t = max(speech[i].start, speech[i].end - config.window_s / 2)
+            emitted = speech[i + 1].emitted_at if i + 1 < len(speech) else speech[i].emitted_at
+            changes.append((t, emitted))
+    # Turns: the same speech/silence grid as the tracker, labels switching at each change.
+    grid = SpeakerTracker(config)
+    for w in windows:
+        grid._w_start.append(w.start)
+        grid._w_end.append(w.end)
+        grid._w_frac.append(w.fraction if w.embedding is not None else 0.0)
+    if speech:
+        grid._change_times = [speech[0].start] + [t for t, _ in changes]
+        grid._change_labels = list(range(len(grid._change_times)))
+    return Result(changes, grid.turns() if speech else [])
+
+
+@dataclass
+class Scores:
+    changes: ChangeCounts
+    der: DERCounts
+    latencies: list[float]
+
+    def line(self, name: str) -> str:
+        lat = np.array(self.latencies) if self.latencies else np.array([np.nan])
+        return (f"{name:<28} P {self.changes.precision:5.3f}  R {self.changes.recall:5.3f}  "
+                f"F1 {self.changes.f1:5.3f}  DER {100 * self.der.der:5.1f}% "
+                f"(miss {100 * self.der.miss / max(self.der.total, 1e-9):4.1f} "
+                f"fa {100 * self.der.false_alarm / max(self.der.total, 1e-9):4.1f} "
+                f"conf {100 * self.der.confusion / max(self.der.total, 1e-9):4.1f})  "
+                f"latency median {np.median(lat):4.2f} s  p90 {np.percentile(lat, 90):4.2f} s  "
+                f"[{self.changes.n_ref} ref / {self.changes.n_hyp} hyp changes]")
+
+
+def score(meetings: list[Meeting], results: list[Result]) -> Scores:
+    cc, dc, lat = ChangeCounts(), DERCounts(), []
+    for m, r in zip(meetings, results):
+        ref = reference_changes(m.ref)
+        hyp = [t for t, _ in r.changes]
+        for i, j in cc.add(ref, hyp, COLLAR_CHANGE):
+            lat.append(r.changes[j][1] - ref[i])
+        dc.add(diarization_error(m.ref, r.turns, collar=COLLAR_DER))
+    return Scores(cc, dc, lat)
+
+
+def distance_report(meetings: list[Meeting], windows: list[list[Recorded]], config) -> str:
+    """Cosine distances between single-speaker speech windows: same vs different speaker."""
+    same, diff = [], []
+    for m, ws in zip(meetings, windows):
+        pure = []
+        for w in ws:
+            if w.embedding is None or w.fraction < config.min_speech_fraction:
+                continue
+            who = {t.label for t in m.ref if t.start < w.end and t.end > w.start}
+            if len(who) == 1:
+                pure.append((who.pop(), w.embedding / np.linalg.norm(w.embedding)))
+        rng = np.random.default_rng(0)
+        for _ in range(min(2000, len(pure) ** 2)):
+            (a, x), (b, y) = pure[rng.integers(len(pure))], pure[rng.integers(len(pure))]
+            (same if a == b else diff).append(1.0 - float(x @ y))
+    if not same or not diff:
+        return "window distances: not enough single-speaker windows"
+    q = lambda v: " / ".join(f"{np.percentile(v, p):.2f}" for p in (10, 50, 90))  # noqa: E731
+    return (f"cosine distance of single-speaker windows (p10 / p50 / p90): same speaker {q(same)}, "
+            f"different speakers {q(diff)}")
+
+
+def evaluate(name: str, meetings: list[Meeting], windows: list[list[Recorded]], config, tune: bool) -> None:
+    print(f"\n== {name}: {len(meetings)} meetings, {sum(len(m.audio) for m in meetings) / SR / 60:.1f} min, "
+          f"{sum(len(reference_changes(m.ref)) for m in meetings)} speaker changes")
+    print(distance_report(meetings, windows, config))
+    sets = [("all", list(range(len(meetings))))]
+    if tune:
+        half = max(1, len(meetings) // 2)
+        dev, test = list(range(half)), list(range(half, len(meetings)))
+        best = None
+        for thr in np.concatenate([np.arange(0.02, 0.1, 0.02), np.arange(0.1, 0.85, 0.05)]):
+            for hyst in (1, 2, 3):
+                cfg = dataclasses.replace(config, change_threshold=float(thr), hysteresis=hyst,
+                                          new_speaker_threshold=float(min(1.0, thr + 0.1)))
+                s = score([meetings[i] for i in dev], [run_tracker(windows[i], cfg) for i in dev])
+                key = (s.changes.f1, -s.der.der)
+                if best is None or key > best[0]:
+                    best = (key, cfg)
+        config = best[1]
+        print(f"tuned on dev ({len(dev)} meetings): change_threshold {config.change_threshold:.2f}, "
+              f"hysteresis {config.hysteresis}, new_speaker_threshold {config.new_speaker_threshold:.2f}")
+        sets = [("dev", dev), ("test", test)] if test else [("dev", dev)]
+    # Baseline threshold: the best F1 over all meetings (optimistic for the baseline).
+    best_b = max(np.arange(0.02, 0.9, 0.02),
+                 key=lambda thr: score(meetings, [run_baseline(w, config, thr) for w in windows]).changes.f1)
+    print(f"tracker: window {config.window_s} s, hop {config.hop_s} s, change_threshold "
+          f"{config.change_threshold:.2f}, hysteresis {config.hysteresis}, new_speaker_threshold "
+          f"{config.new_speaker_threshold:.2f}, max_speakers {config.max_speakers}; baseline threshold "
+          f"{best_b:.2f} (best on all meetings)")
+    for set_name, idx in sets:
+        ms, ws = [meetings[i] for i in idx], [windows[i] for i in idx]
+        print(score(ms, [run_tracker(w, config) for w in ws]).line(f"[{set_name}] tracker"))
+        print(score(ms, [run_baseline(w, config, best_b) for w in ws]).line(f"[{set_name}] baseline"))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="CTC checkpoint (default: the bundled model)")
+    p.add_argument("--speaker-model", default=None, help="x-vector / frame-classification checkpoint")
+    p.add_argument("--via", choices=("engine", "offline"), default="engine")
+    p.add_argument("--meetings", default=str(Path.home() / ".cache/wavlm-stream/meetings"))
+    p.add_argument("--limit", type=int, default=None, help="at most this many synthetic meetings")
+    p.add_argument("--real", type=int, default=0, help="also N meetings of real recorded voices")
+    p.add_argument("--real-seconds", type=float, default=90.0)
+    p.add_argument("--tune", action="store_true", help="tune thresholds on the first half, report both")
+    p.add_argument("--chunk-ms", type=float, default=640.0)
+    p.add_argument("--left-ms", type=float, default=2000.0)
+    p.add_argument("--right-ms", type=float, default=320.0)
+    p.add_argument("--window", type=float, default=SpeakerTrackerConfig.window_s)
+    p.add_argument("--hop", type=float, default=SpeakerTrackerConfig.hop_s)
+    p.add_argument("--change-threshold", type=float, default=SpeakerTrackerConfig.change_threshold)
+    p.add_argument("--hysteresis", type=int, default=SpeakerTrackerConfig.hysteresis)
+    p.add_argument("--new-threshold", type=float, default=SpeakerTrackerConfig.new_speaker_threshold)
+    p.add_argument("--max-speakers", type=int, default=SpeakerTrackerConfig.max_speakers)
+    p.add_argument("--min-speech", type=float, default=SpeakerTrackerConfig.min_speech_fraction)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rttm-dir", default=None, help="write the tracker's RTTM per meeting here")
+    args = p.parse_args(argv)
+
+    import torch
+    torch.set_num_threads(args.threads)
+    config = SpeakerTrackerConfig(window_s=args.window, hop_s=args.hop, change_threshold=args.change_threshold,
+                                  hysteresis=args.hysteresis, new_speaker_threshold=args.new_threshold,
+                                  max_speakers=args.max_speakers, min_speech_fraction=args.min_speech)
+    groups = []
+    mdir = Path(args.meetings).expanduser()
+    if mdir.is_dir():
+        syn = load_meetings(mdir, args.limit)
+        if syn:
+            groups.append((f"synthetic meetings ({mdir})", syn))
+    if args.real:
+        groups.append(("real recorded voices (asterisk prompts)", build_real_meetings(args.real, args.real_seconds)))
+    if not groups:
+        raise SystemExit(f"no meetings: {mdir} has no audio with .rttm, and --real was not given")
+    extract = (engine_windows if args.via == "engine" else offline_windows)(args, config)
+    print(f"embeddings via {args.via}; model {args.model or 'bundled default'}"
+          f"{'; speaker model ' + args.speaker_model if args.speaker_model else ''}; "
+          f"chunk {args.chunk_ms:.0f} ms, right {args.right_ms:.0f} ms")
+    for name, meetings in groups:
+        t0 = time.perf_counter()
+        windows = []
+        for m in meetings:
+            rec, engine_events = extract(m)
+            windows.append(rec)
+            if engine_events is not None:
+                replay = run_tracker(rec, config)
+                engine = [(e.time, at) for at, e in engine_events if e.from_speaker is not None]
+                if [round(t, 6) for t, _ in engine] != [round(t, 6) for t, _ in replay.changes]:
+                    print(f"warning: {m.name}: engine events differ from the replay of its windows")
+            if args.rttm_dir:
+                Path(args.rttm_dir).mkdir(parents=True, exist_ok=True)
+                with open(Path(args.rttm_dir) / f"{m.name}.rttm", "w") as f:
+                    write_rttm(run_tracker(rec, config).turns, m.name, f)
+        audio_s = sum(len(m.audio) for m in meetings) / SR
+        print(f"\n[{name}] embeddings: {time.perf_counter() - t0:.0f} s for {audio_s:.0f} s of audio")
+        evaluate(name, meetings, windows, config, args.tune)
+
+
+if __name__ == "__main__":
+    main()
