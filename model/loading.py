@@ -132,8 +132,8 @@ def read_vocab(directory: Path) -> tuple[str, ...]:
         with open(added, encoding="utf-8") as fh:
             vocab = {**vocab, **json.load(fh)}
     by_id = {i: t for t, i in vocab.items()}
-    if sorted(by_id) != list(range(len(by_id))):
-        raise CheckpointError(f"{f}: token ids are not 0..{len(by_id) - 1} without gaps or duplicates")
+    if len(by_id) != len(vocab) or sorted(by_id) != list(range(len(by_id))):
+        raise CheckpointError(f"{f}: the {len(vocab)} token ids are not 0..{len(vocab) - 1} without gaps or duplicates")
     return tuple(by_id[i] for i in range(len(by_id)))
 
 
@@ -170,9 +170,9 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing keys: {', '.join(missing)}")
+            parts.append(f"missing keys: {_first(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected)}")
+            parts.append(f"unexpected keys: {_first(unexpected)}")
         raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(parts))
     for k, v in renamed.items():
         if tuple(v.shape) != tuple(own[k].shape):
@@ -185,6 +185,10 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "
         logger.warning("%s: ignored %d training-only weights that inference does not use (%s)", source, len(ignored),
                        ", ".join(sorted({k.removeprefix("wavlm.").split(".")[0] for k in ignored})))
     return ignored
+
+
+def _first(keys: list[str], n: int = 20) -> str:
+    return ", ".join(keys[:n]) + (f" ... and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def _is_backbone_key(k: str) -> bool:

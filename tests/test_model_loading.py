@@ -88,6 +88,9 @@ def test_added_tokens_extend_the_vocabulary(checkpoint):
         load_model(directory)
     (directory / "added_tokens.json").write_text(json.dumps({"<x>": 10, "<y>": 11}))
     assert load_model(directory).vocab[-2:] == ("<x>", "<y>")
+    (directory / "added_tokens.json").write_text(json.dumps({"<x>": 9, "<y>": 11}))  # id 9 twice, 10 missing
+    with pytest.raises(CheckpointError, match="token ids are not 0..11"):
+        load_model(directory)
 
 
 # ---- errors -------------------------------------------------------------------------------------
