@@ -31,9 +31,11 @@ to the new speaker's embedding estimates the fraction of it that is new speech, 
 so where in the window the change lies. The median over straddling windows is the
 change time. After a pause the change time is the new speaker's speech onset.
 
-Speech vs silence for the turns is recovered from the windows' speech fractions at
-the resolution of the window boundaries (one hop): an interval is speech only if
-every window covering it has enough speech to fill it.
+Speech vs silence for the turns comes from per-frame speech activity when the caller
+gives it (`push_speech`, e.g. an energy VAD at 20 ms); pauses shorter than
+`min_pause_s` stay inside a turn. Without it, speech is recovered from the windows'
+speech fractions at the resolution of the window boundaries (one hop): an interval is
+speech only if every window covering it has enough speech to fill it.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class SpeakerTrackerConfig:
     max_speakers: int = 8               # cap on distinct labels
     min_speech_fraction: float = 0.5    # windows with less speech than this are silence
     centroid_max_count: int = 50        # centroids are running means with weight >= 1/centroid_max_count
+    min_pause_s: float = 0.3            # turns: pauses shorter than this (in push_speech frames) stay inside a turn
 
     def __post_init__(self):
         if not (self.window_s > 0 and self.hop_s > 0):
@@ -111,6 +114,7 @@ class SpeakerTracker:
     """Per-stream speaker tracker. Cheap to create; holds no model.
 
     push(start_s, end_s, embedding (E,) | None, speech_fraction) -> list[SpeakerChange]
+    push_speech(first_frame, frame_s, speech (n,))   optional frame-level speech for the turns
     label_for(start_s, end_s) -> str | None
     turns() -> list[Turn]
     finish() -> list[SpeakerChange]
@@ -136,6 +140,10 @@ class SpeakerTracker:
         self._last_was_speech = False
         self._onset = 0.0
         self._finished = False
+        # Optional frame-level speech activity (push_speech): frames of _frame_s from time 0.
+        self._frame_s: float | None = None
+        self._frames: list[np.ndarray] = []
+        self._n_frames = 0
 
     # ------------------------------------------------------------------ input
 
@@ -173,6 +181,24 @@ class SpeakerTracker:
         w = _SpeechWindow(index, start_s, end_s, speech_fraction, unit(embedding), self._onset, after_silence)
         self._recent.append(w)
         return self._vote(w)
+
+    def push_speech(self, first_frame: int, frame_s: float, speech: np.ndarray) -> None:
+        """Per-frame speech activity for the turn boundaries (optional).
+
+        speech : np.ndarray, shape = (n,), of frames [first_frame, first_frame + n), each
+                 `frame_s` long from stream start; True / >= 0.5 = speech. Contiguous calls.
+        """
+        if self._frame_s is None:
+            if not frame_s > 0:
+                raise ValueError(f"frame_s must be > 0, got {frame_s}")
+            self._frame_s = float(frame_s)
+        elif abs(frame_s - self._frame_s) > 1e-12:
+            raise ValueError(f"frame_s changed from {self._frame_s} to {frame_s}")
+        if first_frame != self._n_frames:
+            raise ValueError(f"speech frames must be contiguous: expected {self._n_frames}, got {first_frame}")
+        x = np.asarray(speech).reshape(-1) >= 0.5
+        self._frames.append(x)
+        self._n_frames += len(x)
 
     def finish(self) -> list[SpeakerChange]:
         """End of stream. The last windows have no successors to confirm them, so a run
@@ -327,6 +353,59 @@ class SpeakerTracker:
                 self._clusters.update(self._current, w.e)
 
     def _turns(self, t0: float, t1: float) -> list[Turn]:
+        """Labelled speech intervals within [t0, t1]."""
+        if self._frame_s is None:
+            return self._turns_from_windows(t0, t1)
+        # Frame-level speech where it is known; the windows beyond it.
+        known = self._n_frames * self._frame_s
+        out = self._turns_from_frames(t0, min(t1, known))
+        if t1 > known:
+            for t in self._turns_from_windows(max(t0, known), t1):
+                if out and out[-1].label == t.label and abs(out[-1].end - t.start) <= 1e-9:
+                    out[-1] = Turn(out[-1].start, t.end, t.label)
+                else:
+                    out.append(t)
+        return out
+
+    def _turns_from_frames(self, t0: float, t1: float) -> list[Turn]:
+        if t1 <= t0:
+            return []
+        if len(self._frames) > 1:
+            self._frames = [np.concatenate(self._frames)]
+        fs = self._frame_s
+        # Look a little beyond [t0, t1] so that pauses cut by the edges are judged whole.
+        pad = int(math.ceil(self.config.min_pause_s / fs)) + 1
+        i0 = max(0, int(math.floor(t0 / fs)) - pad)
+        i1 = min(self._n_frames, int(math.ceil(t1 / fs)) + pad)
+        sp = self._frames[0][i0:i1].copy()
+        idx = np.flatnonzero(sp)
+        if len(idx) == 0:
+            return []
+        # Fill pauses shorter than min_pause_s between speech frames.
+        gaps = np.flatnonzero(np.diff(idx) > 1)
+        for g in gaps:
+            a, b = idx[g] + 1, idx[g + 1]
+            if (b - a) * fs < self.config.min_pause_s:
+                sp[a:b] = True
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], sp, [False]]).astype(np.int8)))
+        cuts = sorted(t for t in self._change_times if t0 < t < t1)
+        out: list[Turn] = []
+        for a, b in zip(edges[::2], edges[1::2]):
+            s0, s1 = max(t0, (i0 + a) * fs), min(t1, (i0 + b) * fs)
+            if s1 <= s0:
+                continue
+            bounds = [s0] + [c for c in cuts if s0 < c < s1] + [s1]
+            for x, y in zip(bounds[:-1], bounds[1:]):
+                label = self.label_at(0.5 * (x + y))
+                if label is None:
+                    continue
+                if out and out[-1].label == label and abs(out[-1].end - x) <= 1e-9:
+                    out[-1] = Turn(out[-1].start, y, label)
+                else:
+                    out.append(Turn(x, y, label))
+        return out
+
+    def _turns_from_windows(self, t0: float, t1: float) -> list[Turn]:
         """Labelled speech intervals within [t0, t1], from the windows overlapping it."""
         starts, ends, fracs = self._w_start, self._w_end, self._w_frac
         lo = bisect.bisect_right(ends, t0)      # first window ending after t0

@@ -516,7 +516,12 @@ class StreamSpeakers:
         return self.source.needs_hidden_states
 
     def push_audio(self, samples_16k: np.ndarray, start_sample: int) -> None:
+        before = self.source.vad.frames
         self.source.add_audio(samples_16k, start_sample)
+        after = self.source.vad.frames
+        if after > before:
+            # The VAD's 20 ms decisions also give the turns their boundaries (RTTM, labels of finals).
+            self.tracker.push_speech(before, FRAME_SECONDS, self.source.vad.speech(before, after))
 
     def push_window(self, output, log_probs: np.ndarray | None = None) -> list[SpeakerChange]:
         if isinstance(self.source, BundledSpeakerHead):

@@ -148,6 +148,24 @@ def test_turns_label_for_and_rttm_round_trip():
         write_rttm(turns, "two words", io.StringIO())
 
 
+def test_frame_speech_gives_turn_boundaries_and_bridges_short_pauses():
+    v = voices(2)
+    segs = [(0, 6, 0), (6, 6.2, None), (6.2, 9, 0), (9, 9.6, None), (9.6, 14, 1)]
+    tracker, _ = simulate(segs, v)
+    frames = np.zeros(700, dtype=bool)                       # 20 ms frames over 14 s
+    for a, b, spk in segs:
+        if spk is not None:
+            frames[round(a / 0.02):round(b / 0.02)] = True
+    tracker.push_speech(0, 0.02, frames[:333])
+    tracker.push_speech(333, 0.02, frames[333:])
+    turns = tracker.turns()
+    # The 0.2 s pause stays inside S1's turn; the 0.6 s pause before S2 is silence.
+    assert [(t.label, round(t.start, 2), round(t.end, 2)) for t in turns] == [("S1", 0.0, 9.0), ("S2", 9.6, 14.0)]
+    assert tracker.label_for(8.8, 9.9) == "S2"              # 0.3 s of S2 speech against 0.2 s of S1
+    with pytest.raises(ValueError, match="contiguous"):
+        tracker.push_speech(10, 0.02, frames[:5])
+
+
 def test_no_speech_gives_no_labels():
     tracker = SpeakerTracker()
     for k in range(1, 10):
