@@ -1,0 +1,370 @@
+"""The browser demo in a real headless chromium, driven over the Chrome DevTools protocol.
+
+Chromium gets a wav file as its microphone (--use-file-for-fake-audio-capture), opens the
+page served by ``SpeechServer``, the test clicks Start (a real mouse event), waits, clicks
+Stop, and checks what the page shows. Screenshots go to artifacts/ (git-ignored).
+
+Which model: the bundled model (model/default/) with an example wav and its transcript
+when both exist, and then the captions must contain the transcript's words; otherwise a
+tiny random-weight model, and the test checks the plumbing (audio arrives at 16 kHz at the
+right rate, every event the server sent is rendered, latency is shown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import math
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+
+from stream.server import ServerConfig, SpeechServer
+from ws_helpers import run
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+BUNDLED = ROOT / "model" / "default"
+
+
+def chromium_path() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("chromium is not installed (apt-get install chromium; .ci/run does it)")
+
+
+class Chromium:
+    """A headless chromium with a fake microphone and a DevTools port."""
+
+    def __init__(self, mic_wav: Path, profile: Path, auto_accept: bool = True):
+        self.profile = profile
+        args = [
+            chromium_path(), "--headless", "--no-sandbox", "--disable-gpu",
+            "--disable-background-networking", "--disable-component-update", "--no-first-run",
+            "--no-default-browser-check", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+            *(["--use-fake-ui-for-media-stream"] if auto_accept else []), "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={mic_wav}",
+            "--autoplay-policy=no-user-gesture-required", "--window-size=1000,700", "about:blank",
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def devtools_port(self, timeout: float = 30.0) -> int:
+        port_file = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if port_file.exists() and port_file.read_text().strip():
+                return int(port_file.read_text().split()[0])
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chromium exited: {self.proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+        raise TimeoutError("chromium did not open its DevTools port")
+
+    def page_ws_url(self) -> str:
+        port = self.devtools_port()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            targets = json.load(r)
+        return next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class DevTools:
+    """Minimal Chrome DevTools protocol client over the page's websocket."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.ids = itertools.count(1)
+        self.waiting: dict[int, asyncio.Future] = {}
+        self.console: list[str] = []
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self):
+        async for message in self.ws:
+            msg = json.loads(message)
+            if "id" in msg and msg["id"] in self.waiting:
+                self.waiting.pop(msg["id"]).set_result(msg)
+            elif msg.get("method") == "Runtime.consoleAPICalled":
+                self.console.append(" ".join(str(a.get("value", a.get("description")))
+                                             for a in msg["params"]["args"]))
+            elif msg.get("method") == "Runtime.exceptionThrown":
+                self.console.append("EXCEPTION " + json.dumps(msg["params"]["exceptionDetails"])[:500])
+
+    async def call(self, method: str, **params):
+        i = next(self.ids)
+        self.waiting[i] = asyncio.get_running_loop().create_future()
+        await self.ws.send(json.dumps({"id": i, "method": method, "params": params}))
+        msg = await asyncio.wait_for(self.waiting[i], 30)
+        if "error" in msg:
+            raise RuntimeError(f"{method}: {msg['error']}")
+        return msg["result"]
+
+    async def js(self, expression: str):
+        r = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"page error: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout: float = 20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = await self.js(expression)
+            if value:
+                return value
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"page never satisfied: {expression}; console: {self.console[-10:]}")
+
+    async def open(self, url: str):
+        await self.call("Page.enable")
+        await self.call("Runtime.enable")
+        await self.call("Page.navigate", url=url)
+        await self.wait_for("document.readyState === 'complete' && !!window.wavlmDemo")
+
+    async def click(self, element_id: str):
+        """A real mouse click (user activation), at the element's centre."""
+        box = await self.js(f"(() => {{ const r = document.getElementById('{element_id}')"
+                            ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left",
+                            clickCount=1)
+
+    async def screenshot(self, name: str) -> Path:
+        data = (await self.call("Page.captureScreenshot", format="png"))["data"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / name
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    async def close(self):
+        self.reader.cancel()
+        await self.ws.close()
+
+
+def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(audio.astype(np.int16).tobytes())
+    return path
+
+
+def example_with_transcript() -> tuple[Path, list[str]] | None:
+    """An example wav with its transcript (examples/NAME.txt or examples/transcripts.json)."""
+    if not (BUNDLED / "config.json").exists():
+        return None
+    table = {}
+    if (ROOT / "examples" / "transcripts.json").exists():
+        table = json.loads((ROOT / "examples" / "transcripts.json").read_text())
+    for wav in sorted((ROOT / "examples").glob("*.wav")):
+        text = table.get(wav.name)
+        if text is None and wav.with_suffix(".txt").exists():
+            text = wav.with_suffix(".txt").read_text()
+        if text:
+            return wav, text.lower().split()
+    return None
+
+
+@pytest.fixture(scope="module")
+def demo_setup(tmp_path_factory):
+    """(pipeline, mic wav, expected words or None)."""
+    from stream.pipeline import Pipeline
+
+    example = example_with_transcript()
+    if example is not None:
+        wav, words = example
+        return Pipeline.from_pretrained(BUNDLED), wav, words
+    from checkpoints import write_ctc_checkpoint
+
+    path = write_ctc_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=7)
+    pipeline = Pipeline.from_pretrained(path, speakers=False, beam=False, chunk_ms=320, left_ms=640,
+                                        right_ms=160)
+    rng = np.random.default_rng(1)
+    t = np.arange(22050 * 4) / 22050
+    # Tone bursts in noise at 22.05 kHz: the page's resampler must cope with a non-integer ratio.
+    audio = 6000 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 1.5 * t) > 0) + rng.normal(0, 800, t.size)
+    wav = write_wav(tmp_path_factory.mktemp("mic") / "mic.wav", audio, 22050)
+    return pipeline, wav, None
+
+
+class RecordingServer(SpeechServer):
+    """Counts the audio each session hands the worker (what the page really sent)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.samples_in: list[tuple[int, int]] = []
+        submit = self.worker.submit
+
+        def counting_submit(job_id, samples, rate, arrival, tag=None):
+            self.samples_in.append((len(samples), rate))
+            submit(job_id, samples, rate, arrival, tag)
+        self.worker.submit = counting_submit
+
+
+async def _browser_session(pipeline, wav: Path, profile: Path):
+    server = RecordingServer(pipeline, ServerConfig(port=0))
+    await server.start()
+    chrome = Chromium(wav, profile)
+    try:
+        page = DevTools(await connect(await asyncio.to_thread(chrome.page_ws_url), max_size=None))
+        return server, chrome, page
+    except BaseException:
+        chrome.close()
+        await server.stop()
+        raise
+
+
+def test_page_captions_the_fake_microphone(demo_setup, tmp_path):
+    pipeline, wav, expected_words = demo_setup
+    with wave.open(str(wav)) as w:
+        duration = w.getnframes() / w.getframerate()
+
+    async def main():
+        server, chrome, page = await _browser_session(pipeline, wav, tmp_path / "profile")
+        try:
+            await page.open(f"http://127.0.0.1:{server.port}/")
+            assert await page.js("document.body.dataset.state") == "idle"
+            await page.click("start")
+            await page.wait_for("document.body.dataset.state === 'running'")
+            t0 = time.monotonic()
+            await asyncio.sleep(duration + 1.5)
+            await page.screenshot("browser_demo_live.png")
+            await page.click("stop")
+            await page.wait_for("document.body.dataset.state === 'idle' && window.wavlmDemo.closeCode !== null",
+                                timeout=30)
+            streamed_s = time.monotonic() - t0
+            shot = await page.screenshot("browser_demo.png")
+            state = await page.js("""(() => ({
+                stats: window.wavlmDemo,
+                finals: [...document.querySelectorAll('#finals li .text')].map(e => e.textContent),
+                times: [...document.querySelectorAll('#finals li .time')].map(e => e.textContent),
+                latency: document.getElementById('latency').textContent,
+                message: document.getElementById('message').hidden ? '' : document.getElementById('message').textContent,
+            }))()""")
+            return state, streamed_s, shot, list(server.samples_in), page.console
+        finally:
+            await page.close()
+            chrome.close()
+            await server.stop()
+
+    state, streamed_s, shot, samples_in, console = run(main(), timeout=180)
+    stats = state["stats"]
+    assert shot.exists() and shot.stat().st_size > 1000
+    assert state["message"] == "", state["message"]
+    assert stats["closeCode"] == 1000 and stats["errors"] == []
+    # The worklet delivered ~real-time 16 kHz PCM16 in ~100 ms chunks.
+    assert samples_in and {rate for _, rate in samples_in} == {16000}
+    sent_s = sum(n for n, _ in samples_in) / 16000
+    assert stats["sentBytes"] == 2 * sum(n for n, _ in samples_in)
+    assert 0.8 * streamed_s < sent_s < 1.1 * streamed_s + 0.5, (sent_s, streamed_s)
+    # Every final the server sent is on the page, with a timestamp; latency is shown.
+    shown = [t for t in stats["finals"] if t]
+    assert state["finals"] == shown and len(state["times"]) == len(shown)
+    assert stats["events"]["partial"] + stats["events"]["final"] > 0, console
+    assert "median" in state["latency"]
+    if expected_words is not None:
+        heard = " ".join(state["finals"]).lower().split()
+        hits = sum(w in heard for w in set(expected_words))
+        assert hits >= max(1, math.ceil(0.5 * len(set(expected_words)))), (heard, expected_words)
+
+
+def test_page_streams_an_uploaded_file_and_reports_errors(demo_setup, tmp_path):
+    pipeline, wav, _ = demo_setup
+
+    async def main():
+        server, chrome, page = await _browser_session(pipeline, wav, tmp_path / "profile")
+        try:
+            await page.open(f"http://127.0.0.1:{server.port}/")
+            # The resampler: flat passband, strong rejection above 8 kHz, at 48 and 44.1 kHz.
+            source = (ROOT / "web" / "capture-worklet.js").read_text()
+            await page.js(f"(0, eval)({json.dumps(source)}); true")
+            response = await page.js("""(() => {
+                const out = {};
+                for (const rate of [48000, 44100]) for (const f of [1000, 6000, 10000]) {
+                    const r = new Resampler(rate, 16000), x = new Float32Array(rate);
+                    for (let i = 0; i < rate; i++) x[i] = Math.sin(2 * Math.PI * f * i / rate);
+                    const y = r.process(x).slice(1000, 15000);
+                    let e = 0; for (const v of y) e += v * v;
+                    out[rate + ':' + f] = 10 * Math.log10(2 * e / y.length);
+                }
+                return out; })()""")
+            # A local file, streamed as if live.
+            doc = await page.call("DOM.getDocument")
+            node = await page.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#file")
+            await page.call("DOM.setFileInputFiles", files=[str(wav)], nodeId=node["nodeId"])
+            await page.wait_for("document.body.dataset.state === 'running'")
+            status = await page.js("document.getElementById('status').textContent")
+            await page.wait_for("document.body.dataset.state === 'idle' && window.wavlmDemo.closeCode !== null",
+                                timeout=60)
+            file_stats = await page.js("window.wavlmDemo")
+            # Server unreachable: a clear message, back to idle.
+            await page.open("http://127.0.0.1:%d/?server=ws://127.0.0.1:9/ws" % server.port)
+            await page.click("start")
+            unreachable = await page.wait_for(
+                "!document.getElementById('message').hidden && document.getElementById('message').textContent")
+            return response, status, file_stats, unreachable, list(server.samples_in)
+        finally:
+            await page.close()
+            chrome.close()
+            await server.stop()
+
+    response, status, file_stats, unreachable, samples_in = run(main(), timeout=180)
+    for rate in (48000, 44100):
+        assert abs(response[f"{rate}:1000"]) < 0.1 and abs(response[f"{rate}:6000"]) < 0.5
+        assert response[f"{rate}:10000"] < -60, response
+    assert wav.name in status and "real time" in status
+    with wave.open(str(wav)) as w:
+        duration = w.getnframes() / w.getframerate()
+    assert file_stats["closeCode"] == 1000 and file_stats["errors"] == []
+    assert abs(file_stats["sentBytes"] / 32000 - duration) < 0.3  # the whole file, at 16 kHz
+    assert file_stats["events"]["partial"] + file_stats["events"]["final"] > 0
+    assert "Cannot reach the server" in unreachable
+
+
+def test_page_explains_a_denied_microphone(demo_setup, tmp_path):
+    """A browser that asks the user (no auto-accept) and a user who says no."""
+    pipeline, wav, _ = demo_setup
+
+    async def main():
+        server = SpeechServer(pipeline, ServerConfig(port=0))
+        await server.start()
+        chrome = Chromium(wav, tmp_path / "profile", auto_accept=False)
+        try:
+            page = DevTools(await connect(await asyncio.to_thread(chrome.page_ws_url), max_size=None))
+            origin = f"http://127.0.0.1:{server.port}"
+            await page.call("Browser.setPermission", permission={"name": "microphone"}, setting="denied",
+                            origin=origin)
+            await page.open(origin + "/")
+            await page.click("start")
+            denied = await page.wait_for(
+                "!document.getElementById('message').hidden && document.getElementById('message').textContent")
+            await page.screenshot("browser_demo_denied.png")
+            idle = await page.wait_for("document.body.dataset.state === 'idle'")
+            await asyncio.sleep(0.2)
+            await page.close()
+            return denied, idle, len(server.sessions)
+        finally:
+            chrome.close()
+            await server.stop()
+
+    denied, idle, sessions = run(main(), timeout=120)
+    assert "Microphone access was denied" in denied and idle
+    assert sessions == 0  # the page closed its websocket
