@@ -190,6 +190,11 @@ class _RecordingTracker(SpeakerTracker):
         super().__init__(config)
         self.clock = clock
         self.recorded: list[Recorded] = []
+        self.speech: list[np.ndarray] = []
+
+    def push_speech(self, first_frame, frame_s, speech):
+        self.speech.append(np.asarray(speech) >= 0.5)
+        super().push_speech(first_frame, frame_s, speech)
 
     def push(self, start_s, end_s, embedding, speech_fraction):
         self.recorded.append(Recorded(start_s, end_s, None if embedding is None else np.array(embedding),
@@ -198,7 +203,7 @@ class _RecordingTracker(SpeakerTracker):
 
 
 def engine_windows(args, config: SpeakerTrackerConfig):
-    """A function meeting -> (recorded windows, engine change events)."""
+    """A function meeting -> (recorded windows, 20 ms speech frames, engine change events)."""
     from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig
     from stream.speakers import speaker_source_factory
     from model import load_model
@@ -232,12 +237,15 @@ def engine_windows(args, config: SpeakerTrackerConfig):
             position[0] = (i + len(x)) / SR
             events += [(position[0], e) for e in stream.feed(x, SR) if isinstance(e, SpeakerChange)]
         events += [(position[0], e) for e in stream.finish() if isinstance(e, SpeakerChange)]
-        return recorders[-1].recorded, events
+        rec = recorders[-1]
+        speech = np.concatenate(rec.speech) if rec.speech else np.zeros(0, dtype=bool)
+        return rec.recorded, speech, events
     return run
 
 
 def offline_windows(args, config: SpeakerTrackerConfig):
-    """A function meeting -> (recorded windows, None): the bundled model's offline forward in blocks."""
+    """A function meeting -> (recorded windows, 20 ms speech frames, None): the bundled model's
+    offline forward in blocks."""
     import torch
     from model import load_model
     from stream.pipeline import DEFAULT_MODEL
@@ -274,11 +282,19 @@ def offline_windows(args, config: SpeakerTrackerConfig):
                 rec.append(Recorded(w.start_s, w.end_s, w.embedding, w.speech_fraction, emitted))
         for w in src.finish():
             rec.append(Recorded(w.start_s, w.end_s, w.embedding, w.speech_fraction, len(meeting.audio) / SR))
-        return rec, None
+        return rec, src.vad.speech(0, src.vad.frames) >= 0.5, None
     return run
 
 
 # ------------------------------------------------------------------- systems
+
+
+@dataclass
+class Windows:
+    """One meeting's recorded windows and 20 ms speech frames."""
+
+    windows: list[Recorded]
+    speech: np.ndarray
 
 
 @dataclass
@@ -287,8 +303,11 @@ class Result:
     turns: list[Turn]
 
 
-def run_tracker(windows: list[Recorded], config: SpeakerTrackerConfig) -> Result:
+def run_tracker(rec: Windows, config: SpeakerTrackerConfig) -> Result:
     tracker = SpeakerTracker(config)
+    if len(rec.speech):
+        tracker.push_speech(0, 0.02, rec.speech)
+    windows = rec.windows
     changes = []
     for w in windows:
         for ev in tracker.push(w.start, w.end, w.embedding, w.fraction):
@@ -299,13 +318,14 @@ def run_tracker(windows: list[Recorded], config: SpeakerTrackerConfig) -> Result
     return Result(changes, tracker.turns())
 
 
-def run_baseline(windows: list[Recorded], config: SpeakerTrackerConfig, threshold: float) -> Result:
+def run_baseline(rec: Windows, config: SpeakerTrackerConfig, threshold: float) -> Result:
     """Adjacent-window cosine distance; a change at each local peak above `threshold`.
 
     Speech windows only (same speech rule as the tracker). A change is placed where the
     window that peaks is half new (its end minus half a window) and emitted with the window
     after the peak (needed to know it is a peak). Each change opens a fresh label.
     """
+    windows = rec.windows
     speech = [w for w in windows if w.embedding is not None and w.fraction >= config.min_speech_fraction]
     e = [w.embedding / np.linalg.norm(w.embedding) for w in speech]
     d = [0.0] + [1.0 - float(e[i - 1] @ e[i]) for i in range(1, len(e))]
@@ -318,6 +338,8 @@ def run_baseline(windows: list[Recorded], config: SpeakerTrackerConfig, threshol
             changes.append((t, emitted))
     # Turns: the same speech/silence grid as the tracker, labels switching at each change.
     grid = SpeakerTracker(config)
+    if len(rec.speech):
+        grid.push_speech(0, 0.02, rec.speech)
     for w in windows:
         grid._w_start.append(w.start)
         grid._w_end.append(w.end)
@@ -356,12 +378,12 @@ def score(meetings: list[Meeting], results: list[Result]) -> Scores:
     return Scores(cc, dc, lat)
 
 
-def distance_report(meetings: list[Meeting], windows: list[list[Recorded]], config) -> str:
+def distance_report(meetings: list[Meeting], windows: list[Windows], config) -> str:
     """Cosine distances between single-speaker speech windows: same vs different speaker."""
     same, diff = [], []
     for m, ws in zip(meetings, windows):
         pure = []
-        for w in ws:
+        for w in ws.windows:
             if w.embedding is None or w.fraction < config.min_speech_fraction:
                 continue
             who = {t.label for t in m.ref if t.start < w.end and t.end > w.start}
@@ -378,7 +400,7 @@ def distance_report(meetings: list[Meeting], windows: list[list[Recorded]], conf
             f"different speakers {q(diff)}")
 
 
-def evaluate(name: str, meetings: list[Meeting], windows: list[list[Recorded]], config, tune: bool) -> None:
+def evaluate(name: str, meetings: list[Meeting], windows: list[Windows], config, tune: bool) -> None:
     print(f"\n== {name}: {len(meetings)} meetings, {sum(len(m.audio) for m in meetings) / SR / 60:.1f} min, "
           f"{sum(len(reference_changes(m.ref)) for m in meetings)} speaker changes")
     print(distance_report(meetings, windows, config))
@@ -459,7 +481,8 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         windows = []
         for m in meetings:
-            rec, engine_events = extract(m)
+            recorded, speech, engine_events = extract(m)
+            rec = Windows(recorded, speech)
             windows.append(rec)
             if engine_events is not None:
                 replay = run_tracker(rec, config)
