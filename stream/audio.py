@@ -57,7 +57,7 @@ def to_float_mono(samples, channels: int | None = None) -> np.ndarray:
     if samples.ndim > 2 or samples.ndim == 0:
         raise AudioFormatError(f"audio must be (samples,) or (samples, channels); got shape {samples.shape}")
     if channels is not None:
-        if not isinstance(channels, (int, np.integer)) or channels < 1:
+        if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
             raise AudioFormatError(f"channels must be a positive integer, got {channels!r}")
         if samples.ndim == 1:
             if samples.shape[0] % channels:
@@ -78,10 +78,14 @@ def to_float_mono(samples, channels: int | None = None) -> np.ndarray:
     if samples.shape[0] == 0:
         raise AudioFormatError("empty audio chunk (0 samples)")
     if dt in _FLOATS:
-        x = samples.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            bad = "NaN" if np.isnan(x).any() else "infinite"
+        if not np.isfinite(samples).all():
+            bad = "NaN" if np.isnan(samples).any() else "infinite"
             raise AudioFormatError(f"audio contains {bad} values")
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: reported below, not warned
+            x = samples.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise AudioFormatError(f"audio values too large for float32 (max |x| = {np.abs(samples).max():.3g}); "
+                                   "float samples are expected in [-1, 1]")
     else:
         scale, offset = _INT_SCALE[dt]
         # float64 for int32 so that the scaling is exact before the final rounding.
@@ -156,7 +160,7 @@ def decode_pcm_bytes(data: bytes, fmt: str, channels: int = 1) -> np.ndarray:
     """
     if fmt not in PCM_FORMATS:
         raise AudioFormatError(f"unknown audio format {fmt!r}; expected one of {sorted(PCM_FORMATS)}")
-    if not isinstance(channels, (int, np.integer)) or channels < 1:
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
         raise AudioFormatError(f"channels must be a positive integer, got {channels!r}")
     dt = PCM_FORMATS[fmt]
     frame_bytes = dt.itemsize * channels
