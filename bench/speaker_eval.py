@@ -183,43 +183,83 @@ class Recorded:
     emitted_at: float            # stream position (s) when the window reached the tracker
 
 
-class _RecordingTracker(SpeakerTracker):
-    """The engine's tracker, also keeping every window with the stream position."""
+@dataclass
+class Extracted:
+    """What one pass over a meeting gives: enough to replay any tracker config.
 
-    def __init__(self, config, clock):
-        super().__init__(config)
-        self.clock = clock
-        self.recorded: list[Recorded] = []
-        self.speech: list[np.ndarray] = []
+    For the bundled head the per-frame speaker features of each engine chunk are kept, so
+    windows of any length / hop can be pooled later at no model cost; other sources keep
+    the windows of the configured geometry.
+    """
 
-    def push_speech(self, first_frame, frame_s, speech):
-        self.speech.append(np.asarray(speech) >= 0.5)
-        super().push_speech(first_frame, frame_s, speech)
-
-    def push(self, start_s, end_s, embedding, speech_fraction):
-        self.recorded.append(Recorded(start_s, end_s, None if embedding is None else np.array(embedding),
-                                      speech_fraction, self.clock()))
-        return super().push(start_s, end_s, embedding, speech_fraction)
+    speech: np.ndarray                                 # 20 ms speech frames (bool), the energy VAD
+    chunks: list[tuple[int, "torch.Tensor", float]] | None = None   # (first frame, (n, P) features, emitted_at)
+    windows: list[Recorded] | None = None
+    geometry: tuple[float, float] | None = None        # (window_s, hop_s) of `windows`
+    engine_events: list | None = None                  # (emitted_at, SpeakerChange) from the engine
+    _cache: dict = dataclasses.field(default_factory=dict)
 
 
-def engine_windows(args, config: SpeakerTrackerConfig):
-    """A function meeting -> (recorded windows, 20 ms speech frames, engine change events)."""
-    from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig
-    from stream.speakers import speaker_source_factory
-    from model import load_model
+def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Recorded]:
+    """The windows a tracker with `config` sees (pooled from the recorded chunks when possible)."""
+    if ex.chunks is None:
+        if ex.geometry != (config.window_s, config.hop_s):
+            raise SystemExit("window geometry can only be varied for the bundled speaker head")
+        return ex.windows
+    key = (config.window_s, config.hop_s)
+    if key not in ex._cache:
+        from stream.speakers import BundledSpeakerHead
+        src = BundledSpeakerHead(model, config)
+        out = []
+        for first, feats, at in ex.chunks:
+            sp = np.ones(feats.shape[0], dtype=np.float32)
+            known = ex.speech[first:first + feats.shape[0]]
+            sp[:len(known)] = known
+            out += [Recorded(w.start_s, w.end_s, w.embedding, w.speech_fraction, at)
+                    for w in src.push_frames(feats, first, sp)]
+        last = ex.chunks[-1][2] if ex.chunks else 0.0
+        out += [Recorded(w.start_s, w.end_s, w.embedding, w.speech_fraction, last) for w in src.finish()]
+        ex._cache[key] = out
+    return ex._cache[key]
 
-    model = load_model(args.model or DEFAULT_MODEL)
+
+def engine_extractor(args, config: SpeakerTrackerConfig, model):
+    """A function meeting -> Extracted, through the streaming engine (stream.Pipeline)."""
+    from decoders.events import SpeakerChange
+    from stream.pipeline import Pipeline, StreamConfig
+    from stream.speakers import BundledSpeakerHead, speaker_source_factory
+
     factory = speaker_source_factory(model, args.speaker_model)
     if factory is None:
-        raise SystemExit(f"{args.model or DEFAULT_MODEL} has no speaker head; pass --speaker-model")
+        raise SystemExit(f"{args.model or 'the bundled model'} has no speaker head; pass --speaker-model")
     position = [0.0]
-    recorders = []
+    streams = []
 
     class Factory(type(factory)):
+        """Records what reaches the tracker (and, for the bundled head, each chunk's features)."""
+
         def new_stream(self, tracker_config=None):
             s = super().new_stream(tracker_config)
-            s.tracker = _RecordingTracker(s.tracker.config, lambda: position[0])
-            recorders.append(s.tracker)
+            rec = {"windows": [], "speech": [], "chunks": []}
+            push, push_speech = s.tracker.push, s.tracker.push_speech
+
+            def track(start_s, end_s, embedding, fraction):
+                rec["windows"].append(Recorded(start_s, end_s, None if embedding is None else np.array(embedding),
+                                               fraction, position[0]))
+                return push(start_s, end_s, embedding, fraction)
+
+            def track_speech(first, frame_s, speech):
+                rec["speech"].append(np.asarray(speech) >= 0.5)
+                push_speech(first, frame_s, speech)
+            s.tracker.push, s.tracker.push_speech = track, track_speech
+            if isinstance(s.source, BundledSpeakerHead):
+                frames = s.source.push_frames
+
+                def record_frames(features, first_frame, speech=None):
+                    rec["chunks"].append((first_frame, features.detach().clone(), position[0]))
+                    return frames(features, first_frame, speech)
+                s.source.push_frames = record_frames
+            streams.append(rec)
             return s
 
     rec_factory = Factory(factory.kind, factory.model, factory.frame_seconds, **factory.source_kwargs)
@@ -227,8 +267,7 @@ def engine_windows(args, config: SpeakerTrackerConfig):
                                  beam=False)
     pipe = Pipeline(model, stream_config, rec_factory, config)
 
-    def run(meeting: Meeting):
-        from decoders.events import SpeakerChange
+    def run(meeting: Meeting) -> Extracted:
         stream = pipe.new_stream()
         piece = int(0.08 * SR)
         events = []
@@ -237,21 +276,20 @@ def engine_windows(args, config: SpeakerTrackerConfig):
             position[0] = (i + len(x)) / SR
             events += [(position[0], e) for e in stream.feed(x, SR) if isinstance(e, SpeakerChange)]
         events += [(position[0], e) for e in stream.finish() if isinstance(e, SpeakerChange)]
-        rec = recorders[-1]
-        speech = np.concatenate(rec.speech) if rec.speech else np.zeros(0, dtype=bool)
-        return rec.recorded, speech, events
+        rec = streams[-1]
+        speech = np.concatenate(rec["speech"]) if rec["speech"] else np.zeros(0, dtype=bool)
+        return Extracted(speech, rec["chunks"] or None, rec["windows"], (config.window_s, config.hop_s), events)
     return run
 
 
-def offline_windows(args, config: SpeakerTrackerConfig):
-    """A function meeting -> (recorded windows, 20 ms speech frames, None): the bundled model's
-    offline forward in blocks."""
+def offline_extractor(args, config: SpeakerTrackerConfig, model):
+    """A function meeting -> Extracted: the bundled model's offline forward in blocks, cut into
+    --chunk-ms chunks emitted --right-ms after their end (as the engine would)."""
     import torch
-    from model import load_model
-    from stream.pipeline import DEFAULT_MODEL
-    from stream.speakers import BundledSpeakerHead
+    from stream.speakers import EnergyVAD
 
-    model = load_model(args.model or DEFAULT_MODEL)
+    if not callable(getattr(model, "speaker_frame_features", None)):
+        raise SystemExit("--via offline needs the bundled model (a speaker head)")
     stride = int(np.prod(model.config.conv_stride))
     chunk = max(1, int(round(args.chunk_ms / 1000 * SR / stride)))
     right_s = args.right_ms / 1000
@@ -270,31 +308,17 @@ def offline_windows(args, config: SpeakerTrackerConfig):
                 out.append(feats[b - f0:b - f0 + min(block, T - b)])
         return torch.cat(out)
 
-    def run(meeting: Meeting):
+    def run(meeting: Meeting) -> Extracted:
         feats = features(meeting.audio)
-        src = BundledSpeakerHead(model, config)
-        src.add_audio(meeting.audio, 0)
-        rec = []
-        for a in range(0, feats.shape[0], chunk):
-            b = min(feats.shape[0], a + chunk)
-            emitted = b * stride / SR + right_s
-            for w in src.push_frames(feats[a:b], a):
-                rec.append(Recorded(w.start_s, w.end_s, w.embedding, w.speech_fraction, emitted))
-        for w in src.finish():
-            rec.append(Recorded(w.start_s, w.end_s, w.embedding, w.speech_fraction, len(meeting.audio) / SR))
-        return rec, src.vad.speech(0, src.vad.frames) >= 0.5, None
+        vad = EnergyVAD()
+        vad.push(meeting.audio)
+        chunks = [(a, feats[a:a + chunk], min(a + chunk, feats.shape[0]) * stride / SR + right_s)
+                  for a in range(0, feats.shape[0], chunk)]
+        return Extracted(vad.speech(0, vad.frames) >= 0.5, chunks)
     return run
 
 
 # ------------------------------------------------------------------- systems
-
-
-@dataclass
-class Windows:
-    """One meeting's recorded windows and 20 ms speech frames."""
-
-    windows: list[Recorded]
-    speech: np.ndarray
 
 
 @dataclass
@@ -303,11 +327,10 @@ class Result:
     turns: list[Turn]
 
 
-def run_tracker(rec: Windows, config: SpeakerTrackerConfig) -> Result:
+def run_tracker(windows: list[Recorded], speech: np.ndarray, config: SpeakerTrackerConfig) -> Result:
     tracker = SpeakerTracker(config)
-    if len(rec.speech):
-        tracker.push_speech(0, 0.02, rec.speech)
-    windows = rec.windows
+    if len(speech):
+        tracker.push_speech(0, 0.02, speech)
     changes = []
     for w in windows:
         for ev in tracker.push(w.start, w.end, w.embedding, w.fraction):
@@ -318,36 +341,37 @@ def run_tracker(rec: Windows, config: SpeakerTrackerConfig) -> Result:
     return Result(changes, tracker.turns())
 
 
-def run_baseline(rec: Windows, config: SpeakerTrackerConfig, threshold: float) -> Result:
+def run_baseline(windows: list[Recorded], speech: np.ndarray, config: SpeakerTrackerConfig,
+                 threshold: float) -> Result:
     """Adjacent-window cosine distance; a change at each local peak above `threshold`.
 
     Speech windows only (same speech rule as the tracker). A change is placed where the
     window that peaks is half new (its end minus half a window) and emitted with the window
     after the peak (needed to know it is a peak). Each change opens a fresh label.
     """
-    windows = rec.windows
-    speech = [w for w in windows if w.embedding is not None and w.fraction >= config.min_speech_fraction]
-    e = [w.embedding / np.linalg.norm(w.embedding) for w in speech]
+    sw = [w for w in windows if w.embedding is not None and w.fraction >= config.min_speech_fraction]
+    e = [w.embedding / np.linalg.norm(w.embedding) for w in sw]
     d = [0.0] + [1.0 - float(e[i - 1] @ e[i]) for i in range(1, len(e))]
-    changes, label_at = [], []
+    changes = []
     for i in range(1, len(d)):
         nxt = d[i + 1] if i + 1 < len(d) else -1.0
         if d[i] > threshold and d[i] >= d[i - 1] and d[i] > nxt:
-            t = max(speech[i].start, speech[i].end - config.window_s / 2)
-            emitted = speech[i + 1].emitted_at if i + 1 < len(speech) else speech[i].emitted_at
+            t = max(sw[i].start, sw[i].end - config.window_s / 2)
+            emitted = sw[i + 1].emitted_at if i + 1 < len(sw) else sw[i].emitted_at
             changes.append((t, emitted))
-    # Turns: the same speech/silence grid as the tracker, labels switching at each change.
+    # Turns: the same speech/silence rules as the tracker, labels switching at each change.
     grid = SpeakerTracker(config)
-    if len(rec.speech):
-        grid.push_speech(0, 0.02, rec.speech)
+    if len(speech):
+        grid.push_speech(0, 0.02, speech)
     for w in windows:
         grid._w_start.append(w.start)
         grid._w_end.append(w.end)
         grid._w_frac.append(w.fraction if w.embedding is not None else 0.0)
-    if speech:
-        grid._change_times = [speech[0].start] + [t for t, _ in changes]
-        grid._change_labels = list(range(len(grid._change_times)))
-    return Result(changes, grid.turns() if speech else [])
+    if not sw:
+        return Result(changes, [])
+    grid._change_times = [sw[0].start] + [t for t, _ in changes]
+    grid._change_labels = list(range(len(grid._change_times)))
+    return Result(changes, grid.turns())
 
 
 @dataclass
@@ -358,13 +382,12 @@ class Scores:
 
     def line(self, name: str) -> str:
         lat = np.array(self.latencies) if self.latencies else np.array([np.nan])
-        return (f"{name:<28} P {self.changes.precision:5.3f}  R {self.changes.recall:5.3f}  "
+        t = max(self.der.total, 1e-9)
+        return (f"{name:<20} P {self.changes.precision:5.3f}  R {self.changes.recall:5.3f}  "
                 f"F1 {self.changes.f1:5.3f}  DER {100 * self.der.der:5.1f}% "
-                f"(miss {100 * self.der.miss / max(self.der.total, 1e-9):4.1f} "
-                f"fa {100 * self.der.false_alarm / max(self.der.total, 1e-9):4.1f} "
-                f"conf {100 * self.der.confusion / max(self.der.total, 1e-9):4.1f})  "
-                f"latency median {np.median(lat):4.2f} s  p90 {np.percentile(lat, 90):4.2f} s  "
-                f"[{self.changes.n_ref} ref / {self.changes.n_hyp} hyp changes]")
+                f"(miss {100 * self.der.miss / t:4.1f} fa {100 * self.der.false_alarm / t:4.1f} "
+                f"conf {100 * self.der.confusion / t:4.1f})  latency median {np.median(lat):4.2f} s "
+                f"p90 {np.percentile(lat, 90):4.2f} s  [{self.changes.n_ref} ref / {self.changes.n_hyp} hyp]")
 
 
 def score(meetings: list[Meeting], results: list[Result]) -> Scores:
@@ -378,60 +401,79 @@ def score(meetings: list[Meeting], results: list[Result]) -> Scores:
     return Scores(cc, dc, lat)
 
 
-def distance_report(meetings: list[Meeting], windows: list[Windows], config) -> str:
+def distance_report(meetings: list[Meeting], windows: list[list[Recorded]], config) -> str:
     """Cosine distances between single-speaker speech windows: same vs different speaker."""
     same, diff = [], []
+    rng = np.random.default_rng(0)
     for m, ws in zip(meetings, windows):
         pure = []
-        for w in ws.windows:
+        for w in ws:
             if w.embedding is None or w.fraction < config.min_speech_fraction:
                 continue
             who = {t.label for t in m.ref if t.start < w.end and t.end > w.start}
             if len(who) == 1:
                 pure.append((who.pop(), w.embedding / np.linalg.norm(w.embedding)))
-        rng = np.random.default_rng(0)
         for _ in range(min(2000, len(pure) ** 2)):
             (a, x), (b, y) = pure[rng.integers(len(pure))], pure[rng.integers(len(pure))]
             (same if a == b else diff).append(1.0 - float(x @ y))
     if not same or not diff:
         return "window distances: not enough single-speaker windows"
     q = lambda v: " / ".join(f"{np.percentile(v, p):.2f}" for p in (10, 50, 90))  # noqa: E731
-    return (f"cosine distance of single-speaker windows (p10 / p50 / p90): same speaker {q(same)}, "
-            f"different speakers {q(diff)}")
+    return (f"cosine distance between single-speaker windows within a meeting (p10 / p50 / p90): "
+            f"same speaker {q(same)}; different speakers {q(diff)}")
 
 
-def evaluate(name: str, meetings: list[Meeting], windows: list[Windows], config, tune: bool) -> None:
+def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], config, model, tune: bool) -> None:
     print(f"\n== {name}: {len(meetings)} meetings, {sum(len(m.audio) for m in meetings) / SR / 60:.1f} min, "
           f"{sum(len(reference_changes(m.ref)) for m in meetings)} speaker changes")
-    print(distance_report(meetings, windows, config))
-    sets = [("all", list(range(len(meetings))))]
+
+    def results(cfg, idx, system="tracker", thr=None):
+        out = []
+        for i in idx:
+            ws = windows_for(extracted[i], cfg, model)
+            out.append(run_tracker(ws, extracted[i].speech, cfg) if system == "tracker"
+                       else run_baseline(ws, extracted[i].speech, cfg, thr))
+        return out
+
+    everyone = list(range(len(meetings)))
+    print(distance_report(meetings, [windows_for(e, config, model) for e in extracted], config))
+    sets = [("all", everyone)]
     if tune:
         half = max(1, len(meetings) // 2)
-        dev, test = list(range(half)), list(range(half, len(meetings)))
+        dev, test = everyone[:half], everyone[half:]
+        geometries = [(config.window_s, config.hop_s)]
+        if extracted[0].chunks is not None:
+            geometries = [(w, h) for w in (1.0, 1.5, 2.0) for h in (0.25, 0.5)]
         best = None
-        for thr in np.concatenate([np.arange(0.02, 0.1, 0.02), np.arange(0.1, 0.85, 0.05)]):
-            for hyst in (1, 2, 3):
-                cfg = dataclasses.replace(config, change_threshold=float(thr), hysteresis=hyst,
-                                          new_speaker_threshold=float(min(1.0, thr + 0.1)))
-                s = score([meetings[i] for i in dev], [run_tracker(windows[i], cfg) for i in dev])
-                key = (s.changes.f1, -s.der.der)
-                if best is None or key > best[0]:
-                    best = (key, cfg)
+        for window_s, hop_s in geometries:
+            for thr in np.concatenate([np.arange(0.02, 0.1, 0.02), np.arange(0.1, 0.85, 0.05)]):
+                for hyst in (1, 2, 3):
+                    cfg = dataclasses.replace(config, window_s=window_s, hop_s=hop_s, change_threshold=float(thr),
+                                              hysteresis=hyst, new_speaker_threshold=float(min(1.0, thr + 0.1)))
+                    sc = score([meetings[i] for i in dev], results(cfg, dev))
+                    lat = np.median(sc.latencies) if sc.latencies else 9.9
+                    # Best F1; among F1 within 0.01 of it, the lowest median latency.
+                    key = (round(sc.changes.f1, 2), -round(lat, 1), -sc.der.der)
+                    if best is None or key > best[0]:
+                        best = (key, cfg)
         config = best[1]
-        print(f"tuned on dev ({len(dev)} meetings): change_threshold {config.change_threshold:.2f}, "
-              f"hysteresis {config.hysteresis}, new_speaker_threshold {config.new_speaker_threshold:.2f}")
+        print(f"tuned on dev ({len(dev)} meetings): window {config.window_s} s, hop {config.hop_s} s, "
+              f"change_threshold {config.change_threshold:.2f}, hysteresis {config.hysteresis}, "
+              f"new_speaker_threshold {config.new_speaker_threshold:.2f}")
         sets = [("dev", dev), ("test", test)] if test else [("dev", dev)]
     # Baseline threshold: the best F1 over all meetings (optimistic for the baseline).
-    best_b = max(np.arange(0.02, 0.9, 0.02),
-                 key=lambda thr: score(meetings, [run_baseline(w, config, thr) for w in windows]).changes.f1)
+    thresholds = np.arange(0.01, 0.9, 0.01)
+    f1s = [score(meetings, results(config, everyone, "baseline", t)).changes.f1 for t in thresholds]
+    best_b = float(thresholds[int(np.argmax(f1s))])
     print(f"tracker: window {config.window_s} s, hop {config.hop_s} s, change_threshold "
           f"{config.change_threshold:.2f}, hysteresis {config.hysteresis}, new_speaker_threshold "
-          f"{config.new_speaker_threshold:.2f}, max_speakers {config.max_speakers}; baseline threshold "
-          f"{best_b:.2f} (best on all meetings)")
+          f"{config.new_speaker_threshold:.2f}, max_speakers {config.max_speakers}, min_speech_fraction "
+          f"{config.min_speech_fraction}; baseline: same windows, threshold {best_b:.2f} (best F1 on all meetings)")
     for set_name, idx in sets:
-        ms, ws = [meetings[i] for i in idx], [windows[i] for i in idx]
-        print(score(ms, [run_tracker(w, config) for w in ws]).line(f"[{set_name}] tracker"))
-        print(score(ms, [run_baseline(w, config, best_b) for w in ws]).line(f"[{set_name}] baseline"))
+        ms = [meetings[i] for i in idx]
+        print(score(ms, results(config, idx)).line(f"[{set_name}] tracker"))
+        print(score(ms, results(config, idx, "baseline", best_b)).line(f"[{set_name}] baseline"))
+    return config
 
 
 def main(argv=None) -> None:
@@ -443,7 +485,8 @@ def main(argv=None) -> None:
     p.add_argument("--limit", type=int, default=None, help="at most this many synthetic meetings")
     p.add_argument("--real", type=int, default=0, help="also N meetings of real recorded voices")
     p.add_argument("--real-seconds", type=float, default=90.0)
-    p.add_argument("--tune", action="store_true", help="tune thresholds on the first half, report both")
+    p.add_argument("--tune", action="store_true",
+                   help="tune geometry (bundled head), threshold and hysteresis on the first half, report both")
     p.add_argument("--chunk-ms", type=float, default=640.0)
     p.add_argument("--left-ms", type=float, default=2000.0)
     p.add_argument("--right-ms", type=float, default=320.0)
@@ -459,6 +502,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     import torch
+    from model import load_model
+    from stream.pipeline import DEFAULT_MODEL
     torch.set_num_threads(args.threads)
     config = SpeakerTrackerConfig(window_s=args.window, hop_s=args.hop, change_threshold=args.change_threshold,
                                   hysteresis=args.hysteresis, new_speaker_threshold=args.new_threshold,
@@ -473,29 +518,32 @@ def main(argv=None) -> None:
         groups.append(("real recorded voices (asterisk prompts)", build_real_meetings(args.real, args.real_seconds)))
     if not groups:
         raise SystemExit(f"no meetings: {mdir} has no audio with .rttm, and --real was not given")
-    extract = (engine_windows if args.via == "engine" else offline_windows)(args, config)
+    model = load_model(args.model or DEFAULT_MODEL)
+    extract = (engine_extractor if args.via == "engine" else offline_extractor)(args, config, model)
     print(f"embeddings via {args.via}; model {args.model or 'bundled default'}"
           f"{'; speaker model ' + args.speaker_model if args.speaker_model else ''}; "
-          f"chunk {args.chunk_ms:.0f} ms, right {args.right_ms:.0f} ms")
+          f"chunk {args.chunk_ms:.0f} ms, right {args.right_ms:.0f} ms; latency = stream position at emission "
+          f"minus the reference change time")
     for name, meetings in groups:
         t0 = time.perf_counter()
-        windows = []
+        extracted = []
         for m in meetings:
-            recorded, speech, engine_events = extract(m)
-            rec = Windows(recorded, speech)
-            windows.append(rec)
-            if engine_events is not None:
-                replay = run_tracker(rec, config)
-                engine = [(e.time, at) for at, e in engine_events if e.from_speaker is not None]
-                if [round(t, 6) for t, _ in engine] != [round(t, 6) for t, _ in replay.changes]:
+            ex = extract(m)
+            extracted.append(ex)
+            if ex.engine_events is not None:
+                # The replay of the recorded windows must be exactly what the engine emitted.
+                replay = run_tracker(windows_for(ex, config, model), ex.speech, config)
+                engine = [(e.time, at) for at, e in ex.engine_events if e.from_speaker is not None]
+                if [(round(t, 6), a) for t, a in engine] != [(round(t, 6), a) for t, a in replay.changes]:
                     print(f"warning: {m.name}: engine events differ from the replay of its windows")
-            if args.rttm_dir:
-                Path(args.rttm_dir).mkdir(parents=True, exist_ok=True)
-                with open(Path(args.rttm_dir) / f"{m.name}.rttm", "w") as f:
-                    write_rttm(run_tracker(rec, config).turns, m.name, f)
         audio_s = sum(len(m.audio) for m in meetings) / SR
         print(f"\n[{name}] embeddings: {time.perf_counter() - t0:.0f} s for {audio_s:.0f} s of audio")
-        evaluate(name, meetings, windows, config, args.tune)
+        used = evaluate(name, meetings, extracted, config, model, args.tune)
+        if args.rttm_dir:
+            Path(args.rttm_dir).mkdir(parents=True, exist_ok=True)
+            for m, ex in zip(meetings, extracted):
+                with open(Path(args.rttm_dir) / f"{m.name}.rttm", "w") as f:
+                    write_rttm(run_tracker(windows_for(ex, used, model), ex.speech, used).turns, m.name, f)
 
 
 if __name__ == "__main__":
