@@ -1,8 +1,8 @@
 """Speaker embedding sources for the tracker, and the per-stream glue the pipeline uses.
 
 Every source turns a stream into rolling windows (``SpeakerTrackerConfig.window_s`` long,
-one every ``hop_s``, ending at multiples of the hop from the stream start; the first
-windows of a stream are shorter) and returns, for each, a :class:`SpeakerWindow`
+one every ``hop_s``, ending at multiples of the hop from the stream start; the last
+window of a stream, from ``finish``, may be shorter) and returns, for each, a :class:`SpeakerWindow`
 ``(start_s, end_s, embedding (E,) | None, speech_fraction)`` for
 ``decoders.speaker.SpeakerTracker.push``. Three sources:
 
@@ -133,7 +133,9 @@ class _Grid:
         per_s = SAMPLE_RATE / unit
         self.window = max(1, int(round(config.window_s * per_s)))
         self.hop = max(1, int(round(config.hop_s * per_s)))
-        self.next_end = self.hop        # end of the next window to emit
+        # Windows end at multiples of the hop, the first one full length: shorter windows at
+        # the start of a stream give noisier embeddings that would seed the first centroid.
+        self.next_end = -(-self.window // self.hop) * self.hop   # end of the next window to emit
         self.last_end = 0               # end of the last window emitted
 
     def due(self, available: int) -> list[tuple[int, int]]:
