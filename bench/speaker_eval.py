@@ -111,32 +111,25 @@ def _trim(x: np.ndarray, rate: int, db: float = -40.0) -> np.ndarray:
     return x[on[0] * hop:(on[-1] + 1) * hop] if len(on) else x[:0]
 
 
-def build_real_meetings(n: int, seconds: float = 90.0, seed: int = 0) -> list[Meeting]:
-    """Meetings assembled from recorded prompts of four real speakers (see module docstring).
+def assemble_meetings(prompts: dict[str, list[np.ndarray]], n: int, seconds: float, seed: int,
+                      prefix: str, cast_size=(3, 4), group=lambda label: label) -> list[Meeting]:
+    """Meetings assembled from clips of known speakers, with an exact reference.
 
-    Each turn: 1-4 prompts of one speaker (3-12 s), 0.15-0.35 s pauses inside a turn,
-    0.1-1.0 s between turns; the next speaker always differs from the last. The reference
-    has one segment per prompt.
+    Each turn: clips of one speaker (3-12 s), 0.15-0.35 s pauses inside a turn, 0.1-1.0 s
+    between turns; the next speaker always differs from the last. The reference has one
+    segment per clip. A meeting's cast never has two speakers of one `group` (e.g. two
+    pitch variants of one synthetic voice).
     """
-    import soundfile as sf
-    import soxr
-    voices = [v for v in REAL_VOICES if (ASTERISK / v).is_dir()]
-    if len(voices) < 2:
-        raise SystemExit("--real needs the Debian packages asterisk-core-sounds-{en,fr,it,ru}-wav "
-                         "(apt-get install asterisk-core-sounds-en-wav ...)")
     rng = np.random.default_rng(seed)
-    prompts: dict[str, list[np.ndarray]] = {}
-    for v in voices:
-        clips = []
-        for f in sorted(glob.glob(str(ASTERISK / v / "*.wav"))):
-            x, rate = sf.read(f, dtype="float32")
-            x = _trim(x if x.ndim == 1 else x.mean(axis=1), rate)
-            if len(x) >= 1.0 * rate:
-                clips.append(soxr.resample(x, rate, SR).astype(np.float32))
-        prompts[v] = clips
+    labels = sorted(k for k, v in prompts.items() if v)
     meetings = []
     for m in range(n):
-        cast = list(rng.choice(voices, size=min(len(voices), 3 + m % 2), replace=False))
+        size = cast_size[m % len(cast_size)]
+        cast, groups = [], set()
+        for k in rng.permutation(len(labels)):
+            if group(labels[k]) not in groups and len(cast) < size:
+                cast.append(labels[k])
+                groups.add(group(labels[k]))
         pieces, ref, t, prev = [], [], 0.0, None
         while t < seconds:
             spk = rng.choice([v for v in cast if v != prev])
@@ -155,10 +148,41 @@ def build_real_meetings(n: int, seconds: float = 90.0, seed: int = 0) -> list[Me
             pieces.append(np.zeros(int(gap * SR), np.float32))
             t += gap
             prev = spk
-        audio = np.concatenate(pieces)
         # Exact sample positions (the float clock above drifts by rounding the gaps).
-        meetings.append(Meeting(f"real{m:02d}", audio, _exact_turns(pieces, ref)))
+        meetings.append(Meeting(f"{prefix}{m:02d}", np.concatenate(pieces), _exact_turns(pieces, ref)))
     return meetings
+
+
+def build_real_meetings(n: int, seconds: float = 90.0, seed: int = 0) -> list[Meeting]:
+    """Meetings of four real recorded speakers (Debian asterisk prompts, see module docstring)."""
+    import soundfile as sf
+    import soxr
+    voices = [v for v in REAL_VOICES if (ASTERISK / v).is_dir()]
+    if len(voices) < 2:
+        raise SystemExit("--real needs the Debian packages asterisk-core-sounds-{en,fr,it,ru}-wav "
+                         "(apt-get install asterisk-core-sounds-en-wav ...)")
+    prompts: dict[str, list[np.ndarray]] = {}
+    for v in voices:
+        clips = []
+        for f in sorted(glob.glob(str(ASTERISK / v / "*.wav"))):
+            x, rate = sf.read(f, dtype="float32")
+            x = _trim(x if x.ndim == 1 else x.mean(axis=1), rate)
+            if len(x) >= 1.0 * rate:
+                clips.append(soxr.resample(x, rate, SR).astype(np.float32))
+        prompts[v] = clips
+    return assemble_meetings(prompts, n, seconds, seed, "real")
+
+
+def build_clip_meetings(directory: Path, n: int, seconds: float = 90.0, seed: int = 0,
+                        per_speaker: int = 40) -> list[Meeting]:
+    """Meetings assembled from a directory of per-speaker subdirectories of clips (e.g. the
+    held-out test voices of train/: ``<voice>_p<cents>/*.flac``); pitch variants of one
+    voice never meet."""
+    prompts = {}
+    for d in sorted(p for p in directory.iterdir() if p.is_dir()):
+        files = sorted(p for p in d.iterdir() if p.suffix in (".wav", ".flac"))[:per_speaker]
+        prompts[d.name] = [_trim(load_audio(f), SR) for f in files]
+    return assemble_meetings(prompts, n, seconds, seed, "clips", group=lambda lab: lab.split("_p")[0])
 
 
 def _exact_turns(pieces: list[np.ndarray], ref: list[Turn]) -> list[Turn]:
@@ -484,7 +508,10 @@ def main(argv=None) -> None:
     p.add_argument("--meetings", default=str(Path.home() / ".cache/wavlm-stream/meetings"))
     p.add_argument("--limit", type=int, default=None, help="at most this many synthetic meetings")
     p.add_argument("--real", type=int, default=0, help="also N meetings of real recorded voices")
-    p.add_argument("--real-seconds", type=float, default=90.0)
+    p.add_argument("--real-seconds", type=float, default=90.0, help="length of each assembled meeting")
+    p.add_argument("--clips", default=None, metavar="DIR",
+                   help="also assemble meetings from per-speaker clip folders in DIR (e.g. held-out voices)")
+    p.add_argument("--clips-n", type=int, default=8, help="how many meetings to assemble from --clips")
     p.add_argument("--tune", action="store_true",
                    help="tune geometry (bundled head), threshold and hysteresis on the first half, report both")
     p.add_argument("--chunk-ms", type=float, default=640.0)
@@ -514,6 +541,9 @@ def main(argv=None) -> None:
         syn = load_meetings(mdir, args.limit)
         if syn:
             groups.append((f"synthetic meetings ({mdir})", syn))
+    if args.clips:
+        groups.append((f"meetings assembled from {args.clips}",
+                       build_clip_meetings(Path(args.clips).expanduser(), args.clips_n, args.real_seconds)))
     if args.real:
         groups.append(("real recorded voices (asterisk prompts)", build_real_meetings(args.real, args.real_seconds)))
     if not groups:
