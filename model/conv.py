@@ -110,9 +110,22 @@ class WeightNormConv1d(nn.Module):
         self.weight_g = nn.Parameter(torch.ones(g_shape))
         self.bias = nn.Parameter(torch.zeros(channels))
         nn.init.normal_(self.weight_v, std=2 * (1 / (kernel_size * channels)) ** 0.5)
+        self._cached: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def weight(self) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self._compute_weight()
+        # Without autograd the weight only changes when a parameter does: reuse it (streaming
+        # runs the positional conv once per window; recomputing the norm cost ~6% of a window).
+        key = (self.weight_v._version, self.weight_g._version, self.weight_v.data_ptr(),
+               self.weight_g.data_ptr(), self.weight_v.dtype, self.weight_v.device)
+        if self._cached is None or self._cached[0] != key:
+            with torch.no_grad():
+                self._cached = (key, self._compute_weight())
+        return self._cached[1]
+
+    def _compute_weight(self) -> torch.Tensor:
         dims = [d for d in range(3) if d != self.dim]
         return self.weight_v * (self.weight_g / self.weight_v.norm(dim=dims, keepdim=True))
 

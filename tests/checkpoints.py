@@ -26,12 +26,12 @@ def write_ctc_checkpoint(directory: Path, *, norm: str = "layer", stable: bool =
     from transformers import WavLMConfig, WavLMForCTC
 
     torch.manual_seed(seed)
-    config = WavLMConfig(
+    fields = dict(
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=hidden * 2, conv_dim=(conv_dim,) * 7, feat_extract_norm=norm,
         do_stable_layer_norm=stable, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-        vocab_size=len(VOCAB), pad_token_id=0, num_buckets=32, max_bucket_distance=64,
-        **overrides)
+        vocab_size=len(VOCAB), pad_token_id=0, num_buckets=32, max_bucket_distance=64)
+    config = WavLMConfig(**{**fields, **overrides})
     model = WavLMForCTC(config).eval()
     # Random init leaves the gate constants and LayerNorm affine at trivial values: perturb
     # every parameter a little so that each of them matters in the comparisons.

@@ -1,0 +1,159 @@
+"""Real-time factor of the streaming engine against transformers and naive recomputation.
+
+RTF = compute seconds / audio seconds (lower is faster). Every row of a table is measured
+in this process on the same weights and the same audio, and printed with its ratio to
+transformers' offline ``WavLMForCTC`` on the same input, so the ratios hold on a noisy,
+shared machine even when the absolute numbers move. Each configuration runs ``--repeats``
+times; the best time is kept (the least disturbed by other load).
+
+Rows:
+  stream cached / recompute   our engine at the given latency (default left 2 s, chunk 0.64 s, right 0.32 s)
+  stream cached int8          the same with int8 dynamic quantization of the Linear layers
+  ours offline                our model's offline forward
+  hf offline                  transformers WavLMForCTC, one forward over the whole input
+  hf pipeline chunked         transformers' ASR pipeline, chunk_length_s=10, stride_length_s=(4, 2)
+  naive 4s/1s                 our offline forward on the last 4 s, once per second of audio
+  naive same latency          our offline forward on [left|chunk|right] of raw audio once per chunk
+
+    python bench/rtf.py --model base --seconds 10 30 60
+    python bench/rtf.py --model bundled --seconds 10 30 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model import load_model  # noqa: E402
+from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig  # noqa: E402
+
+
+def base_checkpoint(directory: Path) -> Path:
+    """A random-weight base-size (768 x 12, conv 512) WavLM CTC checkpoint written by transformers."""
+    from tests.checkpoints import write_ctc_checkpoint
+
+    return write_ctc_checkpoint(directory, norm="layer", stable=True, hidden=768, layers=12, heads=12,
+                                conv_dim=512, intermediate_size=3072, num_conv_pos_embeddings=128,
+                                num_conv_pos_embedding_groups=16, num_buckets=320, max_bucket_distance=800)
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """Noise with a syllable-rate envelope: the engine's cost does not depend on content."""
+    rng = np.random.default_rng(seed)
+    n = int(16000 * seconds)
+    envelope = np.repeat(rng.uniform(0.05, 1.0, n // 3200 + 1), 3200)[:n]
+    return (rng.standard_normal(n) * 0.1 * envelope).astype(np.float32)
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def run_stream(pipe: Pipeline, audio: np.ndarray, block: int = 1600) -> None:
+    stream = pipe.new_stream()
+    for i in range(0, len(audio), block):
+        stream.feed(audio[i:i + block], 16000)
+    stream.finish()
+
+
+def naive(model, audio: np.ndarray, window_s: float, hop_s: float) -> None:
+    """Recompute the whole window from raw audio at every hop, like a simple sliding window."""
+    win, hop = int(window_s * 16000), int(hop_s * 16000)
+    with torch.inference_mode():
+        for end in range(hop, len(audio) + 1, hop):
+            chunk = audio[max(0, end - win):end]
+            if len(chunk) >= 400:
+                model(torch.from_numpy(chunk)[None])
+
+
+def hf_models(checkpoint: Path):
+    from transformers import (Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, WavLMForCTC,
+                              pipeline)
+
+    hf = WavLMForCTC.from_pretrained(checkpoint).eval()
+    asr = pipeline("automatic-speech-recognition", model=hf,
+                   tokenizer=Wav2Vec2CTCTokenizer(str(checkpoint / "vocab.json")),
+                   feature_extractor=Wav2Vec2FeatureExtractor(do_normalize=False), device="cpu")
+    return hf, asr
+
+
+def quantized(model):
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def table(name: str, checkpoint: Path, seconds: list[float], args) -> None:
+    ours = load_model(checkpoint)
+    hf, asr = hf_models(checkpoint)
+    stream_cfg = dict(chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms, beam=False)
+    pipes = {
+        "stream cached": Pipeline(ours, StreamConfig(mode="cached", **stream_cfg)),
+        "stream recompute": Pipeline(ours, StreamConfig(mode="recompute", **stream_cfg)),
+        "stream cached int8": Pipeline(quantized(load_model(checkpoint)), StreamConfig(mode="cached", **stream_cfg)),
+    }
+    same_latency_s = (args.left_ms + args.chunk_ms + args.right_ms) / 1000
+    print(f"\n### {name}: RTF (compute s / audio s), best of {args.repeats}, {torch.get_num_threads()} threads")
+    print(f"latency settings: left {args.left_ms:.0f} ms, chunk {args.chunk_ms:.0f} ms, right {args.right_ms:.0f} ms")
+    print("| system | " + " | ".join(f"{s:.0f} s RTF (x hf)" for s in seconds) + " |")
+    print("|---|" + "---|" * len(seconds))
+    rows: dict[str, list[float]] = {}
+    for s in seconds:
+        audio = speech_like(s)
+        with torch.inference_mode():
+            x = torch.from_numpy(audio)[None]
+            run = {
+                "hf offline": lambda: hf(x),
+                "ours offline": lambda: ours(x),
+                **{k: (lambda p=p: run_stream(p, audio)) for k, p in pipes.items()},
+                "hf pipeline chunked": lambda: asr(audio.copy(), chunk_length_s=10, stride_length_s=(4, 2)),
+                "naive 4s/1s": lambda: naive(ours, audio, 4.0, 1.0),
+                "naive same latency": lambda: naive(ours, audio, same_latency_s, args.chunk_ms / 1000),
+            }
+            run["hf offline"]()                      # warm-up (allocator, thread pool)
+            for key, fn in run.items():
+                rows.setdefault(key, []).append(best_time(fn, args.repeats) / s)
+    for key, rtfs in rows.items():
+        cells = " | ".join(f"{r:.3f} ({r / h:.2f}x)" for r, h in zip(rtfs, rows["hf offline"]))
+        print(f"| {key} | {cells} |")
+    cached, naive_same = rows["stream cached"], rows["naive same latency"]
+    print("speed-up of stream cached over naive recompute at the same latency: "
+          + ", ".join(f"{s:.0f} s: {n / c:.2f}x" for s, c, n in zip(seconds, cached, naive_same)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="+", default=["bundled", "base"],
+                        help="'bundled', 'base' (random 768x12) or a checkpoint directory")
+    parser.add_argument("--seconds", nargs="+", type=float, default=[10, 30, 60])
+    parser.add_argument("--chunk-ms", type=float, default=640)
+    parser.add_argument("--left-ms", type=float, default=2000)
+    parser.add_argument("--right-ms", type=float, default=320)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.model:
+            if name == "base":
+                checkpoint = base_checkpoint(Path(tmp) / "base")
+            elif name == "bundled":
+                checkpoint = DEFAULT_MODEL
+            else:
+                checkpoint = Path(name)
+            table(name, checkpoint, args.seconds, args)
+
+
+if __name__ == "__main__":
+    main()
