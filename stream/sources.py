@@ -72,6 +72,8 @@ def _import_sounddevice():
     except OSError as exc:
         raise SourceError("the microphone needs the PortAudio library, which is not installed "
                           f"({exc}); on Debian/Ubuntu: apt-get install libportaudio2") from None
+    except ImportError:
+        raise SourceError("the microphone needs the sounddevice package: pip install sounddevice") from None
     return sd
 
 
