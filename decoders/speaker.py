@@ -277,6 +277,10 @@ class SpeakerTracker:
         run = self._pending
         mean = unit(np.mean(np.stack([p.e for p in run]), axis=0))
         sims = self._clusters.similarities(mean)
+        if self._current is not None and 1.0 - sims[self._current] <= c.change_threshold:
+            # The votes were noise around the current speaker: their mean is close to it. Slide on.
+            self._pending = self._pending[1:]
+            return []
         others = [i for i in range(len(sims)) if i != self._current]
         target: int | None = None
         if others:
