@@ -736,6 +736,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allowed-origin", action="append", default=None, metavar="ORIGIN",
                         help="browser origin allowed to connect (repeatable; '*' for any); "
                              "default: the server's own origin only")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for inference (default: torch's choice; 1 is "
+                             "often faster on a machine shared with other work)")
     parser.add_argument("--no-batching", action="store_true",
                         help="run each stream's windows separately (for comparison)")
 
@@ -752,6 +755,9 @@ def run_serve(args: argparse.Namespace) -> int:
     """``wavlm-stream serve``: load the model, serve until SIGINT/SIGTERM. Returns the exit code."""
     from stream.pipeline import Pipeline
 
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     window = {k: v for k, v in (("chunk_ms", args.chunk_ms), ("left_ms", args.left_ms),
                                 ("right_ms", args.right_ms)) if v is not None}
