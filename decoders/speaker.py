@@ -29,7 +29,9 @@ Change point: when the old and new speakers' windows overlap, each window that
 straddles the change is a mixture; projecting it on the line from the old centroid
 to the new speaker's embedding estimates the fraction of it that is new speech, and
 so where in the window the change lies. The median over straddling windows is the
-change time. After a pause the change time is the new speaker's speech onset.
+change time. After a pause the change time is the new speaker's speech onset. With
+frame-level speech (`push_speech`) the estimate then moves to the speech onset after
+the longest pause within `snap_s`, since turns mostly change at pauses.
 
 Speech vs silence for the turns comes from per-frame speech activity when the caller
 gives it (`push_speech`, e.g. an energy VAD at 20 ms); pauses shorter than
@@ -65,6 +67,8 @@ class SpeakerTrackerConfig:
     min_speech_fraction: float = 0.5    # windows with less speech than this are silence
     centroid_max_count: int = 50        # centroids are running means with weight >= 1/centroid_max_count
     min_pause_s: float = 0.3            # turns: pauses shorter than this (in push_speech frames) stay inside a turn
+    snap_s: float = 0.5                 # move a change to the speech onset after the longest pause within this
+                                        # distance (>= 0.1 s pause; needs push_speech); 0 = never
 
     def __post_init__(self):
         if not (self.window_s > 0 and self.hop_s > 0):
@@ -319,7 +323,7 @@ class SpeakerTracker:
         lo = self._change_times[-1] if self._change_times else 0.0
         hi = first.end
         if self._current is None or first.after_silence:
-            return min(max(first.onset, lo), hi)
+            return self._snap(min(max(first.onset, lo), hi), lo, hi)
         old = self._clusters.centroid(self._current)
         new = run[-1].e
         diff = new - old
@@ -341,7 +345,36 @@ class SpeakerTracker:
             t = 0.5 * (last_old_end + first.start)
         else:
             t = 0.5 * (first.start + first.end)
-        return min(max(t, lo), hi)
+        return self._snap(min(max(t, lo), hi), lo, hi)
+
+    def _snap(self, t: float, lo: float, hi: float) -> float:
+        """Turns change at pauses: move t to the onset that follows the longest pause (>= 0.1 s,
+        counted up to 1 s) within snap_s of it and inside (lo, hi]; t itself if there is none
+        or no frame-level speech is known there."""
+        if self.config.snap_s <= 0 or self._frame_s is None:
+            return t
+        fs = self._frame_s
+        sp = self._speech_frames()
+        a = max(1, int(math.ceil(max(lo + 1e-6, t - self.config.snap_s) / fs)))
+        b = min(len(sp), int(math.floor(min(hi, t + self.config.snap_s) / fs)) + 1)
+        min_gap, max_gap = max(1, round(0.1 / fs)), max(1, round(1.0 / fs))
+        best, best_key = t, None
+        for i in range(a, b):
+            if not sp[i] or sp[i - 1]:
+                continue
+            before = sp[max(0, i - max_gap):i][::-1]
+            gap = int(np.argmax(before)) if before.any() else len(before)
+            if gap < min_gap and i - gap > 0:
+                continue
+            key = (min(gap, max_gap), -abs(i * fs - t))
+            if best_key is None or key > best_key:
+                best, best_key = i * fs, key
+        return best
+
+    def _speech_frames(self) -> np.ndarray:
+        if len(self._frames) > 1:
+            self._frames = [np.concatenate(self._frames)]
+        return self._frames[0] if self._frames else np.zeros(0, dtype=bool)
 
     def _defer(self, w: _SpeechWindow) -> None:
         self._deferred.append(w)
@@ -374,14 +407,13 @@ class SpeakerTracker:
     def _turns_from_frames(self, t0: float, t1: float) -> list[Turn]:
         if t1 <= t0:
             return []
-        if len(self._frames) > 1:
-            self._frames = [np.concatenate(self._frames)]
+        frames = self._speech_frames()
         fs = self._frame_s
         # Look a little beyond [t0, t1] so that pauses cut by the edges are judged whole.
         pad = int(math.ceil(self.config.min_pause_s / fs)) + 1
         i0 = max(0, int(math.floor(t0 / fs)) - pad)
         i1 = min(self._n_frames, int(math.ceil(t1 / fs)) + pad)
-        sp = self._frames[0][i0:i1].copy()
+        sp = frames[i0:i1].copy()
         idx = np.flatnonzero(sp)
         if len(idx) == 0:
             return []

@@ -166,6 +166,32 @@ def test_frame_speech_gives_turn_boundaries_and_bridges_short_pauses():
         tracker.push_speech(10, 0.02, frames[:5])
 
 
+def frames_of(segs, total, fs=0.02):
+    f = np.zeros(int(round(total / fs)), dtype=bool)
+    for a, b, spk in segs:
+        if spk is not None:
+            f[round(a / fs):round(b / fs)] = True
+    return f
+
+
+def test_change_snaps_to_the_onset_after_the_longest_nearby_pause():
+    v = voices(2)
+    # A until 9.9, a 0.3 s pause, B from 10.2 with a short 0.12 s pause at 10.5 (a weaker onset).
+    segs = [(0, 9.9, 0), (9.9, 10.2, None), (10.2, 10.5, 1), (10.5, 10.62, None), (10.62, 20, 1)]
+    tracker = SpeakerTracker(SpeakerTrackerConfig())
+    tracker.push_speech(0, 0.02, frames_of(segs, 20))
+    events = []
+    for k in range(3, 41):
+        end = 0.5 * k
+        mix = sum(max(0.0, min(end, b) - max(end - 1.5, a)) * v[s] for a, b, s in segs if s is not None)
+        events += tracker.push(end - 1.5, end, mix, 1.0)
+    assert [e.time for e in events if e.from_speaker] == [pytest.approx(10.2, abs=1e-9)]
+    # Without frame-level speech the estimate is only near it.
+    _, plain = simulate(segs, v, noise=0.0)
+    (t, e), = changes(plain)
+    assert e.time != pytest.approx(10.2, abs=1e-6) and e.time == pytest.approx(10.2, abs=0.25)
+
+
 def test_no_speech_gives_no_labels():
     tracker = SpeakerTracker()
     for k in range(1, 10):
