@@ -27,7 +27,6 @@ import multiprocessing as mp
 import os
 import sys
 import time
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 

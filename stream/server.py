@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import itertools
 import logging
-import mimetypes
 import signal
 import threading
 import time
@@ -526,6 +525,7 @@ class _Session:
             if isinstance(message, VoskReset):
                 self.server.worker.finish(self.id, "reset", reset=True)
                 return True
+            assert isinstance(message, VoskEof)
             self.server.worker.finish(self.id, "eof")
             return False
         message = parse_native(text)
@@ -710,37 +710,30 @@ class SpeechServer:
             del self.sessions[session.id]
 
 
-mimetypes.add_type("text/javascript", ".js")  # some systems map .js to text/plain
-
-
 # -- command line ---------------------------------------------------------------------
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``wavlm-stream serve`` (the CLI's serve subparser)."""
+    """Options of ``wavlm-stream serve``: the CLI's model options plus address, limits, origins."""
+    from stream.cli import _add_model_arguments
+
+    _add_model_arguments(parser)
     d = ServerLimits()
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; "
                         "0.0.0.0 exposes the server to the network)")
-    parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
-    parser.add_argument("--model", default=None, help="checkpoint directory or hub id (default: bundled model)")
-    parser.add_argument("--chunk-ms", type=int, default=None, help="transformer chunk (ms)")
-    parser.add_argument("--left-ms", type=int, default=None, help="left context (ms)")
-    parser.add_argument("--right-ms", type=int, default=None, help="lookahead (ms)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     parser.add_argument("--max-sessions", type=int, default=d.max_sessions, help="websocket sessions at once")
     parser.add_argument("--max-session-s", type=float, default=d.max_session_s,
-                        help="longest session, wall clock and seconds of audio")
+                        help="longest session, in wall-clock seconds and in seconds of audio")
     parser.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
                         help="largest websocket message")
     parser.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s,
                         help="close a session after this long without a message")
     parser.add_argument("--allowed-origin", action="append", default=None, metavar="ORIGIN",
-                        help="browser origin allowed to connect (repeatable; '*' for any); "
-                             "default: the server's own origin only")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads for inference (default: torch's choice; 1 is "
-                             "often faster on a machine shared with other work)")
+                        help="browser origin allowed to open a websocket (repeatable; '*' for any); "
+                             "default: the page's own origin only")
     parser.add_argument("--no-batching", action="store_true",
-                        help="run each stream's windows separately (for comparison)")
+                        help="run each stream's windows in a separate forward (for comparison)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -752,17 +745,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """``wavlm-stream serve``: load the model, serve until SIGINT/SIGTERM. Returns the exit code."""
-    from stream.pipeline import Pipeline
+    """``wavlm-stream serve``: load the model, serve until SIGINT/SIGTERM; returns the exit status."""
+    from stream.cli import load_pipeline
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    window = {k: v for k, v in (("chunk_ms", args.chunk_ms), ("left_ms", args.left_ms),
-                                ("right_ms", args.right_ms)) if v is not None}
-    pipeline = Pipeline.from_pretrained(args.model, **window)
     config = config_from_args(args)
+    pipeline = load_pipeline(args)   # raises the CLI's UserError for a bad checkpoint
 
     async def main() -> None:
         server = SpeechServer(pipeline, config)

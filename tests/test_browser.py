@@ -19,7 +19,6 @@ import json
 import math
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
 import wave

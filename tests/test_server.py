@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import http.client
 import json
+import re
 import time
-from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -452,3 +453,47 @@ def test_real_engine_concurrent_clients_match_each_audio_run_alone(tiny_pipeline
         # Partial latency is stamped by the pipeline and survives the trip.
         assert all(e["latency"] is not None and e["latency"] >= 0 for e in events if e["type"] == "partial")
     assert max_batch > 1
+
+
+def test_wavlm_stream_serve_command(tmp_path):
+    """The CLI entry point: serves the page and the websocket, stops cleanly on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from checkpoints import write_ctc_checkpoint
+
+    ckpt = write_ctc_checkpoint(tmp_path / "ckpt", seed=1)
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from stream.cli import main; sys.exit(main())", "serve",
+         "--model", str(ckpt), "--port", "0", "--no-speakers", "--no-beam", "--threads", "1",
+         "--max-sessions", "2"],
+        cwd=root, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        port = None
+        for line in proc.stderr:
+            match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
+            if match:
+                port = int(match.group(1))
+                break
+        assert port, "the server never said where it listens"
+        status, body, _ = http_get(port, "/")
+        assert status == 200 and b"app.js" in body
+
+        async def client():
+            async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                await ws.send(start_msg())
+                await stream_audio(ws, (np.random.default_rng(0).standard_normal(32000) * 3000).astype(np.int16),
+                                   3200)
+                await ws.send('{"type": "stop"}')
+                return await drain(ws)
+
+        events, code = run(client())
+        assert code == 1000 and not errors(events) and events
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
