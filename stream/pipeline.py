@@ -40,6 +40,9 @@ from stream.window import FRAME_SECONDS, TransformerState, WindowConfig, WindowR
 
 SAMPLE_RATE = 16000
 
+#: Arrival times kept per stream (one per accepted block) for the events' latency.
+ARRIVALS_KEPT = 2000
+
 #: The bundled default model, trained by train/ on synthetic voices.
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "model" / "default"
 
@@ -198,6 +201,9 @@ class Stream:
         start_sample = self._samples_in
         self._samples_in += x.shape[0]
         self._arrivals.append((self._samples_in, arrival_time))
+        if len(self._arrivals) > 2 * ARRIVALS_KEPT:
+            # Events only refer to recent audio: keep memory flat on hours-long streams.
+            del self._arrivals[:-ARRIVALS_KEPT]
         with torch.inference_mode():
             frames, self._conv = self.pipeline.conv.push(x.to(self.pipeline._device), self._conv)
             self._add_frames(frames)
