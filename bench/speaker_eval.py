@@ -334,7 +334,7 @@ def offline_extractor(args, config: SpeakerTrackerConfig, model):
 
     def run(meeting: Meeting) -> Extracted:
         feats = features(meeting.audio)
-        vad = EnergyVAD()
+        vad = EnergyVAD(keep_frames=None)
         vad.push(meeting.audio)
         chunks = [(a, feats[a:a + chunk], min(a + chunk, feats.shape[0]) * stride / SR + right_s)
                   for a in range(0, feats.shape[0], chunk)]

@@ -72,14 +72,17 @@ class EnergyVAD:
     """Per-stream 20 ms frame speech detector: frame i covers samples [320 i, 320 i + 320).
 
     ``push(samples_16k) -> (n,) float32 in {0, 1}`` for the frames completed by the samples;
-    ``speech`` holds every frame's decision so far (absolute frame index).
+    ``speech(first, end)`` looks decisions up by absolute frame index. Only the last
+    ``keep_frames`` decisions are kept (None: all), so memory stays flat on long streams.
     """
 
-    def __init__(self, config: EnergyVADConfig = EnergyVADConfig()):
+    def __init__(self, config: EnergyVADConfig = EnergyVADConfig(), keep_frames: int | None = 3000):
         self.config = config
+        self.keep_frames = keep_frames
         self._tail = np.zeros(0, dtype=np.float32)
         self._floor: float | None = None
-        self._speech: list[np.ndarray] = []
+        self._buf = np.zeros(1024, dtype=np.float32)   # decisions of frames [_start, frames)
+        self._start = 0
         self.frames = 0
 
     def push(self, samples: np.ndarray) -> np.ndarray:
@@ -97,19 +100,29 @@ class EnergyVAD:
             self._floor = e if self._floor is None or e < self._floor else self._floor + c.floor_rise * (e - self._floor)
             floor = min(self._floor, c.max_floor_db)
             out[i] = float(e > max(floor + c.margin_db, c.min_db))
-        self._speech.append(out)
-        self.frames += n
+        self._append(out)
         return out
+
+    def _append(self, out: np.ndarray) -> None:
+        used = self.frames - self._start
+        if self.keep_frames is not None and used + len(out) > 2 * self.keep_frames:
+            drop = used - self.keep_frames
+            self._buf[: used - drop] = self._buf[drop:used]
+            self._start += drop
+            used -= drop
+        if used + len(out) > len(self._buf):
+            self._buf = np.concatenate([self._buf[:used], np.zeros(max(len(self._buf), len(out)), np.float32)])
+        self._buf[used:used + len(out)] = out
+        self.frames += len(out)
 
     def speech(self, first: int, end: int) -> np.ndarray:
         """Decisions of VAD frames [first, end) (those not yet seen count as speech), (end - first,)."""
-        if len(self._speech) > 1:
-            self._speech = [np.concatenate(self._speech)]
-        known = self._speech[0] if self._speech else np.zeros(0, dtype=np.float32)
+        if first < self._start:
+            raise ValueError(f"VAD frame {first} is no longer kept (oldest kept: {self._start})")
         out = np.ones(max(0, end - first), dtype=np.float32)
-        hi = min(end, len(known))
+        hi = min(end, self.frames)
         if hi > first:
-            out[: hi - first] = known[first:hi]
+            out[: hi - first] = self._buf[first - self._start: hi - self._start]
         return out
 
     def speech_of_frames(self, first: int, end: int, frame_samples: int) -> np.ndarray:

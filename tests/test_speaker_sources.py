@@ -222,6 +222,18 @@ def test_energy_vad_separates_speech_from_silence_and_low_noise():
     d = np.concatenate([vad.push(x[i:i + 777]) for i in range(0, len(x), 777)])
     assert len(d) == len(x) // 320
     assert d[:50].sum() == 0 and d[50:100].sum() == 0 and d[100:].all()     # 50 frames a second
+    np.testing.assert_array_equal(vad.speech(40, 150), d[40:150])
+
+
+def test_energy_vad_keeps_only_recent_decisions():
+    vad = EnergyVAD(keep_frames=100)
+    x = meeting_audio(10.0, silence=[(5.0, 10.0)])
+    d = np.concatenate([vad.push(x[i:i + 1600]) for i in range(0, len(x), 1600)])
+    assert vad.frames == 500 and len(vad._buf) <= 512
+    np.testing.assert_array_equal(vad.speech(400, 500), d[400:500])
+    np.testing.assert_array_equal(vad.speech(490, 510)[10:], np.ones(10))   # not yet seen: speech
+    with pytest.raises(ValueError, match="no longer kept"):
+        vad.speech(0, 10)
 
 
 # ------------------------------------------------- same API, wrong kinds, glue
