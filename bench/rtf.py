@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model import load_model  # noqa: E402
-from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig  # noqa: E402
+from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig, quantize_int8  # noqa: E402
 
 
 def base_checkpoint(directory: Path) -> Path:
@@ -90,10 +90,6 @@ def hf_models(checkpoint: Path):
     return hf, asr
 
 
-def quantized(model):
-    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-
 def table(name: str, checkpoint: Path, seconds: list[float], args) -> None:
     ours = load_model(checkpoint)
     hf, asr = hf_models(checkpoint)
@@ -101,7 +97,7 @@ def table(name: str, checkpoint: Path, seconds: list[float], args) -> None:
     pipes = {
         "stream cached": Pipeline(ours, StreamConfig(mode="cached", **stream_cfg)),
         "stream recompute": Pipeline(ours, StreamConfig(mode="recompute", **stream_cfg)),
-        "stream cached int8": Pipeline(quantized(load_model(checkpoint)), StreamConfig(mode="cached", **stream_cfg)),
+        "stream cached int8": Pipeline(quantize_int8(load_model(checkpoint)), StreamConfig(mode="cached", **stream_cfg)),
     }
     same_latency_s = (args.left_ms + args.chunk_ms + args.right_ms) / 1000
     print(f"\n### {name}: RTF (compute s / audio s), best of {args.repeats}, {torch.get_num_threads()} threads")

@@ -38,6 +38,8 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kenlm", default=None, metavar="ARPA_OR_BIN",
                    help="KenLM language model for the final beam search (needs the kenlm extra)")
     p.add_argument("--no-beam", action="store_true", help="finalise segments greedily, without beam search")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 dynamic quantization of the Linear layers (faster on CPU, slightly less accurate)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -77,7 +79,7 @@ def load_pipeline(args):
         return Pipeline.from_pretrained(
             args.model, speaker_model=args.speaker_model, speakers=not args.no_speakers,
             chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms, mode=args.mode,
-            beam=not args.no_beam, hotwords=tuple(args.hotword), kenlm_path=args.kenlm)
+            beam=not args.no_beam, hotwords=tuple(args.hotword), kenlm_path=args.kenlm, int8=args.int8)
     except (FileNotFoundError, ValueError, KeyError, OSError, ImportError, RuntimeError) as exc:
         raise UserError(f"cannot load the model: {exc}") from None
 

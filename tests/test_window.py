@@ -132,3 +132,17 @@ def test_batched_windows_equal_one_stream_at_a_time(ctc_model):
     for s, want in zip(streams, alone):
         s.finish()
         assert np.abs(s.log_probs - want).max() <= 1e-4
+
+
+def test_int8_pipeline_quantizes_linears_and_stays_close(tmp_path):
+    from stream.pipeline import Pipeline as P
+
+    ckpt = write_ctc_checkpoint(tmp_path / "m")
+    audio = _audio(2.0, seed=6)
+    cfg = dict(speakers=False, beam=False, chunk_ms=320, right_ms=160)
+    fp32 = P.from_pretrained(ckpt, **cfg)
+    int8 = P.from_pretrained(ckpt, int8=True, **cfg)
+    assert type(int8.model.lm_head).__module__.startswith("torch.ao.nn.quantized")
+    a, b = fp32.streaming_log_probs(audio), int8.streaming_log_probs(audio)
+    assert a.shape == b.shape
+    assert np.abs(a - b).mean() < 0.02          # measured ~0.002 on this model
