@@ -434,7 +434,7 @@ class _Session:
         self.server.worker.close(self.id)
         self.finished.set()
         self.backlog_ok.set()
-        asyncio.ensure_future(self.ws.close(code, reason[:120]))
+        self.close_task = asyncio.ensure_future(self.ws.close(code, reason[:120]))  # keep a reference
 
     async def send_loop(self) -> None:
         try:

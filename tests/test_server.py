@@ -446,9 +446,21 @@ def test_real_engine_concurrent_clients_match_each_audio_run_alone(tiny_pipeline
             return results, server.worker.max_batch
 
     results, max_batch = run(main(), timeout=120)
+    def strip(events):  # everything but the wall-clock latency
+        return [{k: v for k, v in e.items() if k != "latency"} for e in events]
+
+    def latest(events):  # without partials that a newer partial of the same segment supersedes
+        return [e for e, nxt in zip(events, events[1:] + [None])
+                if not (e["type"] == "partial" and nxt is not None and nxt["type"] == "partial")]
+
     for exp, (events, code) in zip(expected, results):
         assert code == 1000 and not errors(events)
         assert finals(events) == finals(exp)
+        # The server may drop a partial that a newer one replaced before it was sent, nothing else.
+        got, want = strip(events), strip(exp)
+        it = iter(want)
+        assert all(e in it for e in got), "events out of order or not in the solo run"
+        assert latest(got) == latest(want)
         assert any(e["type"] == "final" for e in events)
         # Partial latency is stamped by the pipeline and survives the trip.
         assert all(e["latency"] is not None and e["latency"] >= 0 for e in events if e["type"] == "partial")
