@@ -460,8 +460,10 @@ class FrameActivitySource(_AudioWindowSource):
     frames with any slot above 0.5. The slot talking in the newest hop (most activity
     there) is the window's speaker; its embedding is the mean of the classifier's input
     features (weighted layer sum or last hidden state, as the head reads them) over the
-    frames where that slot alone is active. Slot order is arbitrary in each window; the
-    embedding does not depend on it.
+    frames where that slot alone is active, minus the running mean of all frames' features
+    of the stream (transformer states share a large common component that would make every
+    cosine similarity near 1). Slot order is arbitrary in each window; the embedding does
+    not depend on it.
     """
 
     def __init__(self, model, config: SpeakerTrackerConfig | None = None, vad: EnergyVAD | None = None,
@@ -473,6 +475,9 @@ class FrameActivitySource(_AudioWindowSource):
         self.threshold = threshold
         self.min_samples = _receptive_samples(model.config, 1)
         self.frame_samples = _frame_samples(model.config)
+        self._feature_sum: torch.Tensor | None = None   # sum of the newest-hop features of every window
+        self._feature_count = 0
+        self._counted_until = 0                          # sample up to which frames are in the sum
         super().__init__(config, vad)
 
     def activity(self, audio: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
@@ -493,18 +498,24 @@ class FrameActivitySource(_AudioWindowSource):
         if len(audio) < self.min_samples:           # shorter than one conv receptive field
             return SpeakerWindow(s0, s1, None, 0.0)
         act, features = self.activity(audio)
+        # Each frame enters the running mean once: through the first window that ends after it.
+        fresh = max(1, min(act.shape[0], round((end - max(start, self._counted_until)) / self.frame_samples)))
+        self._counted_until = end
+        new_sum = features[-fresh:].sum(dim=0)
+        self._feature_sum = new_sum if self._feature_sum is None else self._feature_sum + new_sum
+        self._feature_count += fresh
+        newest = max(1, min(act.shape[0], int(round(self.config.hop_s * SAMPLE_RATE / self.frame_samples))))
         on = act >= self.threshold                  # (T, K)
         frac = float(on.any(axis=1).mean())
         if not on.any():
             return SpeakerWindow(s0, s1, None, frac)
-        newest = max(1, min(act.shape[0], int(round(self.config.hop_s * SAMPLE_RATE / self.frame_samples))))
         slot = int(np.argmax(act[-newest:].sum(axis=0)))
         frames = on[:, slot] & (on.sum(axis=1) == 1)
         if not frames.any():
             frames = on[:, slot]
         if not frames.any():                        # the newest hop's slot is below threshold everywhere
             frames = on.any(axis=1)
-        e = features[torch.from_numpy(frames)].mean(dim=0)
+        e = features[torch.from_numpy(frames)].mean(dim=0) - self._feature_sum / self._feature_count
         return SpeakerWindow(s0, s1, e.cpu().numpy(), frac)
 
 

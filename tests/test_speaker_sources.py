@@ -177,6 +177,18 @@ def test_frame_activity_speech_fraction_is_the_models_activity(frame_clf):
     assert 0.0 < last.speech_fraction < 1.0       # the random model is neither all on nor all off
 
 
+def test_frame_activity_embedding_is_the_speaker_frames_minus_the_stream_mean(frame_clf):
+    audio = meeting_audio(2.0, seed=9)
+    windows = push_in_pieces(FrameActivitySource(frame_clf, CFG), audio, [len(audio)])
+    act, feats = FrameActivitySource(frame_clf, CFG).activity(audio[:24000])      # the first window
+    on = act >= 0.5
+    slot = int(np.argmax(act[-25:].sum(axis=0)))
+    alone = on[:, slot] & (on.sum(axis=1) == 1)
+    pick = alone if alone.any() else on[:, slot]
+    expect = feats[torch.from_numpy(pick)].mean(0) - feats.mean(0)
+    np.testing.assert_allclose(windows[0].embedding, expect.numpy(), atol=1e-5)
+
+
 # ------------------------------------------------------------------ bundled
 
 
