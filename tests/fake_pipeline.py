@@ -123,3 +123,45 @@ class FakePipeline:
         if self.window_cost_s:
             time.sleep(self.window_cost_s * longest)
         return [s._decode_ready() for s in streams]
+
+
+class ScriptedPipeline:
+    """Streams that emit a fixed list of events as audio arrives, whatever the audio is:
+    event i comes out once ``(i + 1) * every_s`` seconds of audio have been accepted, the rest
+    at finish(). For testing what a client does with events (the browser page's rendering)."""
+
+    def __init__(self, script: list, every_s: float = 0.25):
+        self.script = list(script)
+        self.every_s = every_s
+
+    def new_stream(self) -> "ScriptedStream":
+        return ScriptedStream(self)
+
+    def run_pending(self, streams: list["ScriptedStream"]) -> list[list]:
+        return [s._due() for s in streams]
+
+
+class ScriptedStream:
+    def __init__(self, pipeline: ScriptedPipeline):
+        self.pipeline = pipeline
+        self.seconds = 0.0
+        self.next = 0
+
+    def accept(self, samples, sample_rate: int, arrival_time: float | None = None) -> None:
+        self.seconds += len(to_float_mono(samples)) / sample_rate
+
+    @property
+    def pending_windows(self) -> int:
+        due = min(len(self.pipeline.script), int(self.seconds / self.pipeline.every_s))
+        return max(0, due - self.next)
+
+    def _due(self) -> list:
+        n = self.pending_windows
+        events = self.pipeline.script[self.next:self.next + n]
+        self.next += n
+        return events
+
+    def finish(self) -> list:
+        events = self.pipeline.script[self.next:]
+        self.next = len(self.pipeline.script)
+        return events

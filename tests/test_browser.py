@@ -367,3 +367,60 @@ def test_page_explains_a_denied_microphone(demo_setup, tmp_path):
     denied, idle, sessions = run(main(), timeout=120)
     assert "Microphone access was denied" in denied and idle
     assert sessions == 0  # the page closed its websocket
+
+
+def test_page_renders_partials_finals_speakers_and_latency(tmp_path):
+    """Rendering, independent of any model: a scripted pipeline sends known events."""
+    from decoders.events import Final, Partial, SpeakerChange, Word
+    from fake_pipeline import ScriptedPipeline
+
+    script = [
+        Partial(0, "hello", 0.1, 0.5, latency=0.31),
+        Partial(0, "hello wor", 0.1, 0.9, latency=0.42),
+        Final(0, "hello world", 0.1, 1.0, (Word("hello", 0.1, 0.5, 0.9), Word("world", 0.6, 1.0, 0.8)),
+              speaker="S1", latency=0.55),
+        SpeakerChange(1.2, "S1", "S2", 0.9, latency=0.6),
+        Partial(1, "how are", 1.3, 1.8, latency=0.33),
+        Final(1, "how are you", 1.3, 2.1, (), speaker="S2", latency=0.5),
+        Final(2, "", 2.2, 2.2, (), speaker="S2"),          # empty finals are not shown
+        Partial(3, "fine", 62.5, 62.9, latency=0.3),      # still open when the snapshot is taken
+    ]
+    rng = np.random.default_rng(0)
+    wav = write_wav(tmp_path / "noise.wav", rng.normal(0, 1000, 48000 * 4), 48000)
+
+    async def main():
+        server, chrome, page = await _browser_session(ScriptedPipeline(script, every_s=0.3), wav,
+                                                      tmp_path / "profile")
+        try:
+            await page.open(f"http://127.0.0.1:{server.port}/")
+            await page.click("start")
+            await page.wait_for("window.wavlmDemo.events.partial >= 4", timeout=30)
+            live = await page.js("""(() => ({
+                partial: document.getElementById('partial').textContent,
+                partials: document.querySelectorAll('#partial, .partial').length,
+                rows: [...document.querySelectorAll('#finals li')].map(li => ({
+                    cls: li.className, time: li.querySelector('.time').textContent,
+                    who: li.querySelector('.speaker').textContent, text: li.querySelector('.text').textContent,
+                    colour: getComputedStyle(li.querySelector('.speaker')).color})),
+                latency: document.getElementById('latency').textContent,
+            }))()""")
+            await page.screenshot("browser_demo_rendering.png")
+            await page.click("stop")
+            await page.wait_for("document.body.dataset.state === 'idle'", timeout=30)
+            after = await page.js("document.getElementById('partial').textContent")
+            return live, after
+        finally:
+            await page.close()
+            chrome.close()
+            await server.stop()
+
+    live, after = run(main(), timeout=120)
+    assert live["partial"] == "fine" and live["partials"] == 1   # one line, updated in place
+    rows = live["rows"]
+    assert [r["text"] for r in rows] == ["hello world", "how are you"]
+    assert [r["time"] for r in rows] == ["0:00.1", "0:01.3"]
+    assert [r["who"] for r in rows] == ["S1", "S2"]
+    assert "spk-0" in rows[0]["cls"] and "spk-1" in rows[1]["cls"] and "turn" in rows[1]["cls"]
+    assert rows[0]["colour"] != rows[1]["colour"]
+    assert live["latency"] == "0.30 s (median 0.42 s)"
+    assert after == ""
