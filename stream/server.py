@@ -303,14 +303,13 @@ class InferenceWorker:
             try:
                 if job.stream is None:
                     job.stream = self.pipeline.new_stream()
-                for piece, ends_message in pieces:
-                    result.consumed_s += len(piece.samples) / piece.sample_rate
+                for samples, rate, arrival, tags in _merge_small(pieces):
+                    result.consumed_s += len(samples) / rate
                     try:
-                        job.stream.accept(piece.samples, piece.sample_rate, piece.arrival)
+                        job.stream.accept(samples, rate, arrival)
                     except AudioFormatError as e:
                         result.events.append(ErrorEvent("bad_audio", str(e)))
-                    if ends_message and piece.tag is not None:
-                        result.done_tags.append(piece.tag)
+                    result.done_tags.extend(tags)
                 live.append(job)
             except Exception as e:
                 log.exception("stream.accept failed")
@@ -372,6 +371,33 @@ class InferenceWorker:
             job.stream = None
         else:
             job.deliver(result)
+
+
+def _merge_small(pieces: list[tuple[_Chunk, bool]], min_s: float = 0.1):
+    """Join runs of small consecutive pieces (up to ``min_s`` of audio) into one engine call.
+
+    A client sending tiny messages (a few samples each) would otherwise cost one conv-encoder
+    call per message and slow the worker for everyone. Yields (samples, rate, arrival, tags):
+    arrival is the last piece's (latency is measured from when the whole block was there),
+    tags those of the messages the block completes, in order.
+    """
+    block: list[_Chunk] = []
+    tags: list[Hashable] = []
+
+    def flush():
+        samples = block[0].samples if len(block) == 1 else np.concatenate([c.samples for c in block])
+        return samples, block[0].sample_rate, block[-1].arrival, list(tags)
+
+    for piece, ends_message in pieces:
+        if block and (piece.sample_rate != block[0].sample_rate
+                      or sum(len(c.samples) for c in block) >= min_s * piece.sample_rate):
+            yield flush()
+            block, tags = [], []
+        block.append(piece)
+        if ends_message and piece.tag is not None:
+            tags.append(piece.tag)
+    if block:
+        yield flush()
 
 
 # -- sessions -------------------------------------------------------------------------
@@ -563,6 +589,8 @@ class _Session:
             samples = decode_pcm_bytes(data, self.start.format, self.start.channels)
         except AudioFormatError as e:
             raise ProtocolError("bad_audio", str(e)) from None
+        if samples.dtype.kind == "f" and not np.isfinite(samples).all():
+            raise ProtocolError("bad_audio", "audio contains NaN or infinite samples")
         return self._submit(samples, self.start.sample_rate, arrival)
 
     async def read_loop(self) -> None:

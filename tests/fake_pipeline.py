@@ -44,6 +44,7 @@ class FakeStream:
         self.finished = False
 
     def accept(self, samples, sample_rate: int, arrival_time: float | None = None) -> None:
+        self.pipeline.accept_calls += 1
         x = to_float_mono(samples)
         if x.size == 0 or not np.isfinite(x).all():
             raise AudioFormatError("empty or non-finite audio")
@@ -107,6 +108,7 @@ class FakePipeline:
         self.batch_sizes: list[int] = []
         self.threads: set[str] = set()
         self.streams_created = 0
+        self.accept_calls = 0
         self._lock = threading.Lock()
 
     def new_stream(self) -> FakeStream:

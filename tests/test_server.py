@@ -80,6 +80,20 @@ def test_f32_stereo_48k_input():
     assert finals(events) == ["charlie delta"] and code == 1000
 
 
+def test_tiny_messages_are_joined_into_few_engine_calls():
+    fake = FakePipeline(window_cost_s=0.05)   # while a forward runs, tiny messages pile up
+    audio = encode(["alpha", "bravo", "charlie", "delta"])
+
+    async def main():
+        async with serving(fake) as server:
+            return await transcribe(server, audio, chunk=8)   # 16-byte messages
+
+    events, code = run(main())
+    assert finals(events) == ["alpha bravo charlie delta"] and code == 1000
+    messages = len(audio) // 8
+    assert fake.accept_calls < messages / 4, (fake.accept_calls, messages)
+
+
 # -- protocol errors -----------------------------------------------------------------
 
 
