@@ -169,7 +169,8 @@ async function stop() {
   s.tracks.forEach((t) => t.stop());
   s.ctx.close();
   if (s.ws.readyState === WebSocket.OPEN) s.ws.send(JSON.stringify({ type: "stop" }));
-  // The server sends the last finals and closes; onClose resets the page.
+  // The server sends the last finals and closes; onClose resets the page. Give up after 30 s.
+  setTimeout(() => { if (s.ws.readyState !== WebSocket.CLOSED) s.ws.close(); }, 30000);
 }
 
 function onClose(e) {
