@@ -1,0 +1,296 @@
+"""Train the bundled model: a small WavLM with a CTC head (characters) and a speaker head.
+
+One backbone, two losses: CTC on characters from the last layer, and AM-softmax over the
+training speakers on an embedding pooled from a learned weighted sum of all layers.
+SpecAugment time masking (the model's own, in train mode), AdamW, batches grouped by
+length into a few fixed shapes, bf16 autocast on CPU where supported (about 2x faster here;
+evaluation runs in float32), CUDA when present.
+
+Resumable: state lives in --work (default ~/.cache/wavlm-stream/train): last.pt is
+written every few minutes and picked up automatically by the next run; best.pt holds
+the weights with the best dev CER, exported to --export-dir (model/default) every
+--export-every minutes and at the end. The learning-rate schedule is per run: a short
+warm-up, a constant peak, and a decay over the last 20% of --max-minutes down to 25% of
+the peak (never to zero), so a later run can carry on improving.
+
+Usage: python -m train.train [--max-minutes 90] [--data ~/.cache/wavlm-stream/data]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import WavLMConfig, WavLMForCTCWithSpeaker
+from model.losses import ctc_loss
+from train import export as export_mod
+from train.data import Batch, Clip, bucket_batches, collate, length_batches, read_manifest
+from train.metrics import error_rates, greedy_decode
+
+CACHE = Path.home() / ".cache" / "wavlm-stream"
+
+# Sized by measurement on this 2-core CPU (train/README.md): the conv front end dominates the
+# cost, so its early, high-rate layers are narrow (64) and widen where the frame rate is low.
+# Layer-norm front end and pre-LN ("stable") layers: the front end then streams exactly.
+BASE_CONFIG = dict(
+    hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024,
+    hidden_act="gelu", feat_extract_norm="layer", feat_extract_activation="gelu", do_stable_layer_norm=True,
+    conv_dim=(64, 64, 96, 128, 128, 192, 192), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+    conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_bias=True,
+    # A short positional convolution (32 frames = +-0.32 s) keeps the look-ahead a stream needs small.
+    num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=16,
+    num_buckets=320, max_bucket_distance=800,
+    # No dropout: the run is limited by compute, not by data.
+    hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0,
+    final_dropout=0.0, layerdrop=0.0,
+    apply_spec_augment=True, mask_time_prob=0.05, mask_time_length=10, mask_time_min_masks=2,
+    vocab_size=len(export_mod.VOCAB), pad_token_id=export_mod.BLANK_ID, bos_token_id=1, eos_token_id=2,
+    ctc_loss_reduction="mean", ctc_zero_infinity=True,
+)
+SPEAKER_HEAD = dict(proj_dim=128, embedding_dim=128, scale=30.0, margin=0.2)
+# For the smoke test: same structure, a few thousand parameters.
+TINY_CONFIG = dict(BASE_CONFIG, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                   conv_dim=(16,) * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
+TINY_SPEAKER_HEAD = dict(SPEAKER_HEAD, proj_dim=16, embedding_dim=16)
+
+
+def build_config(size: str, speakers: list[str]) -> WavLMConfig:
+    base, head = (TINY_CONFIG, TINY_SPEAKER_HEAD) if size == "tiny" else (BASE_CONFIG, SPEAKER_HEAD)
+    return WavLMConfig.from_dict(dict(base, architectures=["WavLMForCTC"],
+                                      speaker_head=dict(head, num_speakers=len(speakers), speakers=list(speakers))))
+
+
+def lr_at(step_in_run: int, elapsed_frac: float, peak: float, warmup: int) -> float:
+    """Warm-up to the peak, hold, then decay linearly over the last 20% of the run to 25% of the peak."""
+    lr = peak * min(1.0, (step_in_run + 1) / warmup)
+    if elapsed_frac > 0.8:
+        lr *= 1.0 - 0.75 * min(1.0, (elapsed_frac - 0.8) / 0.2)
+    return lr
+
+
+@torch.no_grad()
+def evaluate_cer(model: WavLMForCTCWithSpeaker, clips: list[Clip], device: torch.device, autocast: bool,
+                 max_batch_seconds: float = 60.0) -> tuple[float, float, list[tuple[str, str]]]:
+    """Greedy CTC (CER, WER, [(ref, hyp)]) of clean clips, batched by length."""
+    was_training = model.training
+    model.eval()
+    refs, hyps = [], []
+    for batch_clips in length_batches(clips, max_batch_seconds, random.Random(0)):
+        b = collate(batch_clips, {}, None)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(b.audio.to(device), b.attention_mask.to(device))
+        ids = out.logits.float().argmax(-1).cpu().numpy()
+        frames = model.wavlm.feat_extract_output_lengths(b.lengths).tolist()
+        for i, n in enumerate(frames):
+            hyps.append(greedy_decode(ids[i, :n]))
+            refs.append(b.texts[i])
+    model.train(was_training)
+    cer, wer = error_rates(refs, hyps)
+    return cer, wer, list(zip(refs, hyps))
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.functional.linear(torch.randn(2, 8), torch.randn(4, 8))
+        return True
+    except Exception:
+        return False
+
+
+def save(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def log(msg: str, log_file: Path | None) -> None:
+    line = f"{time.strftime('%H:%M:%S')} {msg}"
+    print(line, flush=True)
+    if log_file is not None:
+        with open(log_file, "a") as f:
+            f.write(line + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=CACHE / "data", help="directory with train.jsonl and dev.jsonl")
+    ap.add_argument("--work", type=Path, default=CACHE / "train", help="checkpoints and log.txt")
+    ap.add_argument("--export-dir", type=Path, default=export_mod.DEFAULT_OUT)
+    ap.add_argument("--size", choices=("base", "tiny"), default="base")
+    ap.add_argument("--max-minutes", type=float, default=90.0, help="wall-clock budget of this run")
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in this run (0: no limit)")
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--warmup", type=int, default=500, help="warm-up steps of a fresh run (resumed runs: 100)")
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--speaker-weight", type=float, default=0.2, help="weight of the AM-softmax loss")
+    ap.add_argument("--batch-seconds", type=float, default=24.0, help="max (batch size x longest clip) in seconds")
+    ap.add_argument("--max-clip-seconds", type=float, default=12.0)
+    ap.add_argument("--eval-every", type=float, default=8.0, help="minutes between dev CER evaluations")
+    ap.add_argument("--save-every", type=float, default=4.0, help="minutes between last.pt checkpoints")
+    ap.add_argument("--export-every", type=float, default=15.0, help="minutes between exports of best.pt (0: never)")
+    ap.add_argument("--log-every", type=int, default=25, help="steps between progress lines")
+    ap.add_argument("--dev-clips", type=int, default=0, help="use only this many dev clips (0: all)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-bf16", action="store_true", help="train in float32 (bf16 autocast is used where supported)")
+    ap.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train; returns {"losses": [per-step loss], "dev_cer": last dev CER, "step": global step}."""
+    args = parse_args(argv)
+    t_start = time.time()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_bf16 = not args.no_bf16 and bf16_supported(device)
+    args.work.mkdir(parents=True, exist_ok=True)
+    log_file = args.work / "log.txt"
+
+    train_clips = read_manifest(args.data / "train.jsonl", args.max_clip_seconds)
+    dev_clips = read_manifest(args.data / "dev.jsonl")
+    if args.dev_clips:
+        dev_clips = random.Random(0).sample(dev_clips, min(args.dev_clips, len(dev_clips)))
+    train_hours = sum(c.duration for c in train_clips) / 3600
+
+    last = args.work / "last.pt"
+    ckpt = None if args.fresh or not last.exists() else torch.load(last, map_location="cpu", weights_only=False)
+    if ckpt is not None:
+        config = WavLMConfig.from_dict(ckpt["config"])
+        speakers = list(config.speaker_head["speakers"])
+    else:
+        speakers = sorted({c.speaker for c in train_clips})
+        config = build_config(args.size, speakers)
+    speaker_index = {s: i for i, s in enumerate(speakers)}
+    train_clips = [c for c in train_clips if c.speaker in speaker_index]
+    torch.manual_seed(args.seed)
+    model = WavLMForCTCWithSpeaker(config).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    step, hours_seen, best_cer, runs = 0, 0.0, math.inf, 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, hours_seen, best_cer, runs = ckpt["step"], ckpt["hours_seen"], ckpt["best_cer"], ckpt["runs"]
+    runs += 1
+    warmup = args.warmup if ckpt is None else 100
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"run {runs} ({'resumed at step %d' % step if ckpt else 'fresh'}): {n_params / 1e6:.2f} M parameters, "
+        f"{len(train_clips)} train clips ({train_hours:.2f} h, {len(speakers)} speakers), {len(dev_clips)} dev clips, "
+        f"device {device}, bf16 {use_bf16}, budget {args.max_minutes:.0f} min", log_file)
+
+    def state() -> dict:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": config.to_dict(),
+                "step": step, "hours_seen": hours_seen, "best_cer": best_cer, "runs": runs}
+
+    def do_export(tag: str) -> None:
+        best = args.work / "best.pt"
+        if args.export_every < 0 or not best.exists():
+            return
+        b = torch.load(best, map_location="cpu", weights_only=False)
+        out = export_mod.export(b["model"], b["config"], args.export_dir)
+        log(f"export ({tag}): best.pt (step {b['step']}, dev CER {b['dev_cer']:.3f}) -> {out}", log_file)
+
+    budget = args.max_minutes * 60
+    rng = random.Random(args.seed * 1000 + runs)
+    np_rng = np.random.default_rng(args.seed * 1000 + runs)
+    losses: list[float] = []
+    last_eval = last_save = last_export = time.time()
+    step_in_run, dev_cer = 0, math.nan
+    win_loss, win_ctc, win_spk, win_secs, win_t = 0.0, 0.0, 0.0, 0.0, time.time()
+    model.train()
+    done = False
+    manifest_mtime = (args.data / "train.jsonl").stat().st_mtime
+    while not done:
+        if (args.data / "train.jsonl").stat().st_mtime != manifest_mtime:
+            # The data set may grow while a run goes on (synthesis still writing): take the new manifest.
+            manifest_mtime = (args.data / "train.jsonl").stat().st_mtime
+            train_clips = [c for c in read_manifest(args.data / "train.jsonl", args.max_clip_seconds)
+                           if c.speaker in speaker_index]
+            train_hours = sum(c.duration for c in train_clips) / 3600
+            log(f"re-read train.jsonl: {len(train_clips)} clips, {train_hours:.2f} h", log_file)
+        for batch_clips, pad_to in bucket_batches(train_clips, args.batch_seconds, rng):
+            elapsed = time.time() - t_start
+            if elapsed > budget or (args.max_steps and step_in_run >= args.max_steps):
+                done = True
+                break
+            lr = lr_at(step_in_run, elapsed / budget, args.lr, warmup)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            b: Batch = collate(batch_clips, speaker_index, np_rng, pad_to)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                out = model(b.audio.to(device), b.attention_mask.to(device))
+            frames = model.wavlm.feat_extract_output_lengths(b.lengths.to(device))
+            ctc = ctc_loss(out.logits.float(), frames, b.labels.to(device), b.label_lengths.to(device),
+                           blank=config.pad_token_id, zero_infinity=True)
+            spk = model.speaker_head.objective(out.embeddings.float(), b.speakers.to(device))
+            loss = ctc + args.speaker_weight * spk
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            step += 1
+            step_in_run += 1
+            hours_seen += b.seconds / 3600
+            losses.append(float(loss.detach()))
+            win_loss += losses[-1]; win_ctc += float(ctc.detach()); win_spk += float(spk.detach()); win_secs += b.seconds
+            if step_in_run % args.log_every == 0:
+                n = args.log_every
+                rate = win_secs / 3600 / ((time.time() - win_t) / 3600)
+                left = max(0.0, budget - (time.time() - t_start)) / 60
+                log(f"step {step} | loss {win_loss / n:.3f} (ctc {win_ctc / n:.3f} spk {win_spk / n:.3f}) | "
+                    f"lr {lr:.2e} | {hours_seen:.2f} audio-h seen ({hours_seen / train_hours:.2f} epochs) | "
+                    f"{rate:.1f} audio-h/h | dev CER {dev_cer:.3f} (best {best_cer:.3f}) | ETA {left:.0f} min", log_file)
+                win_loss, win_ctc, win_spk, win_secs, win_t = 0.0, 0.0, 0.0, 0.0, time.time()
+            now = time.time()
+            if now - last_eval > args.eval_every * 60:
+                dev_cer = _eval_and_keep_best(model, dev_clips, device, False, args, log_file, step, state)
+                best_cer = min(best_cer, dev_cer)
+                last_eval = time.time()
+            if now - last_save > args.save_every * 60:
+                save(last, state())
+                last_save = time.time()
+            if args.export_every > 0 and now - last_export > args.export_every * 60:
+                do_export("periodic")
+                last_export = time.time()
+    dev_cer = _eval_and_keep_best(model, dev_clips, device, False, args, log_file, step, state)
+    best_cer = min(best_cer, dev_cer)
+    save(last, state())
+    if args.export_every >= 0:
+        do_export("end of run")
+    log(f"run {runs} done: step {step}, {hours_seen:.2f} audio-h seen, dev CER {dev_cer:.3f} (best {best_cer:.3f}), "
+        f"{(time.time() - t_start) / 60:.1f} min", log_file)
+    return {"losses": losses, "dev_cer": dev_cer, "step": step}
+
+
+def _eval_and_keep_best(model, dev_clips, device, use_bf16, args, log_file, step, state) -> float:
+    t = time.time()
+    cer, wer, pairs = evaluate_cer(model, dev_clips, device, use_bf16)
+    prev = args.work / "best.pt"
+    prev_cer = torch.load(prev, map_location="cpu", weights_only=False)["dev_cer"] if prev.exists() else math.inf
+    mark = ""
+    if cer < prev_cer:
+        s = state()
+        save(prev, {"model": s["model"], "config": s["config"], "step": step, "dev_cer": cer})
+        mark = " (new best)"
+    ref, hyp = pairs[0]
+    log(f"dev step {step}: CER {cer:.3f} WER {wer:.3f}{mark} [{time.time() - t:.0f} s] | ref: {ref} | hyp: {hyp}",
+        log_file)
+    return cer
+
+
+if __name__ == "__main__":
+    main()
