@@ -4,8 +4,8 @@ A Vosk server answers every audio message with exactly one JSON message (lock-st
 such as vosk-server's ``test.py`` send a chunk, then wait for that one reply):
 
 * ``{"partial": "current words"}`` while an utterance is open, or
-* ``{"text": "the words", "result": [{"word", "start", "end", "conf"}, ...]}`` when one ended
-  (``result`` is left out when there are no words, as Vosk does);
+* ``{"result": [{"word", "start", "end", "conf"}, ...], "text": "the words"}`` when one ended
+  (``result`` always present, empty when there are no words, as in Vosk's own examples);
 
 and answers ``{"eof": 1}`` (and ``{"reset": 1}``) with one final result. Our finals are
 produced by the pipeline's endpointer, possibly several per audio message or between
@@ -32,10 +32,10 @@ def partial_message(text: str) -> str:
 
 
 def result_message(finals: list[Final]) -> str:
-    """One Vosk result for one or more finished utterances (``{"text": ""}`` for none)."""
+    """One Vosk result for one or more finished utterances (``{"result": [], "text": ""}`` for none)."""
     text = " ".join(f.text for f in finals if f.text)
     words = [w.to_dict() for f in finals for w in f.words]  # {"word","start","end","conf"}
-    return _dumps({"result": words, "text": text}) if words else _dumps({"text": text})
+    return _dumps({"result": words, "text": text})
 
 
 class VoskReplies:
