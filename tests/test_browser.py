@@ -4,10 +4,12 @@ Chromium gets a wav file as its microphone (--use-file-for-fake-audio-capture), 
 page served by ``SpeechServer``, the test clicks Start (a real mouse event), waits, clicks
 Stop, and checks what the page shows. Screenshots go to artifacts/ (git-ignored).
 
-Which model: the bundled model (model/default/) with an example wav and its transcript
-when both exist, and then the captions must contain the transcript's words; otherwise a
-tiny random-weight model, and the test checks the plumbing (audio arrives at 16 kHz at the
-right rate, every event the server sent is rendered, latency is shown).
+Which model: the bundled model (model/default/) and the first examples/*.wav when both
+exist, and then the captions must show the words that the model finds in that audio when
+it runs through the pipeline alone (those of the example's transcript, when there is one);
+otherwise a tiny random-weight model, and the test checks the plumbing (audio arrives at
+16 kHz at the right rate, every event the server sent is rendered, latency is shown).
+Rendering itself is checked with a scripted pipeline that sends known events.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Chromium:
             "--disable-background-networking", "--disable-component-update", "--no-first-run",
             "--no-default-browser-check", f"--user-data-dir={profile}", "--remote-debugging-port=0",
             *(["--use-fake-ui-for-media-stream"] if auto_accept else []), "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={mic_wav}",
+            f"--use-file-for-fake-audio-capture={mic_wav}%noloop",  # silence after the file
             "--autoplay-policy=no-user-gesture-required", "--window-size=1000,700", "about:blank",
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -166,31 +168,61 @@ def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
     return path
 
 
-def example_with_transcript() -> tuple[Path, list[str]] | None:
-    """An example wav with its transcript (examples/NAME.txt or examples/transcripts.json)."""
-    if not (BUNDLED / "config.json").exists():
+MAX_EXAMPLE_S = 15.0   # the page streams in real time: keep the browser test short
+
+
+def example_wav() -> tuple[Path, set[str]] | None:
+    """The first example wav and the words of its transcript (examples/NAME.txt or
+    examples/transcripts.json, when there is one; else an empty set)."""
+    wavs = sorted((ROOT / "examples").glob("*.wav"))
+    if not wavs:
         return None
-    table = {}
-    if (ROOT / "examples" / "transcripts.json").exists():
-        table = json.loads((ROOT / "examples" / "transcripts.json").read_text())
-    for wav in sorted((ROOT / "examples").glob("*.wav")):
-        text = table.get(wav.name)
-        if text is None and wav.with_suffix(".txt").exists():
-            text = wav.with_suffix(".txt").read_text()
-        if text:
-            return wav, text.lower().split()
-    return None
+    wav = wavs[0]
+    text = ""
+    if wav.with_suffix(".txt").exists():
+        text = wav.with_suffix(".txt").read_text()
+    elif (ROOT / "examples" / "transcripts.json").exists():
+        text = json.loads((ROOT / "examples" / "transcripts.json").read_text()).get(wav.name, "")
+    return wav, set(text.lower().split())
+
+
+def solo_words(pipeline, audio: np.ndarray, rate: int) -> list[str]:
+    """The words of the finals when ``audio`` is streamed through the pipeline alone."""
+    from decoders.events import Final
+
+    s = pipeline.new_stream()
+    events = []
+    for i in range(0, len(audio), rate // 10):
+        events += s.feed(audio[i:i + rate // 10], rate)
+    events += s.finish()
+    return " ".join(e.text for e in events if isinstance(e, Final)).split()
 
 
 @pytest.fixture(scope="module")
 def demo_setup(tmp_path_factory):
-    """(pipeline, mic wav, expected words or None)."""
+    """(pipeline, mic wav, expected words or None).
+
+    With the bundled model and an example: the first MAX_EXAMPLE_S of the example, and as
+    expected words those the model gets when the same audio runs through the pipeline alone
+    (restricted to the example's transcript when there is one), so the test asserts what
+    the page should show rather than the model's accuracy. Otherwise a tiny random model.
+    """
+    import soundfile as sf
+
     from stream.pipeline import Pipeline
 
-    example = example_with_transcript()
-    if example is not None:
-        wav, words = example
-        return Pipeline.from_pretrained(BUNDLED), wav, words
+    example = example_wav()
+    if (BUNDLED / "config.json").exists() and example is not None:
+        wav, reference = example
+        audio, rate = sf.read(str(wav), dtype="int16", always_2d=True)
+        audio = audio[: int(MAX_EXAMPLE_S * rate), 0]
+        clip = write_wav(tmp_path_factory.mktemp("mic") / wav.name, audio, rate)
+        pipeline = Pipeline.from_pretrained(BUNDLED)
+        expected = set(solo_words(pipeline, audio, rate))
+        if reference:
+            expected &= reference
+        assert expected, "the bundled model transcribes none of the example's words"
+        return pipeline, clip, expected
     from checkpoints import write_ctc_checkpoint
 
     path = write_ctc_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=7)
@@ -280,9 +312,10 @@ def test_page_captions_the_fake_microphone(demo_setup, tmp_path):
     assert stats["events"]["partial"] + stats["events"]["final"] > 0, console
     assert "median" in state["latency"]
     if expected_words is not None:
-        heard = " ".join(state["finals"]).lower().split()
-        hits = sum(w in heard for w in set(expected_words))
-        assert hits >= max(1, math.ceil(0.5 * len(set(expected_words)))), (heard, expected_words)
+        # The page's audio went through chromium's capture and the worklet's resampler, not
+        # bit-identical to the solo run: most, not all, of the expected words.
+        heard = set(" ".join(state["finals"]).lower().split())
+        assert len(heard & expected_words) >= math.ceil(0.6 * len(expected_words)), (heard, expected_words)
 
 
 def test_page_streams_an_uploaded_file_and_reports_errors(demo_setup, tmp_path):
