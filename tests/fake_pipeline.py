@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -109,11 +110,14 @@ class FakePipeline:
         self.threads: set[str] = set()
         self.streams_created = 0
         self.accept_calls = 0
+        self.alive: weakref.WeakSet = weakref.WeakSet()   # streams something still references
         self._lock = threading.Lock()
 
     def new_stream(self) -> FakeStream:
         self.streams_created += 1
-        return FakeStream(self)
+        stream = FakeStream(self)
+        self.alive.add(stream)
+        return stream
 
     def run_pending(self, streams: list[FakeStream]) -> list[list]:
         self.threads.add(threading.current_thread().name)

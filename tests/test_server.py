@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import http.client
 import json
 import re
@@ -245,8 +246,10 @@ def test_oversized_message_closes_that_client_only():
 
 
 def test_disconnect_mid_word_frees_the_session_at_once():
+    fake = FakePipeline(window_cost_s=0.001)
+
     async def main():
-        async with serving(FakePipeline(window_cost_s=0.001)) as server:
+        async with serving(fake) as server:
             ws = await connect(url(server))
             await ws.send(start_msg())
             await stream_audio(ws, encode(["alpha", "bravo"])[:7000], 1000)  # stops inside "bravo"
@@ -255,6 +258,9 @@ def test_disconnect_mid_word_frees_the_session_at_once():
             ws.transport.abort()  # no close handshake: the client just vanishes
             t0 = time.monotonic()
             state = await settled(server, 1.0), time.monotonic() - t0
+            await asyncio.sleep(0.05)
+            gc.collect()
+            assert len(fake.alive) == 0, "the stream outlived its session"
             still_ok = await transcribe(server, encode(["hotel"]))
             return state, still_ok
 
@@ -262,6 +268,35 @@ def test_disconnect_mid_word_frees_the_session_at_once():
     freed, seconds = state
     assert freed and seconds < 0.5
     assert finals(events) == ["hotel"]
+
+
+def test_many_clients_coming_and_going_leave_no_state_behind():
+    fake = FakePipeline(window_cost_s=0.001)
+
+    async def visitor(server, i):
+        ws = await connect(url(server))
+        await ws.send(start_msg())
+        await stream_audio(ws, encode(["alpha", "bravo"])[: 1000 * (i % 7 + 1)], 500)
+        if i % 3 == 0:
+            ws.transport.abort()                       # vanishes
+        elif i % 3 == 1:
+            await ws.close()                           # leaves without stop
+        else:
+            await ws.send('{"type": "stop"}')          # ends properly
+            await drain(ws)
+
+    async def main():
+        async with serving(fake, max_sessions=64) as server:
+            for _ in range(3):
+                await asyncio.gather(*[visitor(server, i) for i in range(30)])
+            freed = await settled(server)
+            await asyncio.sleep(0.05)   # the worker drops a closed job's stream when its cycle ends
+            gc.collect()
+            return freed, server.stats["sessions"], fake.streams_created, len(fake.alive)
+
+    freed, sessions, streams, alive = run(main())
+    assert freed and sessions == 90 and streams <= 90
+    assert alive == 0, "some stream state outlived its session"
 
 
 def test_client_that_stops_reading_is_closed_and_others_are_not():
