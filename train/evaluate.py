@@ -1,0 +1,216 @@
+"""Measure a CTC+speaker checkpoint (default: the bundled model/default).
+
+Prints:
+- offline CER/WER (greedy CTC) on held-out voices speaking held-out sentences (test) and on
+  training voices speaking held-out sentences (test_seen), with a per-voice breakdown;
+- streaming CER/WER through stream.Pipeline (chunked windows, the engine users run) on a
+  subset of test;
+- speaker-embedding EER between held-out speakers (cosine scores over all clip pairs):
+  "speaker" trials count a pitch-shifted copy of a voice as another speaker, "voice"
+  trials compare only clips of different source voices against same-speaker clips;
+- CER/WER on real recordings available offline on Debian: the Asterisk English prompts
+  (asterisk-core-sounds-en-wav, Allison Smith, 8 kHz telephone speech, transcripts in the
+  package's core-sounds-en.txt) and the ALSA channel-test voice (alsa-utils).
+
+Usage: python -m train.evaluate [--model model/default] [--max-clips 300] [--stream-clips 40]
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from model import load_model
+from train.data import Clip, collate, length_batches, read_manifest
+from train.export import DEFAULT_OUT
+from train.metrics import equal_error_rate, error_rates, greedy_decode
+from train.text import normalise
+
+CACHE = Path.home() / ".cache" / "wavlm-stream"
+ASTERISK_DIR = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
+ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
+ALSA_DIR = Path("/usr/share/sounds/alsa")
+
+
+@torch.no_grad()
+def transcribe_offline(model, waves: list[np.ndarray]) -> list[str]:
+    """Greedy CTC of each 16 kHz float32 wave, one forward per wave (no padding effects)."""
+    out = []
+    for w in waves:
+        logits = model(torch.from_numpy(w)[None]).logits[0]
+        out.append(greedy_decode(logits.argmax(-1).numpy()))
+    return out
+
+
+@torch.no_grad()
+def embed_clips(model, clips: list[Clip]) -> np.ndarray:
+    """(N, E) L2-normalised speaker embeddings, batched by length with attention masks."""
+    index = {c.path: i for i, c in enumerate(clips)}
+    emb = np.zeros((len(clips), model.config.speaker_head["embedding_dim"]), dtype=np.float32)
+    for batch in length_batches(clips, 60.0, random.Random(0)):
+        b = collate(batch, {}, None)
+        e = model(b.audio, b.attention_mask).embeddings
+        e = torch.nn.functional.normalize(e, dim=-1).numpy()
+        for c, v in zip(batch, e):
+            emb[index[c.path]] = v
+    return emb
+
+
+def speaker_eer(model, clips: list[Clip]) -> dict[str, float]:
+    emb = embed_clips(model, clips)
+    scores = emb @ emb.T
+    iu = np.triu_indices(len(clips), k=1)
+    spk = np.array([c.speaker for c in clips])
+    voice = np.array([c.voice for c in clips])
+    same_spk = (spk[:, None] == spk[None, :])[iu]
+    diff_voice = (voice[:, None] != voice[None, :])[iu]
+    s = scores[iu]
+    keep = same_spk | diff_voice
+    return {"eer_speaker": equal_error_rate(s, same_spk), "eer_voice": equal_error_rate(s[keep], same_spk[keep]),
+            "trials": int(len(s)), "speakers": int(len(set(spk)))}
+
+
+def stream_transcripts(model_path: str, waves: list[np.ndarray]) -> list[str] | None:
+    try:
+        from stream import Pipeline
+    except ImportError:
+        return None
+    pipe = Pipeline.from_pretrained(model_path, speakers=False)
+    out = []
+    for w in waves:
+        s = pipe.new_stream()
+        events = s.feed(w, 16000) + s.finish()
+        out.append(" ".join(e.text for e in events if e.type == "final" and e.text).strip())
+    return out
+
+
+def real_recordings() -> list[tuple[str, np.ndarray, str]]:
+    """[(name, 16 kHz float32 wave, normalised transcript)] of the recordings present on this machine."""
+    items = []
+    if ASTERISK_TEXT.exists() and ASTERISK_DIR.exists():
+        with gzip.open(ASTERISK_TEXT, "rt", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                m = re.match(r"^([\w/-]+): (.+)$", line.strip())
+                if not m or "[" in m.group(2):
+                    continue
+                path = ASTERISK_DIR / f"{m.group(1)}.wav"
+                # Transcripts that name digits, symbols or abbreviations are skipped, as in training text.
+                text = " ".join(filter(None, (normalise(p) if len(p.split()) >= 4 else _short(p)
+                                              for p in re.split(r"(?<=[.!?])\s+", m.group(2)))))
+                if path.exists() and text and len(text.split()) >= 3 and "None" not in text:
+                    items.append((f"asterisk/{m.group(1)}", path, text))
+    if ALSA_DIR.exists():
+        for path in sorted(ALSA_DIR.glob("*_*.wav")):
+            items.append((f"alsa/{path.stem}", path, path.stem.replace("_", " ").lower()))
+    out = []
+    for name, path, text in items:
+        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        x = x.mean(axis=1)
+        if sr != 16000:
+            x = soxr.resample(x, sr, 16000).astype(np.float32)
+        out.append((name, x, text))
+    return out
+
+
+def _short(phrase: str) -> str | None:
+    """Normalise a short phrase (under the 4-word minimum of training text) or None."""
+    s = normalise(phrase + " x x x x")
+    return None if s is None else s[: -len(" x x x x")]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(DEFAULT_OUT))
+    ap.add_argument("--data", type=Path, default=CACHE / "data")
+    ap.add_argument("--max-clips", type=int, default=300, help="clips per synthetic set (0: all)")
+    ap.add_argument("--stream-clips", type=int, default=40, help="test clips run through stream.Pipeline (0: skip)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    results: dict = {"model": args.model}
+    rng = random.Random(0)
+
+    def subset(clips):
+        return clips if not args.max_clips or len(clips) <= args.max_clips else rng.sample(clips, args.max_clips)
+
+    for split in ("test", "test_seen"):
+        f = args.data / f"{split}.jsonl"
+        if not f.exists():
+            print(f"{split}: {f} missing, skipped")
+            continue
+        clips = subset(read_manifest(f))
+        t = time.time()
+        hyps = transcribe_offline(model, [np.asarray(_load(c.path)) for c in clips])
+        refs = [c.text for c in clips]
+        cer, wer = error_rates(refs, hyps)
+        results[f"{split}_offline"] = {"cer": cer, "wer": wer, "clips": len(clips)}
+        print(f"{split} offline: CER {cer:.3f} WER {wer:.3f} ({len(clips)} clips, {time.time() - t:.0f} s)")
+        per_voice = defaultdict(lambda: ([], []))
+        for c, h in zip(clips, hyps):
+            per_voice[c.voice][0].append(c.text)
+            per_voice[c.voice][1].append(h)
+        pv = {v: error_rates(r, h)[0] for v, (r, h) in sorted(per_voice.items())}
+        results[f"{split}_per_voice_cer"] = pv
+        print("  per voice CER: " + ", ".join(f"{v} {c:.2f}" for v, c in pv.items()))
+        for r, h in list(zip(refs, hyps))[:3]:
+            print(f"  ref: {r}\n  hyp: {h}")
+        if split == "test":
+            eer = speaker_eer(model, clips)
+            results["speaker_eer"] = eer
+            print(f"speaker EER (held-out voices): {eer['eer_speaker']:.3f} same vs different speaker, "
+                  f"{eer['eer_voice']:.3f} same speaker vs different source voice "
+                  f"({eer['speakers']} speakers, {eer['trials']} trials)")
+            if args.stream_clips:
+                sc = clips[: args.stream_clips]
+                t = time.time()
+                sh = stream_transcripts(args.model, [np.asarray(_load(c.path)) for c in sc])
+                if sh is None:
+                    print("streaming: stream.Pipeline not importable, skipped")
+                else:
+                    oc, ow = error_rates([c.text for c in sc], hyps[: len(sc)])
+                    scer, swer = error_rates([c.text for c in sc], sh)
+                    results["test_streaming"] = {"cer": scer, "wer": swer, "offline_cer_same_clips": oc,
+                                                 "clips": len(sc)}
+                    print(f"test streaming (stream.Pipeline defaults, beam finals): CER {scer:.3f} WER {swer:.3f} "
+                          f"vs offline greedy {oc:.3f} on the same {len(sc)} clips ({time.time() - t:.0f} s)")
+    real = real_recordings()
+    if real:
+        hyps = transcribe_offline(model, [w for _, w, _ in real])
+        refs = [t for _, _, t in real]
+        cer, wer = error_rates(refs, hyps)
+        groups = sorted({n.split("/")[0] for n, _, _ in real})
+        results["real_offline"] = {"cer": cer, "wer": wer, "clips": len(real)}
+        print(f"real recordings offline: CER {cer:.3f} WER {wer:.3f} ({len(real)} clips: {', '.join(groups)})")
+        for g in groups:
+            idx = [i for i, (n, _, _) in enumerate(real) if n.startswith(g + "/")]
+            gc, gw = error_rates([refs[i] for i in idx], [hyps[i] for i in idx])
+            results[f"real_{g}"] = {"cer": gc, "wer": gw, "clips": len(idx)}
+            print(f"  {g}: CER {gc:.3f} WER {gw:.3f} ({len(idx)} clips)")
+        for i in range(min(3, len(real))):
+            print(f"  ref: {refs[i]}\n  hyp: {hyps[i]}")
+    else:
+        print("real recordings: none found (apt-get install asterisk-core-sounds-en-wav alsa-utils)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _load(path: str) -> np.ndarray:
+    x, sr = sf.read(path, dtype="float32")
+    return x
+
+
+if __name__ == "__main__":
+    main()
