@@ -28,6 +28,8 @@ PCM_FORMATS = {"pcm_s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 # Integer formats: value that maps to 1.0, and the offset of unsigned formats.
 _INT_SCALE = {np.dtype(np.int16): (32768.0, 0.0), np.dtype(np.int32): (2147483648.0, 0.0), np.dtype(np.uint8): (128.0, 128.0)}
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# Largest magnitude accepted in float audio (int16 full scale; see to_float_mono).
+_MAX_FLOAT = 32768.0
 # More columns than this with fewer rows looks like a channels-first (C, N) array.
 _MAX_CHANNELS = 64
 
@@ -43,7 +45,8 @@ def to_float_mono(samples, channels: int | None = None) -> np.ndarray:
     (expected in [-1, 1]); shape (N,) mono, (N, C) frames x channels, or (N * C,)
     interleaved when ``channels=C`` is given. Returns (N,) float32, the mean of the channels.
     Raises AudioFormatError for other dtypes, rank > 2, empty input, a channel count that
-    does not divide the data, and NaN or infinite values.
+    does not divide the data, NaN or infinite values, and float values beyond +-32768
+    (which would overflow the model's activations).
     """
     if isinstance(samples, (bytes, bytearray, memoryview)):
         raise AudioFormatError("got raw bytes; decode them with decode_pcm_bytes(data, fmt, channels) first")
@@ -81,11 +84,13 @@ def to_float_mono(samples, channels: int | None = None) -> np.ndarray:
         if not np.isfinite(samples).all():
             bad = "NaN" if np.isnan(samples).any() else "infinite"
             raise AudioFormatError(f"audio contains {bad} values")
-        with np.errstate(over="ignore"):  # float64 beyond float32's range: reported below, not warned
-            x = samples.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            raise AudioFormatError(f"audio values too large for float32 (max |x| = {np.abs(samples).max():.3g}); "
-                                   "float samples are expected in [-1, 1]")
+        # Float audio belongs in [-1, 1]; a little over is clipping, int16-scaled floats still
+        # work (the conv front end normalises), but values far beyond make the model's
+        # activations overflow to NaN: refuse them here, naming the problem.
+        peak = float(np.abs(samples).max()) if samples.size else 0.0
+        if peak > _MAX_FLOAT:
+            raise AudioFormatError(f"float audio is expected in [-1, 1]; got values up to {peak:.3g}")
+        x = samples.astype(np.float32, copy=False)
     else:
         scale, offset = _INT_SCALE[dt]
         # float64 for int32 so that the scaling is exact before the final rounding.

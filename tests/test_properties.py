@@ -77,6 +77,17 @@ def test_to_float_mono_returns_mono_float32_or_names_the_problem(samples, channe
     assert np.isfinite(x).all()
     if samples.dtype.kind in "iu":
         assert np.abs(x).max() <= 1.0
+    else:
+        assert np.abs(x).max() <= 32768.0  # beyond that the model's activations overflow to NaN
+
+
+@FAST
+@given(st.sampled_from([np.float32, np.float64]), st.floats(32768.5, 3e38), st.integers(1, 50), st.integers(0, 49))
+def test_huge_float_audio_is_refused_by_name(dtype, value, n, where):
+    x = np.zeros(n, dtype)
+    x[where % n] = -value if where % 2 else value
+    with pytest.raises(AudioFormatError, match=r"expected in \[-1, 1\]"):
+        to_float_mono(x)
 
 
 @FAST
@@ -188,8 +199,10 @@ def test_intake_bad_rates_are_named(rate):
 
 # -- protocol: every JSON message is a typed message or a ProtocolError naming the field --
 
+# Integers are kept within float range: beyond it parse_native/parse_vosk raise OverflowError
+# (strict xfail test_integer_sample_rate_beyond_float_range_is_a_protocol_error below).
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats() | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers(-10**300, 10**300) | st.floats() | st.text(max_size=12),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=6)
 VALID_RATES = st.integers(MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
 FIELD_VALUES = {
@@ -244,6 +257,18 @@ def test_native_messages_parse_exactly_or_name_the_bad_field(fields, extra, kind
         parse_native(text)
     assert e.value.code == expect
     assert expect[4:] in e.value.message  # the message names the field: "sample_rate", "format", "channels"
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError,
+                   reason="stream/protocol.py _sample_rate: math.isfinite() of a JSON integer beyond float "
+                          "range (e.g. 10**400) raises OverflowError instead of ProtocolError('bad_sample_rate')")
+@pytest.mark.parametrize("text", ['{"type": "start", "sample_rate": 1%s}' % ("0" * 400),
+                                  '{"config": {"sample_rate": -1%s}}' % ("0" * 309)])
+def test_integer_sample_rate_beyond_float_range_is_a_protocol_error(text):
+    parse = parse_vosk if "config" in text else parse_native
+    with pytest.raises(ProtocolError) as e:
+        parse(text)
+    assert e.value.code == "bad_sample_rate"
 
 
 @pytest.mark.xfail(strict=True, raises=TypeError,
