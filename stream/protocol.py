@@ -102,16 +102,24 @@ def _load_object(text: str) -> dict:
 
 
 def _sample_rate(value) -> int:
-    # bool is an int subclass: {"sample_rate": true} is a client bug, not 1 Hz.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProtocolError("bad_sample_rate", f"sample_rate must be a number, got {value!r}")
-    if value != int(value):
-        raise ProtocolError("bad_sample_rate", f"sample_rate must be a whole number of Hz, got {value!r}")
-    rate = int(value)
-    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+    # bool is an int subclass: {"sample_rate": true} is a client bug, not 1 Hz. JSON integers
+    # can be far beyond float range (10**400): compare them as integers, never convert.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError("bad_sample_rate", f"sample_rate must be a number, got {_short(value)}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise ProtocolError("bad_sample_rate", f"sample_rate must be a whole number of Hz, got {value!r}")
+        value = int(value)
+    if not MIN_SAMPLE_RATE <= value <= MAX_SAMPLE_RATE:
         raise ProtocolError("bad_sample_rate",
-                            f"sample_rate {rate} is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
-    return rate
+                            f"sample_rate {_short(value)} is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    return value
+
+
+def _short(value, limit: int = 40) -> str:
+    """repr of a client's value, cut short (it goes back in an error message)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else f"a {len(str(abs(value)))}-digit number"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def detect_dialect(text: str) -> Dialect | None:
@@ -136,17 +144,17 @@ def parse_native(text: str) -> Start | Stop:
     if kind == "start":
         rate = _sample_rate(obj.get("sample_rate"))
         fmt = obj.get("format", "pcm_s16le")
-        if fmt not in SAMPLE_BYTES:
-            raise ProtocolError("bad_format", f"format must be one of {sorted(SAMPLE_BYTES)}, got {fmt!r}")
+        if not isinstance(fmt, str) or fmt not in SAMPLE_BYTES:  # a list or dict is not hashable
+            raise ProtocolError("bad_format", f"format must be one of {sorted(SAMPLE_BYTES)}, got {_short(fmt)}")
         channels = obj.get("channels", 1)
         if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
-            raise ProtocolError("bad_channels", f"channels must be an integer 1..{MAX_CHANNELS}, got {channels!r}")
+            raise ProtocolError("bad_channels", f"channels must be an integer 1..{MAX_CHANNELS}, got {_short(channels)}")
         return Start(sample_rate=rate, format=fmt, channels=channels)
     if kind == "stop":
         return Stop()
     if kind is None:
         raise ProtocolError("bad_message", 'message has no "type" (expected "start" or "stop")')
-    raise ProtocolError("unknown_type", f'unknown message type {kind!r} (expected "start" or "stop")')
+    raise ProtocolError("unknown_type", f'unknown message type {_short(kind)} (expected "start" or "stop")')
 
 
 def parse_vosk(text: str) -> VoskConfig | VoskEof | VoskReset:

@@ -47,8 +47,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from decoders.events import ErrorEvent, Event, Partial
-from stream.audio import AudioFormatError, decode_pcm_bytes
+from stream.audio import AudioFormatError, decode_pcm_bytes, to_float_mono
 from stream.protocol import (
+    SAMPLE_BYTES,
     ProtocolError,
     Start,
     Stop,
@@ -157,7 +158,7 @@ class WorkerResult:
 
 @dataclass
 class _Chunk:
-    samples: np.ndarray                # (n,) or (n, channels) at sample_rate
+    samples: np.ndarray                # (n,) or (n, channels) at sample_rate, checked by _decode_audio
     sample_rate: int
     arrival: float                     # time.monotonic() when the message arrived
     tag: Hashable | None               # reported in done_tags once accepted and run
@@ -373,6 +374,22 @@ class InferenceWorker:
             job.deliver(result)
 
 
+def _decode_audio(data: bytes, fmt: str, channels: int) -> np.ndarray:
+    """One binary message as samples, (n,) or (n, channels) in the client's format.
+
+    Checked here, per message, with the engine's own rules (``to_float_mono``): a bad message
+    gets its own error event and never reaches the worker, where it could spoil the small
+    messages joined with it into one engine call.
+    """
+    check_audio_bytes(data, SAMPLE_BYTES[fmt] * channels)
+    try:
+        samples = decode_pcm_bytes(data, fmt, channels)
+        to_float_mono(samples)
+    except AudioFormatError as e:
+        raise ProtocolError("bad_audio", str(e)) from None
+    return samples
+
+
 def _merge_small(pieces: list[tuple[_Chunk, bool]], min_s: float = 0.1):
     """Join runs of small consecutive pieces (up to ``min_s`` of audio) into one engine call.
 
@@ -576,21 +593,11 @@ class _Session:
             self.vosk_rate = rate
             self._open_job()
             # A bad message's error event is its one reply.
-            check_audio_bytes(data, 2)
-            try:
-                samples = decode_pcm_bytes(data, "pcm_s16le", 1)
-            except AudioFormatError as e:
-                raise ProtocolError("bad_audio", str(e)) from None
+            samples = _decode_audio(data, "pcm_s16le", 1)
             return self._submit(samples, rate, arrival, tag="audio")
         if self.start is None:
             raise ProtocolError("not_started", 'audio before {"type": "start"}')
-        check_audio_bytes(data, self.start.frame_bytes)
-        try:
-            samples = decode_pcm_bytes(data, self.start.format, self.start.channels)
-        except AudioFormatError as e:
-            raise ProtocolError("bad_audio", str(e)) from None
-        if samples.dtype.kind == "f" and not np.isfinite(samples).all():
-            raise ProtocolError("bad_audio", "audio contains NaN or infinite samples")
+        samples = _decode_audio(data, self.start.format, self.start.channels)
         return self._submit(samples, self.start.sample_rate, arrival)
 
     async def read_loop(self) -> None:

@@ -53,6 +53,7 @@ class FakeStream:
             raise AudioFormatError("sample rate changed mid-stream")
         self.rate = sample_rate
         self.buffer = np.concatenate([self.buffer, x])
+        self.pipeline.samples_accepted += len(x)
 
     @property
     def _window(self) -> int:
@@ -110,6 +111,7 @@ class FakePipeline:
         self.threads: set[str] = set()
         self.streams_created = 0
         self.accept_calls = 0
+        self.samples_accepted = 0
         self.alive: weakref.WeakSet = weakref.WeakSet()   # streams something still references
         self._lock = threading.Lock()
 

@@ -36,6 +36,11 @@ def test_start_defaults_and_fields():
     ('{"type": "start", "sample_rate": NaN}', "bad_sample_rate"),
     ('{"type": "start", "sample_rate": 16000, "format": "s16"}', "bad_format"),
     ('{"type": "start", "sample_rate": 16000, "format": null}', "bad_format"),
+    ('{"type": "start", "sample_rate": 16000, "format": []}', "bad_format"),      # unhashable
+    ('{"type": "start", "sample_rate": 16000, "format": {"a": 1}}', "bad_format"),
+    ('{"type": "start", "sample_rate": 1%s}' % ("0" * 400), "bad_sample_rate"),  # beyond float range
+    ('{"type": "start", "sample_rate": -1%s}' % ("0" * 309), "bad_sample_rate"),
+    ('{"type": ["start"]}', "unknown_type"),
     ('{"type": "start", "sample_rate": 16000, "channels": 0}', "bad_channels"),
     ('{"type": "start", "sample_rate": 16000, "channels": 1.0}', "bad_channels"),
     ('{"type": "start", "sample_rate": 16000, "channels": 99}', "bad_channels"),
@@ -54,6 +59,7 @@ def test_vosk_messages():
     assert parse_vosk('{"eof" : 1}') == VoskEof()
     assert parse_vosk('{"reset" : 1}') == VoskReset()
     for text, code in [('{"config": 5}', "bad_message"), ('{"config": {"sample_rate": -1}}', "bad_sample_rate"),
+                       ('{"config": {"sample_rate": 1%s}}' % ("0" * 400), "bad_sample_rate"),
                        ('{"eof": 0}', "unknown_type"), ("eof", "bad_json")]:
         with pytest.raises(ProtocolError) as e:
             parse_vosk(text)
@@ -79,7 +85,8 @@ def test_audio_byte_counts():
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=200),
-                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.integers(-10**500, 10**500)
+                              | st.floats() | st.text(max_size=10),
                               lambda c: st.lists(c, max_size=4) | st.dictionaries(
                                   st.sampled_from(["type", "sample_rate", "format", "channels", "config",
                                                    "eof", "reset", "x"]), c, max_size=4),

@@ -95,6 +95,30 @@ def test_tiny_messages_are_joined_into_few_engine_calls():
     assert fake.accept_calls < messages / 4, (fake.accept_calls, messages)
 
 
+def test_a_bad_message_among_joined_small_ones_loses_only_itself():
+    """Messages are checked one by one before the worker joins small ones into one call."""
+    fake = FakePipeline(window_cost_s=0.3)   # the worker is busy while the small messages pile up
+    first = (encode(["alpha"] * 3) / 32768).astype("<f4")
+    tiny = np.full(160, 0.1, "<f4")
+
+    async def main():
+        async with serving(fake) as server:
+            async with connect(url(server)) as ws:
+                await ws.send(start_msg(fmt="f32le"))
+                await ws.send(first.tobytes())
+                await asyncio.sleep(0.05)
+                for message in (tiny, np.full(160, 1e6, "<f4"), tiny, np.array([np.inf] * 4, "<f4"), tiny):
+                    await ws.send(message.tobytes())
+                await ws.send('{"type": "stop"}')
+                return await drain(ws)
+
+    events, code = run(main())
+    assert errors(events) == ["bad_audio", "bad_audio"] and code == 1000
+    assert fake.samples_accepted == len(first) + 3 * len(tiny)   # every good sample, no bad one
+    assert fake.accept_calls <= 3                                # the tiny ones were joined
+    assert finals(events) == ["alpha alpha alpha"]
+
+
 # -- protocol errors -----------------------------------------------------------------
 
 
