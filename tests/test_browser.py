@@ -171,19 +171,13 @@ def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
 MAX_EXAMPLE_S = 15.0   # the page streams in real time: keep the browser test short
 
 
-def example_wav() -> tuple[Path, set[str]] | None:
-    """The first example wav and the words of its transcript (examples/NAME.txt or
-    examples/transcripts.json, when there is one; else an empty set)."""
-    wavs = sorted((ROOT / "examples").glob("*.wav"))
-    if not wavs:
-        return None
-    wav = wavs[0]
-    text = ""
-    if wav.with_suffix(".txt").exists():
-        text = wav.with_suffix(".txt").read_text()
-    elif (ROOT / "examples" / "transcripts.json").exists():
-        text = json.loads((ROOT / "examples" / "transcripts.json").read_text()).get(wav.name, "")
-    return wav, set(text.lower().split())
+def examples() -> list[tuple[Path, set[str]]]:
+    """Example wavs with the words of their transcripts (examples/NAME.txt, else empty)."""
+    out = []
+    for wav in sorted((ROOT / "examples").glob("*.wav")):
+        text = wav.with_suffix(".txt").read_text() if wav.with_suffix(".txt").exists() else ""
+        out.append((wav, set(text.lower().split())))
+    return out
 
 
 def solo_words(pipeline, audio: np.ndarray, rate: int) -> list[str]:
@@ -202,27 +196,32 @@ def solo_words(pipeline, audio: np.ndarray, rate: int) -> list[str]:
 def demo_setup(tmp_path_factory):
     """(pipeline, mic wav, expected words or None).
 
-    With the bundled model and an example: the first MAX_EXAMPLE_S of the example, and as
-    expected words those the model gets when the same audio runs through the pipeline alone
-    (restricted to the example's transcript when there is one), so the test asserts what
-    the page should show rather than the model's accuracy. Otherwise a tiny random model.
+    With the bundled model: the example (its first MAX_EXAMPLE_S) on which the model alone
+    gets the most words of the transcript, and those words are expected on the page, so the
+    test asserts what the page should show rather than the model's accuracy. While the
+    bundled model transcribes no example word (early in training), and without it: a tiny
+    random model, and the test checks the plumbing only.
     """
     import soundfile as sf
 
     from stream.pipeline import Pipeline
 
-    example = example_wav()
-    if (BUNDLED / "config.json").exists() and example is not None:
-        wav, reference = example
-        audio, rate = sf.read(str(wav), dtype="int16", always_2d=True)
-        audio = audio[: int(MAX_EXAMPLE_S * rate), 0]
-        clip = write_wav(tmp_path_factory.mktemp("mic") / wav.name, audio, rate)
+    if (BUNDLED / "config.json").exists():
         pipeline = Pipeline.from_pretrained(BUNDLED)
-        expected = set(solo_words(pipeline, audio, rate))
-        if reference:
-            expected &= reference
-        assert expected, "the bundled model transcribes none of the example's words"
-        return pipeline, clip, expected
+        best = None
+        for wav, reference in examples():
+            audio, rate = sf.read(str(wav), dtype="int16", always_2d=True)
+            audio = audio[: int(MAX_EXAMPLE_S * rate), 0]
+            expected = set(solo_words(pipeline, audio, rate))
+            if reference:
+                expected &= reference
+            if expected and (best is None or len(expected) > len(best[2])):
+                best = (wav, audio, expected, rate)
+        if best is not None:
+            wav, audio, expected, rate = best
+            print(f"browser test: bundled model on {wav.name}, expecting {sorted(expected)}")
+            return pipeline, write_wav(tmp_path_factory.mktemp("mic") / wav.name, audio, rate), expected
+        print("browser test: the bundled model transcribes no example word yet; plumbing only")
     from checkpoints import write_ctc_checkpoint
 
     path = write_ctc_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=7)
