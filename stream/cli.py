@@ -176,8 +176,11 @@ def cmd_transcribe(args) -> int:
         if not turns and pipeline.speaker_source_factory is None:
             print("warning: no speaker tracking (the model has no speaker head; use --speaker-model); "
                   "the RTTM file is empty", file=sys.stderr)
-        with open(args.rttm, "w") as fp:
-            write_rttm(turns, Path(args.file).stem, fp)
+        try:
+            with open(args.rttm, "w") as fp:
+                write_rttm(turns, Path(args.file).stem, fp)
+        except OSError as exc:
+            raise UserError(f"cannot write the RTTM file {args.rttm}: {exc.strerror or exc}") from None
     return 0
 
 
