@@ -39,10 +39,13 @@ CACHE = Path.home() / ".cache" / "wavlm-stream"
 
 # Sized by measurement on this 2-core CPU (train/README.md): the conv front end dominates the
 # cost, so its early, high-rate layers are narrow (64) and widen where the frame rate is low.
-# Layer-norm front end and pre-LN ("stable") layers: the front end then streams exactly.
+# Layer-norm front end: it streams exactly. Post-LN layers (do_stable_layer_norm False): every
+# hidden state is layer-normed, so the speaker head's weighted layer sum is well scaled. With pre-LN
+# the residual stream grew to norms of several hundred, mostly a constant offset, the speaker
+# projection's ReLUs died and all embeddings collapsed to one vector (measured, first attempt).
 BASE_CONFIG = dict(
     hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024,
-    hidden_act="gelu", feat_extract_norm="layer", feat_extract_activation="gelu", do_stable_layer_norm=True,
+    hidden_act="gelu", feat_extract_norm="layer", feat_extract_activation="gelu", do_stable_layer_norm=False,
     conv_dim=(64, 64, 96, 128, 128, 192, 192), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
     conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_bias=True,
     # A short positional convolution (32 frames = +-0.32 s) keeps the look-ahead a stream needs small.
@@ -130,10 +133,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--size", choices=("base", "tiny"), default="base")
     ap.add_argument("--max-minutes", type=float, default=90.0, help="wall-clock budget of this run")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in this run (0: no limit)")
-    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=500, help="warm-up steps of a fresh run (resumed runs: 100)")
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--speaker-weight", type=float, default=0.2, help="weight of the AM-softmax loss")
+    ap.add_argument("--speaker-ramp", type=int, default=600,
+                    help="global steps over which the speaker weight ramps up from 0 (CTC leaves its blank plateau first)")
     ap.add_argument("--batch-seconds", type=float, default=24.0, help="max (batch size x longest clip) in seconds")
     ap.add_argument("--max-clip-seconds", type=float, default=12.0)
     ap.add_argument("--eval-every", type=float, default=8.0, help="minutes between dev CER evaluations")
@@ -237,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
             ctc = ctc_loss(out.logits.float(), frames, b.labels.to(device), b.label_lengths.to(device),
                            blank=config.pad_token_id, zero_infinity=True)
             spk = model.speaker_head.objective(out.embeddings.float(), b.speakers.to(device))
-            loss = ctc + args.speaker_weight * spk
+            spk_weight = args.speaker_weight * min(1.0, step / max(1, args.speaker_ramp))
+            loss = ctc + spk_weight * spk
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
