@@ -118,8 +118,12 @@ class WeightNormConv1d(nn.Module):
             return self._compute_weight()
         # Without autograd the weight only changes when a parameter does: reuse it (streaming
         # runs the positional conv once per window; recomputing the norm cost ~6% of a window).
-        key = (self.weight_v._version, self.weight_g._version, self.weight_v.data_ptr(),
-               self.weight_g.data_ptr(), self.weight_v.dtype, self.weight_v.device)
+        try:
+            versions = (self.weight_v._version, self.weight_g._version)
+        except RuntimeError:
+            versions = None  # parameters created under inference_mode have no version counter
+        key = (versions, self.weight_v.data_ptr(), self.weight_g.data_ptr(), self.weight_v.dtype,
+               self.weight_v.device)
         if self._cached is None or self._cached[0] != key:
             with torch.no_grad():
                 self._cached = (key, self._compute_weight())
