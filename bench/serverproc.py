@@ -129,7 +129,9 @@ def _child(options: dict) -> None:
                 command = line.decode().strip()
                 if command == "quit":
                     break
-                if command == "stats":
+                if command == "sessions":
+                    print(json.dumps([_describe(server, x) for x in list(server.sessions.values())]), flush=True)
+                elif command == "stats":
                     print(json.dumps({
                         "sessions": len(server.sessions), "jobs": server.worker.job_count,
                         "worker_alive": server.worker._thread.is_alive(), "counters": dict(server.stats),
@@ -137,6 +139,22 @@ def _child(options: dict) -> None:
                     }), flush=True)
 
     asyncio.run(main())
+
+
+def _describe(server, session) -> dict:
+    """What an open session is doing (for diagnosing sessions that do not go away)."""
+    worker = server.worker
+    with worker._cv:
+        job = worker._jobs.get(session.id)
+        job_state = None if job is None else {
+            "inbox": [type(item).__name__ for item in list(job.inbox)[:5]], "inbox_len": len(job.inbox),
+            "flushing": job.flushing, "done": job.done, "closed": job.closed, "has_stream": job.stream is not None}
+    fields = ("id", "path", "dialect", "opened", "audio_s", "backlog_s", "dead", "close_after_send")
+    out = {k: getattr(session, k, None) for k in fields}
+    out.update(start=repr(getattr(session, "start", None)), finished=session.finished.is_set(),
+               backlog_ok=session.backlog_ok.is_set(), outbox=len(session.outbox),
+               ws_state=str(getattr(session.ws, "state", None)), job=job_state)
+    return out
 
 
 # -- the parent's handle ----------------------------------------------------------------
@@ -179,6 +197,19 @@ class ServerProcess:
                 return None
             try:
                 self.proc.stdin.write("stats\n")
+                self.proc.stdin.flush()
+                line = self.proc.stdout.readline()
+            except (BrokenPipeError, OSError):
+                return None
+            return json.loads(line) if line else None
+
+    def sessions(self) -> list | None:
+        """A description of every open session (see _describe), or None when the child is gone."""
+        with self._lock:
+            if not self.alive():
+                return None
+            try:
+                self.proc.stdin.write("sessions\n")
                 self.proc.stdin.flush()
                 line = self.proc.stdout.readline()
             except (BrokenPipeError, OSError):

@@ -485,3 +485,25 @@ def test_server_shutdown_with_live_sessions_closes_them():
 
     codes, alive = run(main())
     assert all(c is not None for c in codes) and not alive
+
+
+@pytest.mark.xfail(strict=True, reason="stream/server.py _Session.on_result returns at once when the session is "
+                                       "dead (a send failed because the client vanished), before it sets "
+                                       "`finished` for the flush result; run() then waits finish_timeout_s "
+                                       "(60 s) with the session slot and the worker job held")
+def test_client_gone_during_the_final_flush_frees_its_session_at_once():
+    """A client sends stop and vanishes while its stream is still being processed (found by
+    bench/fuzz_server.py: such sessions stayed open until finish_timeout_s, holding a slot
+    of max_sessions and their worker job)."""
+    async def main():
+        async with serving(FakePipeline(window_cost_s=0.02), finish_timeout_s=30) as server:
+            ws = await connect(url(server))
+            await ws.send(start_msg())
+            await stream_audio(ws, encode(["alpha", "bravo", "", "charlie"] * 4), 1600)
+            await ws.send('{"type": "stop"}')
+            await asyncio.sleep(0.01)
+            ws.transport.abort()
+            return await settled(server, 3.0), server.worker.job_count
+
+    freed, jobs = run(main())
+    assert freed and jobs == 0
