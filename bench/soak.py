@@ -1,0 +1,267 @@
+"""Soak the websocket server: an hour of audio through one session, then through 20 at once.
+
+A server process (bench/serverproc.py: ``SpeechServer`` as ``wavlm-stream serve`` runs it;
+the tiny random-weight model by default, ``--model bundled`` for model/default) receives
+
+1. ``--minutes`` (60) minutes of speech-like audio through ONE websocket session, sent as
+   fast as the server takes it (0.5 s PCM16 messages; the server's backpressure paces it);
+2. ``--sessions`` (20) sessions at once, each streaming ``--multi-minutes`` minutes of the
+   same audio (default: ``--minutes``, an hour each, 20 hours in all; ``--multi-minutes 3``
+   for one hour in all).
+
+The server's RSS (from /proc, the server process only) is sampled every ``--rss-every-s``
+seconds (0.5). Growth = the last sample (all sessions closed) minus the baseline taken once the
+first session has streamed ``--warmup-minutes`` minutes (allocator and caches warmed up).
+Also printed: speed (x real time) of each phase, open sessions and worker jobs at the end
+(must be 0), close codes and error events (must be 1000 and none), and, with ``--verify``
+(default), whether each session's finals equal those of the same audio run alone through
+the same pipeline in this process (after the server phases, so as not to disturb them):
+finals count, segment ids, and exact texts and times.
+
+    python bench/soak.py                               # tiny model: ~10 minutes on 2 shared cores
+    python bench/soak.py --minutes 10 --multi-minutes 1 --no-verify   # a quick look
+    python bench/soak.py --model bundled --minutes 60
+
+Exit status 0 when growth < ``--max-growth-mb`` (20), no session is left open, every
+session closed normally without errors and (with --verify) no final was lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import difflib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from serverproc import PipelineSpec, ServerProcess, build_pipeline  # noqa: E402
+
+RATE = 16000
+
+
+def minute_of_audio(k: int, seed: int) -> np.ndarray:
+    """Minute k of the soak audio (int16): noise bursts at a syllable-like rate with pauses,
+    the same for every session and every run."""
+    rng = np.random.default_rng([seed, k])
+    n = RATE * 60
+    step = RATE // 5                               # 200 ms "syllables"
+    voiced = rng.random(n // step) > 0.35          # pauses end segments
+    env = np.repeat(rng.uniform(0.2, 1.0, n // step) * voiced, step)
+    return (rng.standard_normal(n) * env * 5000).clip(-32768, 32767).astype(np.int16)
+
+
+def audio_blocks(minutes: float, block: int, seed: int):
+    """The soak audio as int16 blocks of ``block`` samples, generated minute by minute
+    (an hour of int16 is 115 MB: never held at once)."""
+    total = int(minutes * 60 * RATE)
+    sent, k, carry = 0, 0, np.zeros(0, np.int16)
+    while sent < total:
+        buf = np.concatenate([carry, minute_of_audio(k, seed)])
+        k += 1
+        i = 0
+        while i + block <= len(buf) and sent < total:
+            n = min(block, total - sent)
+            yield buf[i:i + n]
+            i += n
+            sent += n
+        carry = buf[i:]
+        if sent < total and len(carry) and k * 60 * RATE >= total:
+            yield carry[: total - sent]
+            sent = total
+
+
+class Progress:
+    def __init__(self):
+        self.audio_s = 0.0       # audio sent by all clients so far
+
+
+async def session(port: int, minutes: float, seed: int, block: int, progress: Progress) -> dict:
+    """Stream the soak audio through one session as fast as the server takes it."""
+    from websockets.asyncio.client import connect
+
+    finals, errors = [], []
+    async with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": RATE, "format": "pcm_s16le", "channels": 1}))
+
+        async def reader():
+            async for message in ws:
+                e = json.loads(message)
+                if e["type"] == "final":
+                    e.pop("latency", None)
+                    finals.append(e)
+                elif e["type"] == "error":
+                    errors.append(e)
+
+        task = asyncio.create_task(reader())
+        t0 = time.monotonic()
+        for chunk in audio_blocks(minutes, block, seed):
+            await ws.send(chunk.tobytes())
+            progress.audio_s += len(chunk) / RATE
+        await ws.send('{"type": "stop"}')
+        await task
+        return {"finals": finals, "errors": errors, "code": ws.close_code, "seconds": time.monotonic() - t0}
+
+
+async def sample_rss(server: ServerProcess, progress: Progress, every_s: float, print_every_s: float,
+                     samples: list, stop: asyncio.Event):
+    """Sample the server's RSS every ``every_s`` (print a line every ``print_every_s``)."""
+    t0 = time.monotonic()
+    printed = -print_every_s
+    while not stop.is_set():
+        s = await asyncio.to_thread(server.stats)
+        if s is None:
+            print("  SERVER GONE", flush=True)
+            return
+        samples.append((time.monotonic() - t0, progress.audio_s, s["rss_mb"], s["sessions"]))
+        if samples[-1][0] - printed >= print_every_s:
+            printed = samples[-1][0]
+            print(f"  t={samples[-1][0]:7.1f}s  audio {progress.audio_s / 60:8.1f} min  "
+                  f"rss {s['rss_mb']:7.1f} MB  sessions {s['sessions']:2d}", flush=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(every_s):
+                await stop.wait()
+
+
+def alone_finals(pipeline, minutes: float, seed: int) -> list[dict]:
+    stream = pipeline.new_stream()
+    events = []
+    for chunk in audio_blocks(minutes, RATE * 10, seed):
+        events += stream.feed(chunk, RATE)
+    events += stream.finish()
+    out = []
+    for e in events:
+        if e.type == "final":
+            d = e.to_dict()
+            d.pop("latency", None)
+            out.append(d)
+    return out
+
+
+def compare(got: list[dict], expected: list[dict]) -> dict:
+    same = got == expected
+    text_got = " / ".join(f["text"] for f in got)
+    text_exp = " / ".join(f["text"] for f in expected)
+    return {
+        "identical": same,
+        "finals": len(got), "expected": len(expected),
+        "segments_contiguous": [f["segment"] for f in got] == list(range(len(got))),
+        "text_similarity": 1.0 if same else round(difflib.SequenceMatcher(None, text_got, text_exp,
+                                                                          autojunk=False).ratio(), 4),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="tiny (random weights, default), bundled, or a directory")
+    parser.add_argument("--beam", action=argparse.BooleanOptionalAction, default=None,
+                        help="beam-search finals (default: on for trained models, off for tiny)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="audio through the single session")
+    parser.add_argument("--sessions", type=int, default=20, help="concurrent sessions in phase 2")
+    parser.add_argument("--multi-minutes", type=float, default=None,
+                        help="audio per session in phase 2 (default: --minutes)")
+    parser.add_argument("--block-s", type=float, default=0.5, help="seconds of audio per message")
+    parser.add_argument("--warmup-minutes", type=float, default=5.0, help="RSS baseline after this much audio")
+    parser.add_argument("--rss-every-s", type=float, default=0.5, help="RSS sampling period")
+    parser.add_argument("--print-every-s", type=float, default=10.0, help="progress line period")
+    parser.add_argument("--max-growth-mb", type=float, default=20.0)
+    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare every session's finals with the audio run alone (default on)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (server and the alone runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    multi_minutes = args.multi_minutes if args.multi_minutes is not None else args.minutes
+    block = int(args.block_s * RATE)
+
+    import torch
+    torch.set_num_threads(args.threads)
+    spec = PipelineSpec(model=args.model, beam=args.beam)
+    limits = {"max_sessions": args.sessions + 4, "max_session_s": 4 * 3600.0 + args.minutes * 60,
+              "idle_timeout_s": 120.0}
+    samples: list = []
+    with ServerProcess(spec, limits, threads=args.threads) as server:
+        print(f"server pid {server.pid} port {server.port}, model {args.model}, "
+              f"rss at start {server.rss_mb():.1f} MB", flush=True)
+
+        async def run_all():
+            progress = Progress()
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(sample_rss(server, progress, args.rss_every_s, args.print_every_s, samples, stop))
+            t0 = time.monotonic()
+            single = await session(server.port, args.minutes, args.seed, block, progress)
+            t1 = time.monotonic()
+            after_single = await asyncio.to_thread(server.wait_settled, 30.0)
+            multi = await asyncio.gather(*[session(server.port, multi_minutes, args.seed, block, progress)
+                                           for _ in range(args.sessions)])
+            t2 = time.monotonic()
+            settled = await asyncio.to_thread(server.wait_settled, 30.0)
+            await asyncio.sleep(1.0)
+            stop.set()
+            await sampler
+            final = await asyncio.to_thread(server.stats)
+            if final is not None:
+                samples.append((time.monotonic() - t0, progress.audio_s, final["rss_mb"], final["sessions"]))
+            return single, t1 - t0, after_single, multi, t2 - t1, settled
+
+        single, single_s, after_single, multi, multi_s, settled = asyncio.run(run_all())
+        logs = server.log_counts()
+        alive = server.alive()
+
+    # The baseline: the first sample taken after warm-up minutes of audio in phase 1.
+    warm = next((s for s in samples if s[1] >= args.warmup_minutes * 60), samples[0])
+    end_single = next((s for s in reversed(samples) if s[1] <= args.minutes * 60 + 1), samples[-1])
+    last = samples[-1]
+    peak = max(s[2] for s in samples)
+    growth = last[2] - warm[2]
+
+    print()
+    print(f"phase 1: 1 session, {args.minutes:g} min of audio in {single_s:.1f} s "
+          f"= {args.minutes * 60 / single_s:.1f}x real time; close {single['code']}, "
+          f"{len(single['errors'])} errors, {len(single['finals'])} finals")
+    codes = sorted({r["code"] for r in multi})
+    print(f"phase 2: {args.sessions} sessions x {multi_minutes:g} min = {args.sessions * multi_minutes:g} min "
+          f"of audio in {multi_s:.1f} s = {args.sessions * multi_minutes * 60 / multi_s:.1f}x real time "
+          f"(each session {multi_minutes * 60 / max(r['seconds'] for r in multi):.1f}x); close codes {codes}, "
+          f"{sum(len(r['errors']) for r in multi)} errors")
+    print(f"RSS samples: {len(samples)}; baseline after {warm[1] / 60:.1f} min of audio: {warm[2]:.1f} MB; "
+          f"end of phase 1: {end_single[2]:.1f} MB; peak: {peak:.1f} MB; end: {last[2]:.1f} MB")
+    print(f"RSS growth (end - baseline): {growth:+.1f} MB (phase 1 alone: {end_single[2] - warm[2]:+.1f} MB); "
+          f"limit {args.max_growth_mb:g} MB")
+    print(f"open sessions after phase 1: {None if after_single is None else after_single['sessions']}, "
+          f"at the end: {None if settled is None else settled['sessions']} "
+          f"(worker jobs {None if settled is None else settled['jobs']})")
+    print(f"server alive: {alive}; tracebacks in its log: {logs['tracebacks']}")
+
+    ok = (alive and settled is not None and settled["sessions"] == 0 and settled["jobs"] == 0
+          and growth < args.max_growth_mb and single["code"] == 1000 and not single["errors"]
+          and all(r["code"] == 1000 and not r["errors"] for r in multi))
+    if args.verify:
+        print("verifying against the audio run alone in this process ...", flush=True)
+        pipeline = build_pipeline(spec, server.workdir)
+        t = time.monotonic()
+        exp_single = alone_finals(pipeline, args.minutes, args.seed)
+        exp_multi = exp_single if multi_minutes == args.minutes else alone_finals(pipeline, multi_minutes, args.seed)
+        alone_s = time.monotonic() - t
+        c1 = compare(single["finals"], exp_single)
+        cs = [compare(r["finals"], exp_multi) for r in multi]
+        print(f"  alone runs took {alone_s:.1f} s")
+        print(f"  phase 1 session: {c1}")
+        print(f"  phase 2 sessions identical to alone: {sum(c['identical'] for c in cs)}/{len(cs)}; "
+              f"finals counts {sorted({c['finals'] for c in cs})} (alone {len(exp_multi)}); "
+              f"min text similarity {min(c['text_similarity'] for c in cs)}")
+        lost = [c for c in [c1, *cs] if c["finals"] != c["expected"] or not c["segments_contiguous"]]
+        print(f"  sessions that lost or gained a final: {len(lost)}")
+        ok = ok and not lost
+    print("RESULT", "PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
