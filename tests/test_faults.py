@@ -496,14 +496,42 @@ def test_client_gone_during_the_final_flush_frees_its_session_at_once():
     bench/fuzz_server.py: such sessions stayed open until finish_timeout_s, holding a slot
     of max_sessions and their worker job)."""
     async def main():
-        async with serving(FakePipeline(window_cost_s=0.02), finish_timeout_s=30) as server:
+        async with serving(FakePipeline(window_cost_s=0.02), finish_timeout_s=4) as server:
             ws = await connect(url(server))
             await ws.send(start_msg())
             await stream_audio(ws, encode(["alpha", "bravo", "", "charlie"] * 4), 1600)
             await ws.send('{"type": "stop"}')
             await asyncio.sleep(0.01)
             ws.transport.abort()
-            return await settled(server, 3.0), server.worker.job_count
+            return await settled(server, 1.5), server.worker.job_count
 
     freed, jobs = run(main())
     assert freed and jobs == 0
+
+
+# -- the fuzz and soak scripts, small, in CI (-m slow) --------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def _script(*argv: str, timeout: float) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    out = done.stdout + done.stderr
+    print(out[-6000:])
+    assert done.returncode == 0 and "RESULT PASS" in out, out[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_fuzz_script_small():
+    out = _script("bench/fuzz_server.py", "--messages", "2000", "--report-s", "30", timeout=400)
+    assert "server crashes            0" in out
+
+
+@pytest.mark.slow
+def test_soak_script_small():
+    _script("bench/soak.py", "--minutes", "4", "--sessions", "20", "--multi-minutes", "0.5", "--warmup-minutes", "1",
+            timeout=400)
