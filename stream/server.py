@@ -44,6 +44,7 @@ import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 from websockets.http11 import Request, Response
 
 from decoders.events import ErrorEvent, Event, Partial
@@ -508,7 +509,9 @@ class _Session:
         self.backlog_s = max(0.0, self.backlog_s - result.consumed_s)
         if self.backlog_s <= self.limits.max_backlog_s:
             self.backlog_ok.set()
-        if self.dead:
+        if self.dead:  # nothing can be sent any more, but run() may be waiting for the flush
+            if result.finished or result.fatal is not None:
+                self.finished.set()
             return
         if self.dialect == "vosk":
             self._vosk_result(result)
@@ -644,10 +647,16 @@ class _Session:
         try:
             await self.read_loop()
             if not self.dead:
-                try:
-                    async with asyncio.timeout(self.limits.finish_timeout_s):
-                        await self.finished.wait()
-                except TimeoutError:
+                # The flush, unless the client goes away first (then there is nobody to send to).
+                flushed = asyncio.ensure_future(self.finished.wait())
+                gone = asyncio.ensure_future(self.ws.wait_closed())
+                await asyncio.wait({flushed, gone}, timeout=self.limits.finish_timeout_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                flushed.cancel()
+                gone.cancel()
+                if self.ws.state is State.CLOSED or self.dead:
+                    return
+                if not self.finished.is_set():
                     self.send_error("internal_error", "timed out flushing the stream")
                 if self.close_after_send is None:
                     self.close_when_sent(1000, "done")

@@ -323,6 +323,23 @@ def test_many_clients_coming_and_going_leave_no_state_behind():
     assert alive == 0, "some stream state outlived its session"
 
 
+def test_client_gone_during_the_final_flush_frees_its_session_at_once():
+    """Stop, then vanish while the stream is still being flushed: nothing waits for the flush."""
+    async def main():
+        async with serving(FakePipeline(window_cost_s=0.02), finish_timeout_s=30) as server:
+            ws = await connect(url(server))
+            await ws.send(start_msg())
+            await stream_audio(ws, encode(["alpha", "bravo", "", "charlie"] * 4), 1600)
+            await ws.send('{"type": "stop"}')
+            await asyncio.sleep(0.01)
+            ws.transport.abort()
+            t0 = time.monotonic()
+            return await settled(server, 5), time.monotonic() - t0
+
+    freed, seconds = run(main())
+    assert freed and seconds < 1.5
+
+
 def test_client_that_stops_reading_is_closed_and_others_are_not():
     fake = FakePipeline(event_padding=200_000)   # every final is a 200 kB message
     flood = encode(["alpha", ""] * 150)
