@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import itertools
 import logging
 import signal
@@ -132,8 +133,14 @@ def resolve_static(web_root: Path, url_path: str) -> Path | None:
     return target
 
 
-def origin_allowed(headers: Headers, allowed: tuple[str, ...] | None) -> bool:
-    """Whether a websocket handshake's Origin may connect (see ServerConfig.allowed_origins)."""
+def origin_allowed(headers: Headers, allowed: tuple[str, ...] | None, loopback: bool = False) -> bool:
+    """Whether a websocket handshake may go on (see ServerConfig.allowed_origins).
+
+    Default (no allow list): a browser's Origin must be the page's own origin (its host:port
+    equals the Host header) and, on a loopback-bound server (``loopback``), the Host must be a
+    loopback name too, or a page on a DNS name that rebinds to 127.0.0.1 (Origin and Host
+    both evil.example:PORT) would pass. Clients that send no Origin (not browsers) may connect.
+    """
     origin = headers.get("Origin")
     if origin is None:
         return True
@@ -141,7 +148,27 @@ def origin_allowed(headers: Headers, allowed: tuple[str, ...] | None) -> bool:
         return "*" in allowed or origin.rstrip("/") in {a.rstrip("/") for a in allowed}
     parsed = urllib.parse.urlsplit(origin)
     host = headers.get("Host", "")
+    if loopback and not is_loopback_host(host):
+        return False
     return parsed.scheme in ("http", "https") and parsed.netloc.lower() == host.lower()
+
+
+def is_loopback_host(host_header: str) -> bool:
+    """Whether a Host header ("name", "name:port", "[v6]:port") names this machine's loopback."""
+    name = urllib.parse.urlsplit("//" + host_header).hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_loopback_ip(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # -- the inference worker -------------------------------------------------------------
@@ -683,6 +710,8 @@ class SpeechServer:
         self.stats: Counter[str] = Counter()  # sessions, server_busy, slow_client, internal_error
         self._ids = itertools.count(1)
         self._server = None
+        # Bound to loopback only: then browsers must also name a loopback host (DNS rebinding).
+        self._loopback = config.host == "localhost" or _is_loopback_ip(config.host)
 
     @property
     def port(self) -> int:
@@ -724,7 +753,7 @@ class SpeechServer:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             if path not in WS_PATHS:
                 return connection.respond(404, "no websocket at this path\n")
-            if not origin_allowed(request.headers, self.config.allowed_origins):
+            if not origin_allowed(request.headers, self.config.allowed_origins, self._loopback):
                 return connection.respond(403, "origin not allowed\n")
             return None
         target = resolve_static(self.config.web_root, request.path)

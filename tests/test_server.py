@@ -487,6 +487,34 @@ def test_origins_same_origin_by_default_and_an_allow_list():
     assert listed == [101, 101, 403]
 
 
+def test_loopback_server_refuses_a_rebound_dns_name():
+    """A page on evil.example that rebinds to 127.0.0.1 sends Origin and Host evil.example:PORT."""
+    async def attempt(server, host):
+        origin = f"http://{host}:{server.port}"
+        try:
+            async with connect(f"ws://{host}:{server.port}/ws", host="127.0.0.1", port=server.port,
+                               additional_headers={"Origin": origin}, origin=None):
+                return 101
+        except InvalidStatus as e:
+            return e.response.status_code
+
+    async def main():
+        async with serving(FakePipeline()) as server:
+            return [await attempt(server, h) for h in ("rebind.evil.example", "localhost", "127.0.0.1")]
+
+    assert run(main()) == [403, 101, 101]
+
+
+def test_is_loopback_host():
+    from stream.server import is_loopback_host
+
+    for host in ("localhost", "localhost:8765", "127.0.0.1", "127.0.0.1:80", "127.9.9.9:1", "[::1]:8765", "[::1]"):
+        assert is_loopback_host(host), host
+    for host in ("evil.example", "evil.example:8765", "10.0.0.1:8765", "[::2]:1", "", "localhost.evil.example",
+                 "127.0.0.1.evil.example:8765", "0.0.0.0:8765"):
+        assert not is_loopback_host(host), host
+
+
 def test_websocket_on_an_unknown_path_is_404():
     async def main():
         async with serving(FakePipeline()) as server:
