@@ -221,11 +221,17 @@ class Extracted:
     windows: list[Recorded] | None = None
     geometry: tuple[float, float] | None = None        # (window_s, hop_s) of `windows`
     engine_events: list | None = None                  # (emitted_at, SpeakerChange) from the engine
+    make_windows: object = None                        # config -> windows (oracle embeddings)
     _cache: dict = dataclasses.field(default_factory=dict)
 
 
 def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Recorded]:
     """The windows a tracker with `config` sees (pooled from the recorded chunks when possible)."""
+    if ex.make_windows is not None:
+        key = (config.window_s, config.hop_s)
+        if key not in ex._cache:
+            ex._cache[key] = ex.make_windows(config)
+        return ex._cache[key]
     if ex.chunks is None:
         if ex.geometry != (config.window_s, config.hop_s):
             raise SystemExit("window geometry can only be varied for the bundled speaker head")
@@ -339,6 +345,54 @@ def offline_extractor(args, config: SpeakerTrackerConfig, model):
         chunks = [(a, feats[a:a + chunk], min(a + chunk, feats.shape[0]) * stride / SR + right_s)
                   for a in range(0, feats.shape[0], chunk)]
         return Extracted(vad.speech(0, vad.frames) >= 0.5, chunks)
+    return run
+
+
+def oracle_extractor(args, noise: float, dim: int = 64):
+    """A function meeting -> Extracted with *oracle* embeddings, to measure the tracker alone.
+
+    Each reference speaker gets a random unit vector; a window's embedding is the mix of the
+    vectors of the speakers heard in it (weighted by their speech time in the window) plus
+    Gaussian noise of norm ~`noise`; speech fractions and frame speech come from the energy
+    VAD of the audio, emission times from the engine's chunk + lookahead, as for the model.
+    What the tracker scores here is its own timing and logic on the real turn structure
+    (pauses, overlaps, short turns), with embeddings as good as `noise` allows.
+    """
+    from stream.speakers import EnergyVAD
+
+    chunk_s, right_s = args.chunk_ms / 1000, args.right_ms / 1000
+
+    def run(meeting: Meeting) -> Extracted:
+        vad = EnergyVAD(keep_frames=None)
+        vad.push(meeting.audio)
+        speech = vad.speech(0, vad.frames) >= 0.5
+        rng = np.random.default_rng(abs(hash(meeting.name)) % 2**32)
+        labels = sorted({t.label for t in meeting.ref})
+        vec = {lab: v / np.linalg.norm(v) for lab, v in zip(labels, rng.standard_normal((len(labels), dim)))}
+        total = len(meeting.audio) / SR
+
+        def make(cfg: SpeakerTrackerConfig) -> list[Recorded]:
+            out = []
+            k = int(np.ceil(cfg.window_s / cfg.hop_s - 1e-9))
+            while k * cfg.hop_s <= total + 1e-9:
+                end = k * cfg.hop_s
+                start = max(0.0, end - cfg.window_s)
+                f0, f1 = int(round(start / 0.02)), int(round(end / 0.02))
+                frac = float(speech[f0:f1].mean()) if f1 > f0 else 0.0
+                mix = np.zeros(dim)
+                for t in meeting.ref:
+                    ov = min(end, t.end) - max(start, t.start)
+                    if ov > 0:
+                        mix += ov * vec[t.label]
+                emitted = np.ceil(end / chunk_s - 1e-9) * chunk_s + right_s
+                if frac > 0 and mix.any():
+                    e = mix / np.linalg.norm(mix) + noise * rng.standard_normal(dim) / np.sqrt(dim)
+                    out.append(Recorded(start, end, e, frac, emitted))
+                else:
+                    out.append(Recorded(start, end, None, frac, emitted))
+                k += 1
+            return out
+        return Extracted(speech, make_windows=make)
     return run
 
 
@@ -466,7 +520,7 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
         half = max(1, len(meetings) // 2)
         dev, test = everyone[:half], everyone[half:]
         geometries = [(config.window_s, config.hop_s)]
-        if extracted[0].chunks is not None:
+        if extracted[0].chunks is not None or extracted[0].make_windows is not None:
             # Hops that divide the engine's 640 ms chunk end windows at chunk ends (no wait for the grid).
             geometries = [(w, h) for w in (1.0, 1.28, 1.5, 2.0) for h in (0.32, 0.5)]
         best = None
@@ -527,6 +581,9 @@ def main(argv=None) -> None:
     p.add_argument("--min-speech", type=float, default=SpeakerTrackerConfig.min_speech_fraction)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rttm-dir", default=None, help="write the tracker's RTTM per meeting here")
+    p.add_argument("--oracle-noise", type=float, default=None, metavar="NOISE",
+                   help="instead of a model: oracle embeddings (reference speakers' random vectors mixed by "
+                        "window content, plus noise of this norm), to measure the tracker's own timing and logic")
     args = p.parse_args(argv)
 
     import torch
@@ -549,10 +606,16 @@ def main(argv=None) -> None:
         groups.append(("real recorded voices (asterisk prompts)", build_real_meetings(args.real, args.real_seconds)))
     if not groups:
         raise SystemExit(f"no meetings: {mdir} has no audio with .rttm, and --real was not given")
-    model = load_model(args.model or DEFAULT_MODEL)
-    extract = (engine_extractor if args.via == "engine" else offline_extractor)(args, config, model)
-    print(f"embeddings via {args.via}; model {args.model or 'bundled default'}"
-          f"{'; speaker model ' + args.speaker_model if args.speaker_model else ''}; "
+    if args.oracle_noise is not None:
+        model = None
+        extract = oracle_extractor(args, args.oracle_noise)
+        source = f"ORACLE embeddings (noise {args.oracle_noise})"
+    else:
+        model = load_model(args.model or DEFAULT_MODEL)
+        extract = (engine_extractor if args.via == "engine" else offline_extractor)(args, config, model)
+        source = (f"embeddings via {args.via}; model {args.model or 'bundled default'}"
+                  f"{'; speaker model ' + args.speaker_model if args.speaker_model else ''}")
+    print(f"{source}; "
           f"chunk {args.chunk_ms:.0f} ms, right {args.right_ms:.0f} ms; latency = stream position at emission "
           f"minus the reference change time")
     for name, meetings in groups:
