@@ -4,14 +4,18 @@ A server process (bench/serverproc.py: ``SpeechServer`` as ``wavlm-stream serve`
 the tiny random-weight model by default, ``--model bundled`` for model/default) receives
 
 1. ``--minutes`` (60) minutes of speech-like audio through ONE websocket session, sent as
-   fast as the server takes it (0.5 s PCM16 messages; the server's backpressure paces it);
+   fast as the server takes it (0.5 s PCM16 messages, at most ``--max-lead-s`` seconds of
+   audio unread by the server: see ``session``; ``--unpaced`` drops that limit);
 2. ``--sessions`` (20) sessions at once, each streaming ``--multi-minutes`` minutes of the
    same audio (default: ``--minutes``, an hour each, 20 hours in all; ``--multi-minutes 3``
    for one hour in all).
 
 The server's RSS (from /proc, the server process only) is sampled every ``--rss-every-s``
-seconds (0.5). Growth = the last sample (all sessions closed) minus the baseline taken once the
-first session has streamed ``--warmup-minutes`` minutes (allocator and caches warmed up).
+seconds (0.5). Growth of each phase = its last sample minus its baseline, taken once every
+session of the phase has streamed ``--warmup-minutes`` (5) minutes (or a quarter of its
+audio if that is less): allocator pools, caches and the streams' own bounded state are then
+in the baseline, so growth is what accumulates with the audio (a leak). RSS after all
+sessions closed is printed too.
 Also printed: speed (x real time) of each phase, open sessions and worker jobs at the end
 (must be 0), close codes and error events (must be 1000 and none), and, with ``--verify``
 (default), whether each session's finals equal those of the same audio run alone through
@@ -22,7 +26,7 @@ finals count, segment ids, and exact texts and times.
     python bench/soak.py --minutes 10 --multi-minutes 1 --no-verify   # a quick look
     python bench/soak.py --model bundled --minutes 60
 
-Exit status 0 when growth < ``--max-growth-mb`` (20), no session is left open, every
+Exit status 0 when both growths < ``--max-growth-mb`` (20), no session is left open, every
 session closed normally without errors and (with --verify) no final was lost.
 """
 
@@ -35,6 +39,7 @@ import difflib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,34 +85,82 @@ def audio_blocks(minutes: float, block: int, seed: int):
 
 class Progress:
     def __init__(self):
-        self.audio_s = 0.0       # audio sent by all clients so far
+        self.audio_s = 0.0       # audio sent by all clients in the current phase
+        self.phase = 1
 
 
-async def session(port: int, minutes: float, seed: int, block: int, progress: Progress) -> dict:
-    """Stream the soak audio through one session as fast as the server takes it."""
+async def session(port: int, minutes: float, seed: int, block: int, progress: Progress,
+                  max_lead_s: float | None) -> dict:
+    """Stream the soak audio through one session faster than real time.
+
+    max_lead_s: flow control. The client pings the server every second of audio; the server
+    answers a ping only once it has read everything sent before it, so awaiting the pong of
+    the audio sent ``max_lead_s`` ago keeps at most that much audio unread in the socket.
+    None: send as fast as the socket takes it (then megabytes of audio can sit in the
+    kernel buffers, in front of the client's answers to the server's keepalive pings).
+    """
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
 
     finals, errors = [], []
-    async with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
-        await ws.send(json.dumps({"type": "start", "sample_rate": RATE, "format": "pcm_s16le", "channels": 1}))
+    t0 = time.monotonic()
+    failure = None
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": RATE, "format": "pcm_s16le", "channels": 1}))
 
-        async def reader():
-            async for message in ws:
-                e = json.loads(message)
-                if e["type"] == "final":
-                    e.pop("latency", None)
-                    finals.append(e)
-                elif e["type"] == "error":
-                    errors.append(e)
+            async def reader():
+                with contextlib.suppress(ConnectionClosed):
+                    async for message in ws:
+                        e = json.loads(message)
+                        if e["type"] == "final":
+                            e.pop("latency", None)
+                            finals.append(e)
+                        elif e["type"] == "error":
+                            errors.append(e)
 
-        task = asyncio.create_task(reader())
-        t0 = time.monotonic()
-        for chunk in audio_blocks(minutes, block, seed):
-            await ws.send(chunk.tobytes())
-            progress.audio_s += len(chunk) / RATE
-        await ws.send('{"type": "stop"}')
-        await task
-        return {"finals": finals, "errors": errors, "code": ws.close_code, "seconds": time.monotonic() - t0}
+            task = asyncio.create_task(reader())
+            pings: list[tuple[float, asyncio.Future]] = []     # (audio seconds sent before it, pong)
+            sent_s = next_ping = 0.0
+            try:
+                for chunk in audio_blocks(minutes, block, seed):
+                    await ws.send(chunk.tobytes())
+                    sent_s += len(chunk) / RATE
+                    progress.audio_s += len(chunk) / RATE
+                    if max_lead_s is not None:
+                        if sent_s >= next_ping:
+                            pings.append((sent_s, await ws.ping()))
+                            next_ping = sent_s + 1.0
+                        while pings and sent_s - pings[0][0] > max_lead_s:
+                            await pings.pop(0)[1]
+                await ws.send('{"type": "stop"}')
+            except ConnectionClosed as e:
+                failure = f"connection closed while sending: {e}"
+            await task
+            code = ws.close_code
+    except (OSError, ConnectionClosed) as e:
+        failure, code = f"{type(e).__name__}: {e}", None
+    if failure is None and code != 1000:
+        failure = f"closed with {code}: {ws.close_reason}"
+    return {"finals": finals, "errors": errors, "code": code, "failure": failure,
+            "seconds": time.monotonic() - t0}
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float          # seconds since the start
+    phase: int        # 1: one session, 2: many, 3: after all sessions closed
+    audio_s: float    # audio sent in this phase so far (all sessions)
+    rss_mb: float     # the server process's RSS
+    sessions: int     # open sessions
+
+
+def growth(samples: list[Sample], phase: int, warm_audio_s: float) -> tuple[Sample, Sample] | None:
+    """(baseline, last) of a phase: the first sample once warm_audio_s of audio was sent in
+    the phase, and the phase's last sample."""
+    mine = [s for s in samples if s.phase == phase]
+    warm = [s for s in mine if s.audio_s >= warm_audio_s]
+    return (warm[0], mine[-1]) if warm else None
 
 
 async def sample_rss(server: ServerProcess, progress: Progress, every_s: float, print_every_s: float,
@@ -120,10 +173,10 @@ async def sample_rss(server: ServerProcess, progress: Progress, every_s: float, 
         if s is None:
             print("  SERVER GONE", flush=True)
             return
-        samples.append((time.monotonic() - t0, progress.audio_s, s["rss_mb"], s["sessions"]))
-        if samples[-1][0] - printed >= print_every_s:
-            printed = samples[-1][0]
-            print(f"  t={samples[-1][0]:7.1f}s  audio {progress.audio_s / 60:8.1f} min  "
+        samples.append(Sample(time.monotonic() - t0, progress.phase, progress.audio_s, s["rss_mb"], s["sessions"]))
+        if samples[-1].t - printed >= print_every_s:
+            printed = samples[-1].t
+            print(f"  t={samples[-1].t:7.1f}s  phase {progress.phase}  audio {progress.audio_s / 60:8.1f} min  "
                   f"rss {s['rss_mb']:7.1f} MB  sessions {s['sessions']:2d}", flush=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(every_s):
@@ -168,6 +221,10 @@ def main(argv=None) -> int:
     parser.add_argument("--multi-minutes", type=float, default=None,
                         help="audio per session in phase 2 (default: --minutes)")
     parser.add_argument("--block-s", type=float, default=0.5, help="seconds of audio per message")
+    parser.add_argument("--max-lead-s", type=float, default=5.0,
+                        help="flow control: most audio seconds unread by the server (see session())")
+    parser.add_argument("--unpaced", action="store_true",
+                        help="no flow control: send as fast as the sockets take it")
     parser.add_argument("--warmup-minutes", type=float, default=5.0, help="RSS baseline after this much audio")
     parser.add_argument("--rss-every-s", type=float, default=0.5, help="RSS sampling period")
     parser.add_argument("--print-every-s", type=float, default=10.0, help="progress line period")
@@ -195,31 +252,37 @@ def main(argv=None) -> int:
             stop = asyncio.Event()
             sampler = asyncio.create_task(sample_rss(server, progress, args.rss_every_s, args.print_every_s, samples, stop))
             t0 = time.monotonic()
-            single = await session(server.port, args.minutes, args.seed, block, progress)
+            lead = None if args.unpaced else args.max_lead_s
+            single = await session(server.port, args.minutes, args.seed, block, progress, lead)
             t1 = time.monotonic()
             after_single = await asyncio.to_thread(server.wait_settled, 30.0)
-            multi = await asyncio.gather(*[session(server.port, multi_minutes, args.seed, block, progress)
+            progress.phase, progress.audio_s = 2, 0.0
+            multi = await asyncio.gather(*[session(server.port, multi_minutes, args.seed, block, progress, lead)
                                            for _ in range(args.sessions)])
             t2 = time.monotonic()
             settled = await asyncio.to_thread(server.wait_settled, 30.0)
-            await asyncio.sleep(1.0)
+            progress.phase = 3
+            await asyncio.sleep(2.0)
             stop.set()
             await sampler
             final = await asyncio.to_thread(server.stats)
             if final is not None:
-                samples.append((time.monotonic() - t0, progress.audio_s, final["rss_mb"], final["sessions"]))
+                samples.append(Sample(time.monotonic() - t0, 3, progress.audio_s, final["rss_mb"], final["sessions"]))
             return single, t1 - t0, after_single, multi, t2 - t1, settled
 
         single, single_s, after_single, multi, multi_s, settled = asyncio.run(run_all())
         logs = server.log_counts()
         alive = server.alive()
 
-    # The baseline: the first sample taken after warm-up minutes of audio in phase 1.
-    warm = next((s for s in samples if s[1] >= args.warmup_minutes * 60), samples[0])
-    end_single = next((s for s in reversed(samples) if s[1] <= args.minutes * 60 + 1), samples[-1])
-    last = samples[-1]
-    peak = max(s[2] for s in samples)
-    growth = last[2] - warm[2]
+    # Baselines: phase 1 after --warmup-minutes of its audio; phase 2 after each session has
+    # streamed the same (or a quarter of its audio, if less), so that the memory the 20
+    # concurrent streams legitimately hold is in the baseline and growth means a leak.
+    warm2 = min(args.warmup_minutes, multi_minutes / 4)
+    g1 = growth(samples, 1, args.warmup_minutes * 60)
+    g2 = growth(samples, 2, warm2 * 60 * args.sessions)
+    start_rss, last = samples[0].rss_mb, samples[-1]
+    peak = max(s.rss_mb for s in samples)
+    growths = [b.rss_mb - a.rss_mb for a, b in (g1, g2)] if g1 and g2 else []
 
     print()
     print(f"phase 1: 1 session, {args.minutes:g} min of audio in {single_s:.1f} s "
@@ -230,17 +293,29 @@ def main(argv=None) -> int:
           f"of audio in {multi_s:.1f} s = {args.sessions * multi_minutes * 60 / multi_s:.1f}x real time "
           f"(each session {multi_minutes * 60 / max(r['seconds'] for r in multi):.1f}x); close codes {codes}, "
           f"{sum(len(r['errors']) for r in multi)} errors")
-    print(f"RSS samples: {len(samples)}; baseline after {warm[1] / 60:.1f} min of audio: {warm[2]:.1f} MB; "
-          f"end of phase 1: {end_single[2]:.1f} MB; peak: {peak:.1f} MB; end: {last[2]:.1f} MB")
-    print(f"RSS growth (end - baseline): {growth:+.1f} MB (phase 1 alone: {end_single[2] - warm[2]:+.1f} MB); "
-          f"limit {args.max_growth_mb:g} MB")
+    for i, r in enumerate([single, *multi]):
+        if r["failure"]:
+            print(f"  session {i} ({'phase 1' if i == 0 else 'phase 2'}) FAILED: {r['failure']}")
+    print(f"RSS samples: {len(samples)} (every {args.rss_every_s:g} s); start {start_rss:.1f} MB, "
+          f"peak {peak:.1f} MB, after all sessions closed {last.rss_mb:.1f} MB")
+    for name, g, warm in (("phase 1", g1, args.warmup_minutes), ("phase 2", g2, warm2)):
+        if g is None:
+            print(f"RSS growth {name}: not measured (the phase had less audio than its warm-up)")
+        else:
+            print(f"RSS growth {name}: {g[1].rss_mb - g[0].rss_mb:+.1f} MB ({g[0].rss_mb:.1f} MB after "
+                  f"{warm:g} min of audio per session -> {g[1].rss_mb:.1f} MB at the end of the phase); "
+                  f"limit {args.max_growth_mb:g} MB")
+    if g1:
+        print(f"RSS from the phase 1 baseline to after everything closed: {last.rss_mb - g1[0].rss_mb:+.1f} MB "
+              f"(includes what 20 concurrent streams left in the allocator's pools)")
     print(f"open sessions after phase 1: {None if after_single is None else after_single['sessions']}, "
           f"at the end: {None if settled is None else settled['sessions']} "
           f"(worker jobs {None if settled is None else settled['jobs']})")
     print(f"server alive: {alive}; tracebacks in its log: {logs['tracebacks']}")
 
     ok = (alive and settled is not None and settled["sessions"] == 0 and settled["jobs"] == 0
-          and growth < args.max_growth_mb and single["code"] == 1000 and not single["errors"]
+          and len(growths) == 2 and max(growths) < args.max_growth_mb
+          and single["code"] == 1000 and not single["errors"]
           and all(r["code"] == 1000 and not r["errors"] for r in multi))
     if args.verify:
         print("verifying against the audio run alone in this process ...", flush=True)
