@@ -487,10 +487,6 @@ def test_server_shutdown_with_live_sessions_closes_them():
     assert all(c is not None for c in codes) and not alive
 
 
-@pytest.mark.xfail(strict=True, reason="stream/server.py _Session.on_result returns at once when the session is "
-                                       "dead (a send failed because the client vanished), before it sets "
-                                       "`finished` for the flush result; run() then waits finish_timeout_s "
-                                       "(60 s) with the session slot and the worker job held")
 def test_client_gone_during_the_final_flush_frees_its_session_at_once():
     """A client sends stop and vanishes while its stream is still being processed (found by
     bench/fuzz_server.py: such sessions stayed open until finish_timeout_s, holding a slot

@@ -166,12 +166,9 @@ def test_same_origin_default_is_exact():
     assert got == cases
 
 
-@pytest.mark.xfail(strict=True, reason="DNS rebinding: stream/server.py origin_allowed's same-origin default "
-                                       "compares Origin with the Host header only, so a page on a DNS name "
-                                       "that rebinds to 127.0.0.1 (Origin and Host both evil.example:PORT) "
-                                       "is let in; a loopback-bound server should also require a loopback "
-                                       "Host (localhost / 127.0.0.1 / [::1]) unless origins are allowed")
 def test_dns_rebinding_host_is_refused_on_a_loopback_server():
+    """A page on a DNS name rebound to 127.0.0.1 sends Origin and Host both naming that name:
+    same-origin by the headers, but a loopback-bound server must refuse a non-loopback Host."""
     async def main():
         async with serving(FakePipeline()) as server:
             return await _attempt(server, f"http://rebind.evil.example:{server.port}", host="rebind.evil.example")
