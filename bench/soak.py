@@ -12,7 +12,7 @@ the tiny random-weight model by default, ``--model bundled`` for model/default) 
 
 The server's RSS (from /proc, the server process only) is sampled every ``--rss-every-s``
 seconds (0.5). Growth of each phase = its last sample minus its baseline, taken once every
-session of the phase has streamed ``--warmup-minutes`` (5) minutes (or a quarter of its
+session of the phase has streamed ``--warmup-minutes`` (10) minutes (or a quarter of its
 audio if that is less): allocator pools, caches and the streams' own bounded state are then
 in the baseline, so growth is what accumulates with the audio (a leak). RSS after all
 sessions closed is printed too.
@@ -225,7 +225,8 @@ def main(argv=None) -> int:
                         help="flow control: most audio seconds unread by the server (see session())")
     parser.add_argument("--unpaced", action="store_true",
                         help="no flow control: send as fast as the sockets take it")
-    parser.add_argument("--warmup-minutes", type=float, default=5.0, help="RSS baseline after this much audio")
+    parser.add_argument("--warmup-minutes", type=float, default=10.0,
+                        help="RSS baseline after this much audio per session")
     parser.add_argument("--rss-every-s", type=float, default=0.5, help="RSS sampling period")
     parser.add_argument("--print-every-s", type=float, default=10.0, help="progress line period")
     parser.add_argument("--max-growth-mb", type=float, default=20.0)
@@ -305,9 +306,18 @@ def main(argv=None) -> int:
             print(f"RSS growth {name}: {g[1].rss_mb - g[0].rss_mb:+.1f} MB ({g[0].rss_mb:.1f} MB after "
                   f"{warm:g} min of audio per session -> {g[1].rss_mb:.1f} MB at the end of the phase); "
                   f"limit {args.max_growth_mb:g} MB")
+    for phase, per_session in ((1, args.minutes), (2, multi_minutes)):
+        mine = [s for s in samples if s.phase == phase]
+        if mine:
+            total = max(s.audio_s for s in mine) or 1.0
+            marks = []
+            for q in range(0, 11):
+                at = next((s for s in mine if s.audio_s >= total * q / 10), mine[-1])
+                marks.append(f"{per_session * q / 10:g}:{at.rss_mb:.1f}")
+            print(f"RSS (MB) over phase {phase}, by minutes of audio per session: {'  '.join(marks)}")
     if g1:
         print(f"RSS from the phase 1 baseline to after everything closed: {last.rss_mb - g1[0].rss_mb:+.1f} MB "
-              f"(includes what 20 concurrent streams left in the allocator's pools)")
+              f"(includes what {args.sessions} concurrent streams left in the allocator's pools)")
     print(f"open sessions after phase 1: {None if after_single is None else after_single['sessions']}, "
           f"at the end: {None if settled is None else settled['sessions']} "
           f"(worker jobs {None if settled is None else settled['jobs']})")
