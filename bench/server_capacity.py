@@ -187,10 +187,7 @@ def capacity(which: str, batching: bool, args, audio: np.ndarray) -> int:
         print(f"\n{which} model ({info['params_m']} M params, {info['hidden']} x {info['layers']}, "
               f"{'beam' if info['beam'] else 'greedy'} finals), batching {'on' if batching else 'off'}")
         print(f"{'streams':>8} {'p50 s':>7} {'p95 s':>7} {'flush s':>8} {'slip s':>7} {'max batch':>9}  sustained")
-        best = 0
-        for n in args.ladder:
-            if n > args.max_streams:
-                break
+        def step(n: int) -> bool:
             r = asyncio.run(trial(info["port"], n, audio, args.duration))
             parent.send("stats")
             stats = parent.recv()
@@ -202,10 +199,23 @@ def capacity(which: str, batching: bool, args, audio: np.ndarray) -> int:
             note += "  (no caption events: flush lag and slip only)" if r["events"] == 0 else ""
             print(f"{n:>8} {r['p50']:>7.2f} {r['p95']:>7.2f} {r['finish_lag']:>8.2f} {r['slip']:>7.2f} "
                   f"{stats['max_batch']:>9}  {'yes' if ok else 'no'}{note}", flush=True)
-            if not ok:
+            time.sleep(1.0)   # let the server drain before the next step
+            return ok
+
+        best, worst = 0, None   # the most streams sustained, the fewest not sustained
+        for n in args.ladder:
+            if n > args.max_streams:
+                break
+            if not step(n):
+                worst = n
                 break
             best = n
-            time.sleep(1.0)   # let the server drain before the next step
+        while worst is not None and worst - best > 1:   # bisect between the ladder's steps
+            n = (best + worst) // 2
+            if step(n):
+                best = n
+            else:
+                worst = n
         return best
     finally:
         proc.terminate()
