@@ -348,12 +348,13 @@ def offline_extractor(args, config: SpeakerTrackerConfig, model):
     return run
 
 
-def oracle_extractor(args, noise: float, dim: int = 64):
+def oracle_extractor(args, noise: float, outliers: float = 0.0, dim: int = 64):
     """A function meeting -> Extracted with *oracle* embeddings, to measure the tracker alone.
 
     Each reference speaker gets a random unit vector; a window's embedding is the mix of the
     vectors of the speakers heard in it (weighted by their speech time in the window) plus
-    Gaussian noise of norm ~`noise`; speech fractions and frame speech come from the energy
+    Gaussian noise of norm ~`noise` (and, with probability `outliers`, an unrelated random
+    vector instead: a cough, a laugh); speech fractions and frame speech come from the energy
     VAD of the audio, emission times from the engine's chunk + lookahead, as for the model.
     What the tracker scores here is its own timing and logic on the real turn structure
     (pauses, overlaps, short turns), with embeddings as good as `noise` allows.
@@ -387,6 +388,8 @@ def oracle_extractor(args, noise: float, dim: int = 64):
                 emitted = np.ceil(end / chunk_s - 1e-9) * chunk_s + right_s
                 if frac > 0 and mix.any():
                     e = mix / np.linalg.norm(mix) + noise * rng.standard_normal(dim) / np.sqrt(dim)
+                    if rng.random() < outliers:
+                        e = rng.standard_normal(dim)
                     out.append(Recorded(start, end, e, frac, emitted))
                 else:
                     out.append(Recorded(start, end, None, frac, emitted))
@@ -584,6 +587,8 @@ def main(argv=None) -> None:
     p.add_argument("--oracle-noise", type=float, default=None, metavar="NOISE",
                    help="instead of a model: oracle embeddings (reference speakers' random vectors mixed by "
                         "window content, plus noise of this norm), to measure the tracker's own timing and logic")
+    p.add_argument("--oracle-outliers", type=float, default=0.0, metavar="P",
+                   help="with --oracle-noise: this fraction of speech windows get an unrelated random embedding")
     args = p.parse_args(argv)
 
     import torch
@@ -608,8 +613,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"no meetings: {mdir} has no audio with .rttm, and --real was not given")
     if args.oracle_noise is not None:
         model = None
-        extract = oracle_extractor(args, args.oracle_noise)
-        source = f"ORACLE embeddings (noise {args.oracle_noise})"
+        extract = oracle_extractor(args, args.oracle_noise, args.oracle_outliers)
+        source = f"ORACLE embeddings (noise {args.oracle_noise}, outliers {args.oracle_outliers})"
     else:
         model = load_model(args.model or DEFAULT_MODEL)
         extract = (engine_extractor if args.via == "engine" else offline_extractor)(args, config, model)
