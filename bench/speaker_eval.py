@@ -42,6 +42,7 @@ import dataclasses
 import glob
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -367,7 +368,7 @@ def oracle_extractor(args, noise: float, outliers: float = 0.0, dim: int = 64):
         vad = EnergyVAD(keep_frames=None)
         vad.push(meeting.audio)
         speech = vad.speech(0, vad.frames) >= 0.5
-        rng = np.random.default_rng(abs(hash(meeting.name)) % 2**32)
+        rng = np.random.default_rng(zlib.crc32(meeting.name.encode()))
         labels = sorted({t.label for t in meeting.ref})
         vec = {lab: v / np.linalg.norm(v) for lab, v in zip(labels, rng.standard_normal((len(labels), dim)))}
         total = len(meeting.audio) / SR
