@@ -431,6 +431,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (server and the alone runs)")
     parser.add_argument("--report-s", type=float, default=5.0, help="progress line every this many seconds")
+    parser.add_argument("--objects", action="store_true",
+                        help="also print which kinds of live objects in the server grew (a leak hunt)")
     args = parser.parse_args(argv)
 
     import torch
@@ -449,6 +451,7 @@ def main(argv=None) -> int:
         print(f"server pid {server.pid} port {server.port}, model {args.model}; "
               f"{len(clips)} reference clips ({sum(len(c[2]) for c in clips)} finals alone)", flush=True)
         rss_start = server.rss_mb()
+        objects_start = server.objects() if args.objects else None
         t0 = time.monotonic()
         tally, results, samples = asyncio.run(main_async(args, server, clips))
         elapsed = time.monotonic() - t0
@@ -460,6 +463,7 @@ def main(argv=None) -> int:
         final = server.wait_settled(70.0) if alive else None
         logs = server.log_counts()
         rss_end = server.rss_mb() if alive else float("nan")
+        objects_end = server.objects() if args.objects and alive else None
 
     crashed = not alive or final is None or not final.get("worker_alive", False)
     print()
@@ -486,6 +490,10 @@ def main(argv=None) -> int:
     print(f"server RSS                {rss_start:.1f} -> {rss_end:.1f} MB "
           f"(peak sampled {max((s['rss_mb'] for s in samples), default=float('nan')):.1f})")
     print(f"server counters           {None if final is None else final['counters']}")
+    if objects_start and objects_end:
+        grew = {k: objects_end[k] - objects_start.get(k, 0) for k in objects_end
+                if objects_end[k] - objects_start.get(k, 0) > 100}
+        print(f"live objects that grew by > 100 (after gc): {grew or 'none'}")
     ok = not crashed and results and all(results) and soon is not None and soon["sessions"] == 0 \
         and final["sessions"] == 0 and final["jobs"] == 0
     print("RESULT", "PASS" if ok else "FAIL")

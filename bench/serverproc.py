@@ -129,7 +129,14 @@ def _child(options: dict) -> None:
                 command = line.decode().strip()
                 if command == "quit":
                     break
-                if command == "sessions":
+                if command == "objects":
+                    # Live objects by type after a full collection (to find what accumulates).
+                    import gc
+                    from collections import Counter
+                    gc.collect()
+                    counts = Counter(type(o).__qualname__ for o in gc.get_objects())
+                    print(json.dumps(dict(counts.most_common(40))), flush=True)
+                elif command == "sessions":
                     print(json.dumps([_describe(server, x) for x in list(server.sessions.values())]), flush=True)
                 elif command == "stats":
                     print(json.dumps({
@@ -203,13 +210,20 @@ class ServerProcess:
                 return None
             return json.loads(line) if line else None
 
+    def objects(self) -> dict | None:
+        """The 40 most common live object types in the server (after gc), or None."""
+        return self._ask("objects")
+
     def sessions(self) -> list | None:
         """A description of every open session (see _describe), or None when the child is gone."""
+        return self._ask("sessions")
+
+    def _ask(self, command: str):
         with self._lock:
             if not self.alive():
                 return None
             try:
-                self.proc.stdin.write("sessions\n")
+                self.proc.stdin.write(command + "\n")
                 self.proc.stdin.flush()
                 line = self.proc.stdout.readline()
             except (BrokenPipeError, OSError):
