@@ -88,14 +88,14 @@ def load_audio(path: str) -> np.ndarray:
     return x
 
 
-def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random gain (-15..0 dB) and, on 60% of clips, white or pink-ish noise at 10-40 dB SNR.
+def augment(x: np.ndarray, rng: np.random.Generator, noise_prob: float = 0.0) -> np.ndarray:
+    """Random gain (-15..0 dB) and, on noise_prob of clips, white or pink-ish noise at 10-40 dB SNR.
 
     The model is trained on raw float audio without per-utterance normalisation, so a
     stream can be fed as it arrives; random gain makes it indifferent to level.
     """
     x = x * np.float32(10 ** (rng.uniform(-15, 0) / 20))
-    if rng.random() < 0.6:
+    if rng.random() < noise_prob:
         noise = rng.standard_normal(len(x)).astype(np.float32)
         if rng.random() < 0.5:  # 1/f-ish spectrum: scale the spectrum by 1/sqrt(f)
             spec = np.fft.rfft(noise)
@@ -121,11 +121,11 @@ class Batch:
 
 
 def collate(clips: list[Clip], speaker_index: dict[str, int], rng: np.random.Generator | None,
-            pad_to: int | None = None) -> Batch:
+            pad_to: int | None = None, noise_prob: float = 0.0) -> Batch:
     """Load, optionally augment (rng given), pad (to pad_to samples, if given) and encode a list of clips."""
     waves = [load_audio(c.path) for c in clips]
     if rng is not None:
-        waves = [augment(w, rng) for w in waves]
+        waves = [augment(w, rng, noise_prob) for w in waves]
     waves = [w[:pad_to] for w in waves] if pad_to else waves
     n = max([len(w) for w in waves] + ([pad_to] if pad_to else []))
     audio = torch.zeros(len(waves), n)
