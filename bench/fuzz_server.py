@@ -464,6 +464,7 @@ def main(argv=None) -> int:
         logs = server.log_counts()
         rss_end = server.rss_mb() if alive else float("nan")
         objects_end = server.objects() if args.objects and alive else None
+        rss_trimmed = server.trimmed_rss_mb() if alive else float("nan")
 
     crashed = not alive or final is None or not final.get("worker_alive", False)
     print()
@@ -488,7 +489,8 @@ def main(argv=None) -> int:
     for d in stuck or []:
         print(f"    still open after 5 s: {json.dumps(d)}")
     print(f"server RSS                {rss_start:.1f} -> {rss_end:.1f} MB "
-          f"(peak sampled {max((s['rss_mb'] for s in samples), default=float('nan')):.1f})")
+          f"(peak sampled {max((s['rss_mb'] for s in samples), default=float('nan')):.1f}); "
+          f"after gc + malloc_trim: {rss_trimmed:.1f} MB")
     print(f"server counters           {None if final is None else final['counters']}")
     if objects_start and objects_end:
         grew = {k: objects_end[k] - objects_start.get(k, 0) for k in objects_end

@@ -129,7 +129,14 @@ def _child(options: dict) -> None:
                 command = line.decode().strip()
                 if command == "quit":
                     break
-                if command == "objects":
+                if command == "trim":
+                    # Give free heap memory back to the OS (glibc): what RSS is left is in use.
+                    import ctypes
+                    import gc
+                    gc.collect()
+                    ctypes.CDLL("libc.so.6").malloc_trim(0)
+                    print(json.dumps({"rss_mb": round(rss_mb(), 1)}), flush=True)
+                elif command == "objects":
                     # Live objects by type after a full collection (to find what accumulates).
                     import gc
                     from collections import Counter
@@ -209,6 +216,11 @@ class ServerProcess:
             except (BrokenPipeError, OSError):
                 return None
             return json.loads(line) if line else None
+
+    def trimmed_rss_mb(self) -> float | None:
+        """RSS after gc and glibc's malloc_trim(0): memory still held, not just kept by the allocator."""
+        answer = self._ask("trim")
+        return None if answer is None else answer["rss_mb"]
 
     def objects(self) -> dict | None:
         """The 40 most common live object types in the server (after gc), or None."""

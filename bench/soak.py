@@ -274,6 +274,7 @@ def main(argv=None) -> int:
         single, single_s, after_single, multi, multi_s, settled = asyncio.run(run_all())
         logs = server.log_counts()
         alive = server.alive()
+        rss_trimmed = server.trimmed_rss_mb() if alive else float("nan")
 
     # Baselines: phase 1 after --warmup-minutes of its audio; phase 2 after each session has
     # streamed the same (or a quarter of its audio, if less), so that the memory the 20
@@ -298,7 +299,8 @@ def main(argv=None) -> int:
         if r["failure"]:
             print(f"  session {i} ({'phase 1' if i == 0 else 'phase 2'}) FAILED: {r['failure']}")
     print(f"RSS samples: {len(samples)} (every {args.rss_every_s:g} s); start {start_rss:.1f} MB, "
-          f"peak {peak:.1f} MB, after all sessions closed {last.rss_mb:.1f} MB")
+          f"peak {peak:.1f} MB, after all sessions closed {last.rss_mb:.1f} MB, "
+          f"then after gc + malloc_trim {rss_trimmed:.1f} MB")
     for name, g, warm in (("phase 1", g1, args.warmup_minutes), ("phase 2", g2, warm2)):
         if g is None:
             print(f"RSS growth {name}: not measured (the phase had less audio than its warm-up)")
