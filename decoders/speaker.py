@@ -63,7 +63,8 @@ class SpeakerTrackerConfig:
     # engine under 1.5 s; 1.5 s windows every 0.5 s cost ~0.6 s more latency for the same F1.
     window_s: float = 1.0               # length of each embedding window (s)
     hop_s: float = 0.32                 # a new window every hop (s)
-    change_threshold: float = 0.4       # cosine distance to the current speaker's centroid above which a window votes for a change
+    change_threshold: float = 0.4       # cosine distance to the current speaker's centroid above which
+                                        # a window votes for a change
     hysteresis: int = 2                 # consecutive, mutually consistent votes needed to emit a change
     new_speaker_threshold: float = 0.5  # cosine distance to every known centroid above which a new label is opened
     max_speakers: int = 8               # cap on distinct labels

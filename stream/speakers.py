@@ -30,7 +30,6 @@ ValueError naming the architecture expected and the one found.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -97,7 +96,10 @@ class EnergyVAD:
         c = self.config
         for i, e in enumerate(db):
             # The floor follows the quietest frames: down at once, up slowly (so speech never lifts it far).
-            self._floor = e if self._floor is None or e < self._floor else self._floor + c.floor_rise * (e - self._floor)
+            if self._floor is None or e < self._floor:
+                self._floor = e
+            else:
+                self._floor += c.floor_rise * (e - self._floor)
             floor = min(self._floor, c.max_floor_db)
             out[i] = float(e > max(floor + c.margin_db, c.min_db))
         self._append(out)
@@ -262,7 +264,7 @@ class BundledSpeakerHead(_AudioIntakeMixin):
     def __init__(self, model, config: SpeakerTrackerConfig | None = None, vad: EnergyVAD | None = None,
                  min_pool_frames: int = 10):
         model = _load(model)
-        if not (callable(getattr(model, "speaker_frame_features", None)) and callable(getattr(model, "speaker_pool", None))):
+        if not all(callable(getattr(model, m, None)) for m in ("speaker_frame_features", "speaker_pool")):
             raise ValueError("BundledSpeakerHead needs the bundled model with a speaker head "
                              f"(WavLMForCTCWithSpeaker, config.speaker_head); got {_architecture(model)}")
         self.model = model
