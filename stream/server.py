@@ -18,7 +18,8 @@ that floods audio cannot starve the others), then runs the ready windows of all 
 in one ``run_pending`` call, which batches windows of equal shape into one forward.
 
 Isolation: a session's reader stops reading (TCP backpressure) while more than
-``max_backlog_s`` of its audio waits for the worker; its outgoing events go through a
+``max_backlog_s`` of its audio waits for the worker (so keepalive pings never time out a
+client: its pong may be stuck behind the audio we hold back; idle_timeout_s finds dead ones); its outgoing events go through a
 bounded outbox in which a newer partial replaces an unsent older one, and a client whose
 outbox still overflows is closed (1008) without touching the others. A disconnect drops
 the session's stream at once. If the engine raises for a batch, each stream of the batch
@@ -95,6 +96,11 @@ class ServerLimits:
     max_outbox: int = 256              # unsent messages before a non-reading client is closed
     slice_s: float = 1.0               # audio per session per worker cycle (fairness)
     finish_timeout_s: float = 60.0     # longest wait for the final flush before closing anyway
+    # Keepalive pings keep NAT and proxies from dropping a quiet connection. They never time a
+    # client out: while its reading is paused for backpressure, its pong waits unread behind
+    # its own audio, and a client that streams faster than real time would be dropped. Dead
+    # clients are found by idle_timeout_s instead (the idle clock runs whenever we read).
+    ping_interval_s: float | None = 20.0
 
 
 @dataclass(frozen=True)
@@ -727,8 +733,8 @@ class SpeechServer:
             max_queue=16,
             write_limit=1 << 16,
             close_timeout=2,
-            ping_interval=20,
-            ping_timeout=20,
+            ping_interval=self.config.limits.ping_interval_s,
+            ping_timeout=None,      # see ServerLimits.ping_interval_s
         )
 
     async def stop(self) -> None:

@@ -366,6 +366,18 @@ def test_client_that_stops_reading_is_closed_and_others_are_not():
     assert other_code == 1000
 
 
+def test_a_fast_client_held_back_is_not_dropped_by_keepalive():
+    """Streaming faster than real time pauses the client's reading, and with it its pongs."""
+    script = ["alpha", "bravo", ""] * 20        # 19 s of audio, processed at ~16x real time
+
+    async def main():
+        async with serving(FakePipeline(window_cost_s=0.02), max_backlog_s=1.0, ping_interval_s=0.2) as server:
+            return await transcribe(server, encode(script), chunk=8000)
+
+    events, code = run(main())
+    assert finals(events) == expected_finals(script) and code == 1000
+
+
 def test_a_flooding_client_does_not_delay_a_live_one():
     """One client dumps 2 minutes of audio at once; a live client's captions stay prompt."""
     fake = FakePipeline(window_cost_s=0.01)   # unsliced, the flood alone would hold the worker ~4 s
