@@ -4,7 +4,8 @@ A server process (bench/serverproc.py: ``SpeechServer`` as ``wavlm-stream serve`
 tiny random-weight model by default) gets at least ``--messages`` random and mutated
 protocol messages from ``--fuzzers`` concurrent fuzzing clients, on every websocket path
 (/ws native, /vosk, / ), plus raw TCP connections that send broken handshakes and broken
-websocket frames. Meanwhile well-behaved clients stream known audio, again and again; each
+websocket frames. Meanwhile well-behaved clients stream known audio (speech-like noise, and the recordings in
+examples/ at 16 and 44.1 kHz), again and again; each
 of their sessions must end with close 1000, no error event, and finals exactly equal to
 those of the same audio run alone through the same pipeline in this process.
 
@@ -379,6 +380,24 @@ async def well_behaved(port: int, clips, stop: asyncio.Event, results: list, see
                   f"{len(got)} finals vs {len(expected)} expected", flush=True)
 
 
+def example_clips() -> list[tuple[np.ndarray, int]]:
+    """The repository's example recordings (examples/*.wav, synthetic voices the bundled model
+    was not trained on) as int16 mono, one of them also at 44.1 kHz: real speech, so that a
+    trained model's finals are not empty."""
+    import soundfile as sf
+    import soxr
+
+    clips = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.wav")):
+        x, rate = sf.read(str(path), dtype="int16", always_2d=True)
+        clips.append((x[:, 0].copy(), rate))
+    if clips:
+        x, rate = clips[0]
+        y = soxr.resample(x.astype(np.float32) / 32768, rate, 44100)
+        clips.append(((y * 32767).clip(-32768, 32767).astype(np.int16), 44100))
+    return clips
+
+
 def speech_like(seconds: float, rate: int, seed: int) -> np.ndarray:
     """int16 noise bursts with a syllable-rate envelope and pauses (content does not matter
     to a random model; pauses make segments end)."""
@@ -442,9 +461,11 @@ def main(argv=None) -> int:
               "idle_timeout_s": 5.0, "max_session_s": 600.0, "finish_timeout_s": 60.0}
     with ServerProcess(spec, limits, threads=args.threads) as server:
         pipeline = build_pipeline(spec, server.workdir)
+        sources = [(speech_like(seconds, rate, seed=args.seed * 10 + i), rate)
+                   for i, (rate, seconds) in enumerate([(16000, 3.0), (16000, 5.5), (48000, 4.0), (8000, 6.0)])]
+        sources += example_clips()
         clips = []
-        for i, (rate, seconds) in enumerate([(16000, 3.0), (16000, 5.5), (48000, 4.0), (8000, 6.0)]):
-            audio = speech_like(seconds, rate, seed=args.seed * 10 + i)
+        for audio, rate in sources:
             s = pipeline.new_stream()
             expected = comparable_finals([e.to_dict() for e in s.feed(audio, rate) + s.finish()])
             clips.append((audio, rate, expected))
