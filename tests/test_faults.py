@@ -466,6 +466,31 @@ def test_a_bad_message_joined_with_good_ones_loses_only_itself():
     assert fake.accepted == len(first) + 2 * len(tiny)
 
 
+def test_garbage_between_audio_messages_loses_nothing(tiny_pipeline):
+    """Bad messages interleaved with a stream's audio each get their error event, and the
+    finals are exactly those of the audio alone."""
+    audio = noise(3.0, seed=21)
+    expected = alone(tiny_pipeline, audio)
+    garbage = ["{nope", "[]", '{"type": "dance"}', start_msg(), b"\x01\x02\x03", b"", '{"eof": 1}',
+               json.dumps({"type": "start", "sample_rate": 10**400}), "\u0000" * 100, b"\x00"]
+    codes = ["bad_json", "bad_message", "unknown_type", "already_started", "bad_audio", "bad_audio",
+             "bad_message", "bad_sample_rate", "bad_json", "bad_audio"]
+
+    async def main():
+        async with serving(tiny_pipeline) as server:
+            async with connect(url(server)) as ws:
+                await ws.send(start_msg())
+                for i, k in enumerate(range(0, len(audio), 1600)):
+                    await ws.send(audio[k:k + 1600].tobytes())
+                    await ws.send(garbage[i % len(garbage)])
+                await ws.send('{"type": "stop"}')
+                return await drain(ws), len(range(0, len(audio), 1600))
+
+    (events, code), n = run(main())
+    assert finals(events) == expected and code == 1000
+    assert errors(events) == [codes[i % len(codes)] for i in range(n)]
+
+
 def test_server_shutdown_with_live_sessions_closes_them():
     async def main():
         server_cm = serving(FakePipeline(window_cost_s=0.001))
