@@ -488,25 +488,40 @@ def score(meetings: list[Meeting], results: list[Result]) -> Scores:
 
 
 def distance_report(meetings: list[Meeting], windows: list[list[Recorded]], config) -> str:
-    """Cosine distances between single-speaker speech windows: same vs different speaker."""
-    same, diff = [], []
+    """Cosine distances between single-speaker speech windows: same vs different speaker, as
+    given and after removing each meeting's mean embedding (a diagnostic: a model whose
+    embeddings share one large constant component separates speakers only after that)."""
     rng = np.random.default_rng(0)
+    rows = {"as given": ([], []), "meeting mean removed": ([], [])}
     for m, ws in zip(meetings, windows):
-        pure = []
+        labels, vecs = [], []
         for w in ws:
             if w.embedding is None or w.fraction < config.min_speech_fraction:
                 continue
             who = {t.label for t in m.ref if t.start < w.end and t.end > w.start}
             if len(who) == 1:
-                pure.append((who.pop(), w.embedding / np.linalg.norm(w.embedding)))
-        for _ in range(min(2000, len(pure) ** 2)):
-            (a, x), (b, y) = pure[rng.integers(len(pure))], pure[rng.integers(len(pure))]
-            (same if a == b else diff).append(1.0 - float(x @ y))
+                labels.append(who.pop())
+                vecs.append(np.asarray(w.embedding, dtype=np.float64))
+        if len(vecs) < 2:
+            continue
+        X = np.stack(vecs)
+        pairs = rng.integers(len(X), size=(min(2000, len(X) ** 2), 2))
+        for name, Y in (("as given", X), ("meeting mean removed", X - X.mean(axis=0))):
+            U = Y / np.maximum(np.linalg.norm(Y, axis=1, keepdims=True), 1e-12)
+            same, diff = rows[name]
+            for i, j in pairs:
+                if i != j:
+                    (same if labels[i] == labels[j] else diff).append(1.0 - float(U[i] @ U[j]))
+    same, diff = rows["as given"]
     if not same or not diff:
         return "window distances: not enough single-speaker windows"
     q = lambda v: " / ".join(f"{np.percentile(v, p):.2f}" for p in (10, 50, 90))  # noqa: E731
-    return (f"cosine distance between single-speaker windows within a meeting (p10 / p50 / p90): "
-            f"same speaker {q(same)}; different speakers {q(diff)}")
+    lines = [f"cosine distance between single-speaker windows of a meeting (p10 / p50 / p90), {name}: "
+             f"same speaker {q(s)}; different speakers {q(d)}" for name, (s, d) in rows.items()]
+    if np.median(diff) < 0.01:
+        lines.append("warning: every window has (nearly) the same embedding: the speaker model gives no "
+                     "speaker information as it is (collapsed or untrained head)")
+    return "\n".join(lines)
 
 
 def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], config, model, tune: bool) -> None:
