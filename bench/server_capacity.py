@@ -45,13 +45,13 @@ CHUNK_S = 0.1
 # -- the server process ---------------------------------------------------------------
 
 
-def build_pipeline(which: str, beam: bool | None):
+def build_pipeline(which: str, beam: bool | None, bundled: str | None = None):
     import torch  # noqa: F401  (imported here so the client process stays light)
 
     from stream.pipeline import DEFAULT_MODEL, Pipeline
 
     if which == "bundled":
-        return Pipeline.from_pretrained(DEFAULT_MODEL, beam=True if beam is None else beam)
+        return Pipeline.from_pretrained(bundled or DEFAULT_MODEL, beam=True if beam is None else beam)
     if which == "base":
         from model import WavLMConfig, build_model
         from stream.pipeline import StreamConfig
@@ -67,13 +67,13 @@ def build_pipeline(which: str, beam: bool | None):
     return Pipeline.from_pretrained(which, speakers=False, beam=bool(beam))
 
 
-def serve_child(which: str, batching: bool, threads: int, beam: bool | None, conn) -> None:
+def serve_child(which: str, batching: bool, threads: int, beam: bool | None, bundled: str | None, conn) -> None:
     import torch
 
     from stream.server import ServerConfig, ServerLimits, SpeechServer
 
     torch.set_num_threads(threads)
-    pipeline = build_pipeline(which, beam)
+    pipeline = build_pipeline(which, beam, bundled)
     info = {"params_m": round(sum(p.numel() for p in pipeline.model.parameters()) / 1e6, 1),
             "hidden": pipeline.model.config.hidden_size, "layers": pipeline.model.config.num_hidden_layers,
             "beam": pipeline.config.beam}
@@ -178,7 +178,7 @@ def load_audio(duration: float) -> np.ndarray:
 def capacity(which: str, batching: bool, args, audio: np.ndarray) -> int:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=serve_child, args=(which, batching, args.threads, args.beam, child), daemon=True)
+    proc = ctx.Process(target=serve_child, args=(which, batching, args.threads, args.beam, args.bundled, child), daemon=True)
     proc.start()
     try:
         if not parent.poll(600):
@@ -233,6 +233,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads in the server (default 1: on a shared machine more "
                         "threads spin against each other and the other load; try more on a dedicated one)")
+    p.add_argument("--bundled", default=None, metavar="DIR",
+                   help="where the bundled model is (default model/default; a copy keeps a model that is "
+                        "still being exported from changing between runs)")
     p.add_argument("--beam", action=argparse.BooleanOptionalAction, default=None,
                    help="beam-search finals (default: on for the bundled model, off for random weights)")
     p.add_argument("--ladder", type=lambda s: [int(x) for x in s.split(",")],
@@ -242,8 +245,8 @@ def main(argv=None) -> int:
     from stream.pipeline import DEFAULT_MODEL
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if "bundled" in models and not (DEFAULT_MODEL / "config.json").exists():
-        print(f"note: no bundled model at {DEFAULT_MODEL}; skipping it", file=sys.stderr)
+    if "bundled" in models and not (Path(args.bundled or DEFAULT_MODEL) / "config.json").exists():
+        print(f"note: no bundled model at {args.bundled or DEFAULT_MODEL}; skipping it", file=sys.stderr)
         models.remove("bundled")
     audio = load_audio(args.duration)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
