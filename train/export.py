@@ -2,8 +2,9 @@
 
 Writes config.json (architectures ["WavLMForCTC"] plus the "speaker_head" block, so
 transformers' WavLMForCTC.from_pretrained reads the CTC part and model.load_model builds
-WavLMForCTCWithSpeaker), model.safetensors (float32) and vocab.json
-(Wav2Vec2CTCTokenizer format: <pad> = 0 is the CTC blank, "|" the word delimiter).
+WavLMForCTCWithSpeaker), model.safetensors (float32), vocab.json (Wav2Vec2CTCTokenizer
+format: <pad> = 0 is the CTC blank, "|" the word delimiter) and preprocessor_config.json
+(do_normalize false: the model was trained on raw float audio).
 The directory is replaced atomically, and the result is loaded back before it is kept.
 
 Usage: python -m train.export [--checkpoint ~/.cache/wavlm-stream/train/best.pt] [--out model/default]
@@ -60,6 +61,12 @@ def export(model_state: dict[str, torch.Tensor], config: dict, out_dir: str | os
             f.write("\n")
         with open(tmp / "vocab.json", "w") as f:
             json.dump({t: i for i, t in enumerate(VOCAB)}, f, indent=1)
+            f.write("\n")
+        # For transformers users: raw float audio, no per-utterance normalisation (as trained).
+        with open(tmp / "preprocessor_config.json", "w") as f:
+            json.dump({"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
+                       "sampling_rate": 16000, "padding_value": 0.0, "padding_side": "right",
+                       "do_normalize": False, "return_attention_mask": True}, f, indent=2)
             f.write("\n")
         size = sum(p.stat().st_size for p in tmp.iterdir())
         if size > MAX_BYTES:
