@@ -224,7 +224,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-lead-s", type=float, default=5.0,
                         help="flow control: most audio seconds unread by the server (see session())")
     parser.add_argument("--unpaced", action="store_true",
-                        help="no flow control: send as fast as the sockets take it")
+                        help="no flow control: send as fast as the sockets take it (audio sent then runs "
+                             "far ahead of audio processed, so the warm-up baselines come too early)")
     parser.add_argument("--warmup-minutes", type=float, default=10.0,
                         help="RSS baseline after this much audio per session")
     parser.add_argument("--rss-every-s", type=float, default=0.5, help="RSS sampling period")
@@ -290,7 +291,7 @@ def main(argv=None) -> int:
     print(f"phase 1: 1 session, {args.minutes:g} min of audio in {single_s:.1f} s "
           f"= {args.minutes * 60 / single_s:.1f}x real time; close {single['code']}, "
           f"{len(single['errors'])} errors, {len(single['finals'])} finals")
-    codes = sorted({r["code"] for r in multi})
+    codes = sorted({r["code"] for r in multi}, key=str)
     print(f"phase 2: {args.sessions} sessions x {multi_minutes:g} min = {args.sessions * multi_minutes:g} min "
           f"of audio in {multi_s:.1f} s = {args.sessions * multi_minutes * 60 / multi_s:.1f}x real time "
           f"(each session {multi_minutes * 60 / max(r['seconds'] for r in multi):.1f}x); close codes {codes}, "
