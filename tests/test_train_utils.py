@@ -1,0 +1,66 @@
+"""Unit tests of the recipe's pure helpers: text normalisation, CTC greedy decoding, error rates, EER, batching."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from train.data import Clip, bucket_batches
+from train.export import VOCAB, encode_text
+from train.metrics import edit_distance, equal_error_rate, error_rates, greedy_decode
+from train.text import normalise
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("God said, \u201cLet there be light,\u201d and there was light.", "god said let there be light and there was light"),
+    ("Don\u2019t panic \u2014 it\u2019s only a test today.", "don't panic it's only a test today"),
+    ("In 1984 it rained.", None),                      # digits are dropped, not guessed
+    ("Mr. Smith went to town today.", None),           # abbreviations
+    ("The LORD is my shepherd, I shall not want.", None),  # all-caps words
+    ("Too short.", None),
+])
+def test_normalise(raw, expected):
+    assert normalise(raw) == expected
+
+
+def test_encode_and_greedy_decode_round_trip():
+    ids = encode_text("hello world")
+    # CTC frames: blanks between letters, a repeated letter separated by a blank
+    frames = []
+    for i in ids:
+        frames += [i, i, 0]
+    assert greedy_decode(np.array(frames)) == "hello world"
+    assert VOCAB[0] == "<pad>" and VOCAB[4] == "|"
+    with pytest.raises(KeyError):
+        encode_text("hello 2")
+
+
+def test_error_rates():
+    assert edit_distance("kitten", "sitting") == 3
+    cer, wer = error_rates(["the cat sat"], ["the cat sat"])
+    assert cer == 0 and wer == 0
+    cer, wer = error_rates(["abcd"], ["abxd"])
+    assert cer == pytest.approx(0.25) and wer == 1.0
+
+
+def test_equal_error_rate():
+    same = np.array([1, 1, 1, 0, 0, 0], dtype=bool)
+    assert equal_error_rate(np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1]), same) == 0.0
+    assert equal_error_rate(np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), same) == 1.0
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal(4000)
+    assert abs(equal_error_rate(s, rng.random(4000) < 0.5) - 0.5) < 0.05
+
+
+def test_bucket_batches_have_fixed_shapes_and_cover_all_clips():
+    rng = random.Random(0)
+    clips = [Clip(f"c{i}", "x", "s", "v", rng.uniform(0.5, 11.9)) for i in range(300)]
+    batches = bucket_batches(clips, 24.0, random.Random(1))
+    seen = set()
+    for members, pad in batches:
+        k = pad // 16000
+        assert len(members) == max(1, 24 // k)
+        assert all(c.duration <= k for c in members)
+        seen.update(c.path for c in members)
+    assert seen == {c.path for c in clips}
