@@ -169,6 +169,7 @@ def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
 
 
 MAX_EXAMPLE_S = 15.0   # the page streams in real time: keep the browser test short
+MIN_EXPECTED_WORDS = 3  # fewer right words: the model is too unsure for a stable check yet
 
 
 def examples() -> list[tuple[Path, set[str]]]:
@@ -199,8 +200,8 @@ def demo_setup(tmp_path_factory):
     With the bundled model: the example (its first MAX_EXAMPLE_S) on which the model alone
     gets the most words of the transcript, and those words are expected on the page, so the
     test asserts what the page should show rather than the model's accuracy. While the
-    bundled model transcribes no example word (early in training), and without it: a tiny
-    random model, and the test checks the plumbing only.
+    bundled model gets fewer than MIN_EXPECTED_WORDS right on every example (early in
+    training), and without it: a tiny random model, and the test checks the plumbing only.
     """
     import soundfile as sf
 
@@ -215,13 +216,13 @@ def demo_setup(tmp_path_factory):
             expected = set(solo_words(pipeline, audio, rate))
             if reference:
                 expected &= reference
-            if expected and (best is None or len(expected) > len(best[2])):
+            if len(expected) >= MIN_EXPECTED_WORDS and (best is None or len(expected) > len(best[2])):
                 best = (wav, audio, expected, rate)
         if best is not None:
             wav, audio, expected, rate = best
             print(f"browser test: bundled model on {wav.name}, expecting {sorted(expected)}")
             return pipeline, write_wav(tmp_path_factory.mktemp("mic") / wav.name, audio, rate), expected
-        print("browser test: the bundled model transcribes no example word yet; plumbing only")
+        print("browser test: the bundled model gets too few example words right yet; plumbing only")
     from checkpoints import write_ctc_checkpoint
 
     path = write_ctc_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=7)
