@@ -570,5 +570,5 @@ def test_fuzz_script_small():
 
 @pytest.mark.slow
 def test_soak_script_small():
-    _script("bench/soak.py", "--minutes", "4", "--sessions", "20", "--multi-minutes", "0.5", "--warmup-minutes", "1",
+    _script("bench/soak.py", "--minutes", "4", "--sessions", "20", "--multi-minutes", "2", "--warmup-minutes", "1",
             timeout=400)
