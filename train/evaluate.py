@@ -31,7 +31,7 @@ import soxr
 import torch
 
 from model import load_model
-from train.data import Clip, collate, length_batches, read_manifest
+from train.data import Clip, bucket_batches, collate, read_manifest
 from train.export import DEFAULT_OUT
 from train.metrics import equal_error_rate, error_rates, greedy_decode
 from train.text import normalise
@@ -53,12 +53,26 @@ def transcribe_offline(model, waves: list[np.ndarray]) -> list[str]:
 
 
 @torch.no_grad()
+def transcribe_clips(model, clips: list[Clip]) -> list[str]:
+    """Greedy CTC of clips (aligned with the input), batched in fixed-shape buckets with attention masks."""
+    hyps: dict[str, str] = {}
+    for batch, pad in bucket_batches(clips, 48.0, random.Random(0)):
+        b = collate(batch, {}, None, pad)
+        ids = model(b.audio, b.attention_mask).logits.argmax(-1).numpy()
+        frames = model.wavlm.feat_extract_output_lengths(b.lengths).tolist()
+        for c, row, n in zip(batch, ids, frames):
+            hyps[c.path] = greedy_decode(row[:n])
+    return [hyps[c.path] for c in clips]
+
+
+@torch.no_grad()
 def embed_clips(model, clips: list[Clip]) -> np.ndarray:
     """(N, E) L2-normalised speaker embeddings, batched by length with attention masks."""
     index = {c.path: i for i, c in enumerate(clips)}
     emb = np.zeros((len(clips), model.config.speaker_head["embedding_dim"]), dtype=np.float32)
-    for batch in length_batches(clips, 60.0, random.Random(0)):
-        b = collate(batch, {}, None)
+    # Fixed-shape buckets: on CPU every new input shape costs kernel preparation time.
+    for batch, pad in bucket_batches(clips, 48.0, random.Random(0)):
+        b = collate(batch, {}, None, pad)
         e = model(b.audio, b.attention_mask).embeddings
         e = torch.nn.functional.normalize(e, dim=-1).numpy()
         for c, v in zip(batch, e):
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         clips = subset(read_manifest(f))
         t = time.time()
-        hyps = transcribe_offline(model, [np.asarray(_load(c.path)) for c in clips])
+        hyps = transcribe_clips(model, clips)
         refs = [c.text for c in clips]
         cer, wer = error_rates(refs, hyps)
         results[f"{split}_offline"] = {"cer": cer, "wer": wer, "clips": len(clips)}

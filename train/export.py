@@ -4,7 +4,8 @@ Writes config.json (architectures ["WavLMForCTC"] plus the "speaker_head" block,
 transformers' WavLMForCTC.from_pretrained reads the CTC part and model.load_model builds
 WavLMForCTCWithSpeaker), model.safetensors (float32), vocab.json (Wav2Vec2CTCTokenizer
 format: <pad> = 0 is the CTC blank, "|" the word delimiter) and preprocessor_config.json
-(do_normalize false: the model was trained on raw float audio).
+(do_normalize false: the model was trained on raw float audio), and train/MODEL_CARD.md as
+README.md.
 The directory is replaced atomically, and the result is loaded back before it is kept.
 
 Usage: python -m train.export [--checkpoint ~/.cache/wavlm-stream/train/best.pt] [--out model/default]
@@ -68,6 +69,9 @@ def export(model_state: dict[str, torch.Tensor], config: dict, out_dir: str | os
                        "sampling_rate": 16000, "padding_value": 0.0, "padding_side": "right",
                        "do_normalize": False, "return_attention_mask": True}, f, indent=2)
             f.write("\n")
+        card = REPO_ROOT / "train" / "MODEL_CARD.md"
+        if card.exists():
+            shutil.copyfile(card, tmp / "README.md")
         size = sum(p.stat().st_size for p in tmp.iterdir())
         if size > MAX_BYTES:
             raise ValueError(f"export is {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB limit")
