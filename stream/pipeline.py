@@ -154,9 +154,11 @@ class Pipeline:
     def run_pending(self, streams: list["Stream"]) -> list[list[Event]]:
         """Run every ready window of the given streams, batching windows of one shape.
 
-        Returns the events of each stream, in the order of ``streams``.
+        Returns the events of each stream, in the order of ``streams``. If decoding one
+        stream's window raises, the exception propagates, and the events the other streams
+        produced in this call are kept in those streams and returned by their next call
+        (``run_pending`` or ``finish``): a failing stream never loses another's transcript.
         """
-        events: list[list[Event]] = [[] for _ in streams]
         while True:
             ready = []
             for i, s in enumerate(streams):
@@ -164,7 +166,7 @@ class Pipeline:
                 if window is not None:
                     ready.append((i, window))
             if not ready:
-                return events
+                return [s._take_undelivered() for s in streams]
             groups = defaultdict(list)
             for i, window in ready:
                 groups[self.runner.shape_key(streams[i]._tf, window)].append((i, window))
@@ -173,7 +175,7 @@ class Pipeline:
                 outputs = self.runner.run([s._tf for s in batch], [w for _, w in members],
                                           need_hidden_states=any(s._needs_hidden for s in batch))
                 for (i, _), (output, state) in zip(members, outputs):
-                    events[i].extend(streams[i]._consume(output, state))
+                    streams[i]._undelivered.extend(streams[i]._consume(output, state))
 
 
 class Stream:
@@ -182,6 +184,7 @@ class Stream:
     def __init__(self, pipeline: Pipeline, keep_log_probs: bool = False):
         self.pipeline = pipeline
         self._kept: list[np.ndarray] | None = [] if keep_log_probs else None
+        self._undelivered: list[Event] = []        # produced, not yet returned to the caller
         self._intake = AudioIntake(SAMPLE_RATE)
         self._conv = pipeline.conv.init_state(pipeline._dtype, pipeline._device)
         hidden = pipeline.model.wavlm.config.hidden_size
@@ -266,6 +269,10 @@ class Stream:
         return events
 
     # -- results out ------------------------------------------------------------------
+
+    def _take_undelivered(self) -> list[Event]:
+        events, self._undelivered = self._undelivered, []
+        return events
 
     def _consume(self, output, state: TransformerState) -> list[Event]:
         """Decode one window's chunk outputs into events."""

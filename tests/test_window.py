@@ -146,3 +146,23 @@ def test_int8_pipeline_quantizes_linears_and_stays_close(tmp_path):
     a, b = fp32.streaming_log_probs(audio), int8.streaming_log_probs(audio)
     assert a.shape == b.shape
     assert np.abs(a - b).mean() < 0.02          # measured ~0.002 on this model
+
+
+def test_a_stream_failing_mid_batch_loses_no_events_of_the_others(ctc_model):
+    pipe = Pipeline(ctc_model, StreamConfig(chunk_ms=160, left_ms=400, right_ms=80, beam=False))
+    audio = _audio(2.0, seed=7)
+    solo = pipe.new_stream()
+    want = solo.feed(audio, 16000) + solo.finish()
+    good, bad = pipe.new_stream(), pipe.new_stream()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+    bad._transcriber.push = broken
+    # `bad` decodes after `good` in the batch, so good's events of this call are in flight.
+    good.accept(audio, 16000)
+    bad.accept(audio, 16000)
+    with pytest.raises(RuntimeError, match="exploded"):
+        pipe.run_pending([good, bad])
+    got = pipe.run_pending([good])[0] + good.finish()
+    without_latency = lambda events: [{**e.to_dict(), "latency": None} for e in events]  # noqa: E731
+    assert without_latency(got) == without_latency(want)
