@@ -33,6 +33,21 @@ def kenlm_available() -> bool:
     return importlib.util.find_spec("kenlm") is not None
 
 
+def _import_pyctcdecode():
+    """pyctcdecode warns at import when kenlm is missing; KenLM is an optional extra here
+    (a missing one is reported when a model is actually asked for), so keep stderr clean."""
+    quiet = [logging.getLogger(f"pyctcdecode.{m}") for m in ("decoder", "language_model")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
+    try:
+        from pyctcdecode import build_ctcdecoder
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
+    return build_ctcdecoder
+
+
 class BeamFinaliser:
     """CTC prefix beam search over one finished segment.
 
@@ -55,7 +70,7 @@ class BeamFinaliser:
         beta: float = 1.0,
         unigrams: Iterable[str] | None = None,
     ) -> None:
-        from pyctcdecode import build_ctcdecoder
+        build_ctcdecoder = _import_pyctcdecode()
 
         if beam_width < 1:
             raise ValueError(f"beam_width must be >= 1, got {beam_width}")
