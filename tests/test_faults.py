@@ -423,49 +423,6 @@ def test_float_audio_far_out_of_range_is_bad_audio_not_an_engine_failure(tiny_pi
     assert finals(events) == expected and code == 1000
 
 
-class _CountingFake(FakePipeline):
-    """FakePipeline that counts the samples its streams accepted."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.accepted = 0
-
-    def new_stream(self):
-        stream = super().new_stream()
-        accept = stream.accept
-
-        def counting(samples, sample_rate, arrival_time=None):
-            accept(samples, sample_rate, arrival_time)
-            self.accepted += len(samples)
-        stream.accept = counting
-        return stream
-
-
-
-def test_a_bad_message_joined_with_good_ones_loses_only_itself():
-    """The server joins small messages that wait together into one engine call; a bad one
-    among them must be refused alone, not take the good ones with it."""
-    fake = _CountingFake(window_cost_s=0.3)     # the worker is busy while the small messages pile up
-    first = (encode(["alpha"] * 3) / 32768).astype("<f4")
-    tiny = np.full(160, 0.1, "<f4")
-
-    async def main():
-        async with serving(fake) as server:
-            async with connect(url(server)) as ws:
-                await ws.send(start_msg(fmt="f32le"))
-                await ws.send(first.tobytes())
-                await asyncio.sleep(0.05)
-                await ws.send(tiny.tobytes())
-                await ws.send(np.full(160, 1e6, "<f4").tobytes())
-                await ws.send(tiny.tobytes())
-                await ws.send('{"type": "stop"}')
-                return await drain(ws)
-
-    events, code = run(main())
-    assert errors(events) == ["bad_audio"] and code == 1000
-    assert fake.accepted == len(first) + 2 * len(tiny)
-
-
 def test_garbage_between_audio_messages_loses_nothing(tiny_pipeline):
     """Bad messages interleaved with a stream's audio each get their error event, and the
     finals are exactly those of the audio alone."""
