@@ -214,8 +214,11 @@ MISSING = object()
 
 
 def _rate_ok(v) -> bool:
-    return (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v == int(v)
-            and MIN_SAMPLE_RATE <= v <= MAX_SAMPLE_RATE)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    if isinstance(v, float) and not (math.isfinite(v) and v == int(v)):
+        return False
+    return MIN_SAMPLE_RATE <= v <= MAX_SAMPLE_RATE      # ints compared exactly, however large
 
 
 @settings(max_examples=200, deadline=None)
