@@ -36,7 +36,7 @@ from decoders.transcriber import SegmentTranscriber, coalesce_partials
 from model import load_model
 from stream.audio import AudioIntake
 from stream.encoder import IncrementalConvEncoder
-from stream.window import FRAME_SECONDS, TransformerState, WindowConfig, WindowRunner, next_window
+from stream.window import TransformerState, WindowConfig, WindowRunner, next_window
 
 SAMPLE_RATE = 16000
 
@@ -146,10 +146,6 @@ class Pipeline:
             self.run_pending([stream])
         stream.finish()
         return stream.log_probs
-
-    @property
-    def frame_seconds(self) -> float:
-        return FRAME_SECONDS
 
     def run_pending(self, streams: list["Stream"]) -> list[list[Event]]:
         """Run every ready window of the given streams, batching windows of one shape.
