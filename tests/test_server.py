@@ -367,7 +367,9 @@ def test_client_that_stops_reading_is_closed_and_others_are_not():
 
 
 def test_a_fast_client_held_back_is_not_dropped_by_keepalive():
-    """Streaming faster than real time pauses the client's reading, and with it its pongs."""
+    """Streaming faster than real time pauses the client's reading, and with it its pongs: the
+    pong waits behind unread audio in the socket, so keepalive must not close such a client
+    (found by bench/soak.py --unpaced: 1011 'keepalive ping timeout', finals lost)."""
     script = ["alpha", "bravo", ""] * 20        # 19 s of audio, processed at ~16x real time
 
     async def main():
