@@ -197,11 +197,18 @@ class WavLMForXVector(_Head):
 
 
 class SpeakerHead(nn.Module):
-    """Bundled model's speaker branch: weighted layer sum -> Linear + ReLU per frame -> mean/std pooling -> Linear."""
+    """Bundled model's speaker branch: weighted layer sum -> Linear + ReLU per frame -> mean/std pooling -> Linear.
+
+    input_norm: layer-normalise (no affine) each hidden state before the sum. Pre-LN hidden
+    states have norms in the hundreds, dominated by a component common to all frames; a
+    head on the raw sum did not learn at all (AM-softmax loss stayed at chance), so new
+    checkpoints set it. It is per frame, so a stream computes it window by window.
+    """
 
     def __init__(self, hidden_size: int, num_hidden_states: int, proj_dim: int, embedding_dim: int,
-                 num_speakers: int, scale: float = 30.0, margin: float = 0.4):
+                 num_speakers: int, scale: float = 30.0, margin: float = 0.4, input_norm: bool = False):
         super().__init__()
+        self.input_norm = input_norm
         self.layer_weights = nn.Parameter(torch.ones(num_hidden_states) / num_hidden_states)
         self.proj = nn.Linear(hidden_size, proj_dim)
         self.embedding = nn.Linear(2 * proj_dim, embedding_dim)
@@ -209,6 +216,8 @@ class SpeakerHead(nn.Module):
 
     def frame_features(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """num_layers + 1 tensors (B, T, H) -> per-frame features (B, T, proj_dim)."""
+        if self.input_norm:
+            hidden_states = tuple(F.layer_norm(h, h.shape[-1:]) for h in hidden_states)
         return F.relu(self.proj(weighted_layer_sum(hidden_states, self.layer_weights)))
 
     def pool(self, frame_features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -222,7 +231,8 @@ class SpeakerHead(nn.Module):
 class WavLMForCTCWithSpeaker(WavLMForCTC):
     """Bundled model: one backbone pass gives CTC logits and a speaker embedding.
 
-    config.speaker_head: {"embedding_dim": E, "num_speakers": N, "proj_dim": P, optional "scale", "margin"}.
+    config.speaker_head: {"embedding_dim": E, "num_speakers": N, "proj_dim": P, optional "scale", "margin",
+    "input_norm"}.
     """
 
     def __init__(self, config: WavLMConfig):
@@ -237,7 +247,8 @@ class WavLMForCTCWithSpeaker(WavLMForCTC):
             raise ValueError(f"config.speaker_head lacks {missing}")
         self.speaker_head = SpeakerHead(config.hidden_size, config.num_hidden_layers + 1, int(spec["proj_dim"]),
                                         int(spec["embedding_dim"]), int(spec["num_speakers"]),
-                                        float(spec.get("scale", 30.0)), float(spec.get("margin", 0.4)))
+                                        float(spec.get("scale", 30.0)), float(spec.get("margin", 0.4)),
+                                        bool(spec.get("input_norm", False)))
 
     def speaker_frame_features(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """All num_layers + 1 hidden states (B, T, H) -> per-frame speaker features (B, T, P)."""

@@ -154,3 +154,24 @@ def test_speaker_head_trains(bundled):
     loss = model.speaker_head.objective(out.embeddings, torch.tensor([1, 3]))
     loss.backward()
     assert model.speaker_head.layer_weights.grad is not None and model.speaker_head.objective.weight.grad is not None
+
+
+@torch.inference_mode()
+def test_speaker_head_input_norm_is_read_from_the_config_and_ignores_each_layers_scale(tmp_path):
+    torch.manual_seed(0)
+    cfg = WavLMConfig(**dict(LARGE_STYLE, architectures=("WavLMForCTC",), speaker_head=dict(SPEAKER, input_norm=True)))
+    model = WavLMForCTCWithSpeaker(cfg).eval()
+    save_model(model, tmp_path / "normed", vocab=VOCAB)
+    loaded = load_model(tmp_path / "normed")
+    assert loaded.speaker_head.input_norm
+    out = model(audio(2, 1600), output_hidden_states=True)
+    feats = model.speaker_frame_features(out.hidden_states)
+    # each hidden state is normalised per frame before the sum: scaling one layer changes nothing
+    scaled = tuple(h * (50.0 if i == 0 else 1.0) + (3.0 if i == 0 else 0.0) for i, h in enumerate(out.hidden_states))
+    assert max_diff(model.speaker_frame_features(scaled), feats) <= 1e-4
+    assert torch.equal(loaded(audio(2, 1600)).embeddings, model(audio(2, 1600)).embeddings)
+    # without the option (older checkpoints) the same scaling does change the features
+    plain = WavLMForCTCWithSpeaker(WavLMConfig(**dict(LARGE_STYLE, architectures=("WavLMForCTC",),
+                                                      speaker_head=SPEAKER))).eval()
+    assert not plain.speaker_head.input_norm
+    assert max_diff(plain.speaker_frame_features(scaled), plain.speaker_frame_features(out.hidden_states)) > 1e-2

@@ -47,11 +47,14 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
     work, export_dir = tmp_path / "work", tmp_path / "export"
     common = ["--data", str(data_dir), "--work", str(work), "--export-dir", str(export_dir), "--size", "tiny",
               "--threads", "1", "--lr", "3e-3", "--warmup", "5", "--batch-seconds", "8", "--log-every", "10",
-              "--eval-every", "1000", "--export-every", "1000"]
+              "--eval-every", "1000", "--export-every", "1000",
+              "--curriculum-steps", "10", "--curriculum-voices", "es-a", "--curriculum-max-seconds", "30"]
     first = train.main(common + ["--max-steps", "40", "--fresh"])
     losses = first["losses"]
     assert len(losses) == 40 and all(np.isfinite(losses))
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
+    log_text = (work / "log.txt").read_text()
+    assert "curriculum: 3 clips" in log_text and "curriculum done at step 10: all 6 clips" in log_text
 
     m = load_model(export_dir)
     assert isinstance(m, WavLMForCTCWithSpeaker)
