@@ -79,6 +79,28 @@ class IncrementalConvEncoder:
         self.norm_kind = norm_kind
         self.warmup_frames = warmup_frames
 
+    @property
+    def receptive_field(self) -> int:
+        """Samples that make up one frame (400 for the standard kernels)."""
+        field, jump = 1, 1
+        for layer in self.layers:
+            field += (layer.kernel_size - 1) * jump
+            jump *= layer.stride
+        return field
+
+    @property
+    def total_stride(self) -> int:
+        """Samples between consecutive frames (320 for the standard strides)."""
+        stride = 1
+        for layer in self.layers:
+            stride *= layer.stride
+        return stride
+
+    def samples_for(self, frames: int) -> int:
+        """Total input samples after which at least ``frames`` frames exist (layer norm; group
+        norm holds early frames back for its warm-up, so it may need more)."""
+        return 0 if frames <= 0 else self.receptive_field + (frames - 1) * self.total_stride
+
     def init_state(self, dtype: torch.dtype = torch.float32,
                    device: torch.device | str = "cpu") -> ConvEncoderState:
         tails = tuple(torch.zeros(1, layer.conv.in_channels, 0, dtype=dtype, device=device)
