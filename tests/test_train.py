@@ -72,3 +72,18 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
     # A second run resumes from last.pt: the global step carries on.
     second = train.main(common + ["--max-steps", "3"])
     assert second["step"] == 43
+
+
+def test_front_end_variation_is_zero_for_a_collapsed_front_end_only():
+    from model import WavLMForCTCWithSpeaker
+    from train.train import build_config, front_end_variation
+
+    torch.manual_seed(0)
+    model = WavLMForCTCWithSpeaker(build_config("tiny", ["a", "b"]))
+    audio, mask = torch.randn(2, 16000) * 0.1, torch.ones(2, 16000, dtype=torch.long)
+    assert front_end_variation(model, audio, mask) > 0.01
+    with torch.no_grad():  # a last conv layer that ignores its input: constant output
+        last = model.wavlm.feature_extractor.conv_layers[-1].conv
+        last.weight.zero_()
+        last.bias = torch.nn.Parameter(torch.ones(last.out_channels))
+    assert front_end_variation(model, audio, mask) < 1e-6

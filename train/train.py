@@ -41,13 +41,16 @@ CACHE = Path.home() / ".cache" / "wavlm-stream"
 
 # Sized by measurement on this 2-core CPU (train/README.md): the conv front end dominates the
 # cost, so its early, high-rate layers are narrow (64) and widen where the frame rate is low.
-# Layer-norm front end (streams exactly) and pre-LN ("stable") layers, as in the one measured
-# run that left the CTC blank plateau here (see /train/README.md, "What did not work").
+# Group-norm front end (as wavlm-base): its per-channel normalisation over time removes what is
+# constant in time at the first layer. With the layer-norm front end (per-frame norms only) the
+# trained front end collapsed: every conv layer amplified the time-constant part until the
+# output no longer depended on the audio (frame-to-frame std 0.0002 against a norm of 12 after
+# 2,586 steps) and CTC sat at 2.6 emitting vowels. Pre-LN ("stable") transformer layers.
 BASE_CONFIG = dict(
     hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024,
-    hidden_act="gelu", feat_extract_norm="layer", feat_extract_activation="gelu", do_stable_layer_norm=True,
+    hidden_act="gelu", feat_extract_norm="group", feat_extract_activation="gelu", do_stable_layer_norm=True,
     conv_dim=(64, 64, 96, 128, 128, 192, 192), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-    conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_bias=True,
+    conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_bias=False,
     # A short positional convolution (32 frames = +-0.32 s) keeps the look-ahead a stream needs small.
     num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=16,
     num_buckets=320, max_bucket_distance=800,
@@ -102,6 +105,20 @@ def evaluate_cer(model: WavLMForCTCWithSpeaker, clips: list[Clip], device: torch
     model.train(was_training)
     cer, wer = error_rates(refs, hyps)
     return cer, wer, list(zip(refs, hyps))
+
+
+@torch.no_grad()
+def front_end_variation(model: WavLMForCTCWithSpeaker, audio: torch.Tensor, attention_mask: torch.Tensor) -> float:
+    """How much the conv front end's output changes from frame to frame: mean over channels of
+    the std over valid frames, divided by the mean frame norm. Near 0 means the front end has
+    collapsed to an input-independent output (what the layer-norm front end did here)."""
+    was_training = model.training
+    model.eval()
+    features = model.wavlm.feature_extractor(audio).transpose(1, 2)            # (B, T, C)
+    frames = model.wavlm.feat_extract_output_lengths(attention_mask.sum(-1))
+    valid = torch.cat([features[i, :n] for i, n in enumerate(frames.tolist())])
+    model.train(was_training)
+    return float(valid.std(0).mean() / valid.norm(dim=-1).mean().clamp_min(1e-12))
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -337,8 +354,10 @@ def _eval_and_keep_best(model, dev_clips, device, use_bf16, args, log_file, step
         save(prev, {"model": s["model"], "config": s["config"], "step": step, "dev_cer": cer})
         mark = " (new best)"
     ref, hyp = pairs[0]
-    log(f"dev step {step}: CER {cer:.3f} WER {wer:.3f}{mark} [{time.time() - t:.0f} s] | ref: {ref} | hyp: {hyp}",
-        log_file)
+    probe = collate(dev_clips[:8], {}, None)
+    variation = front_end_variation(model, probe.audio.to(device), probe.attention_mask.to(device))
+    log(f"dev step {step}: CER {cer:.3f} WER {wer:.3f}{mark} [{time.time() - t:.0f} s] | front-end variation "
+        f"{variation:.4f} | ref: {ref} | hyp: {hyp}", log_file)
     return cer
 
 
