@@ -194,7 +194,6 @@ class Stream:
         self._needs_hidden = self._speakers is not None and self._speakers.needs_hidden_states
         self._samples_in = 0                       # 16 kHz samples accepted so far
         self._unencoded: list[torch.Tensor] = []   # accepted audio not yet through the conv encoder
-        self._unencoded_samples = 0
         self._arrivals: list[tuple[int, float]] = []  # (16 kHz sample count, wall time)
         self._end_of_stream = False
         self._finished = False
@@ -225,7 +224,6 @@ class Stream:
             # Events only refer to recent audio: keep memory flat on hours-long streams.
             del self._arrivals[:-ARRIVALS_KEPT]
         self._unencoded.append(x)
-        self._unencoded_samples += x.shape[0]
         # The conv encoder runs once the audio completes the next window's frames: its frames
         # are of no use earlier, and one call over 640 ms costs much less than six over 100 ms
         # (the output is the same: the encoder is chunking-independent).
@@ -242,7 +240,7 @@ class Stream:
         if not self._unencoded:
             return
         x = self._unencoded[0] if len(self._unencoded) == 1 else torch.cat(self._unencoded)
-        self._unencoded, self._unencoded_samples = [], 0
+        self._unencoded = []
         with torch.inference_mode():
             frames, self._conv = self.pipeline.conv.push(x.to(self.pipeline._device), self._conv)
             self._add_frames(frames)
