@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     win_loss, win_ctc, win_spk, win_secs, win_t = 0.0, 0.0, 0.0, 0.0, time.time()
     model.train()
     done = False
-    curriculum_logged = False
+    was_in_curriculum: bool | None = None   # None until the first pass over the data
     manifest_mtime = (args.data / "train.jsonl").stat().st_mtime
     while not done:
         if (args.data / "train.jsonl").stat().st_mtime != manifest_mtime:
@@ -272,20 +272,19 @@ def main(argv: list[str] | None = None) -> dict:
             if not pool:
                 raise SystemExit(f"the curriculum subset is empty (voices {sorted(easy_voices)}, "
                                  f"<= {args.curriculum_max_seconds} s)")
-            if not curriculum_logged:
+            if was_in_curriculum is None:
                 log(f"curriculum: {len(pool)} clips ({sum(c.duration for c in pool) / 3600:.2f} h) of "
                     f"{len(easy_voices)} voices until step {args.curriculum_steps}", log_file)
-                curriculum_logged = True
+        elif was_in_curriculum:
+            log(f"curriculum done at step {step}: all {len(train_clips)} clips from now on", log_file)
+        was_in_curriculum = in_curriculum
         for batch_clips, pad_to in bucket_batches(pool, args.batch_seconds, rng):
             elapsed = time.time() - t_start
             if elapsed > budget or (args.max_steps and step_in_run >= args.max_steps):
                 done = True
                 break
             if in_curriculum and step >= args.curriculum_steps:
-                break
-            if curriculum_logged and step == args.curriculum_steps:
-                log(f"curriculum done at step {step}: all {len(train_clips)} clips from now on", log_file)
-                curriculum_logged = False
+                break   # the next pass draws from all clips
             lr = lr_at(step_in_run, elapsed / budget, args.lr, warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
