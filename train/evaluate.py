@@ -52,11 +52,23 @@ def transcribe_offline(model, waves: list[np.ndarray]) -> list[str]:
     return out
 
 
+def offline_batches(model, clips: list[Clip]) -> list[tuple[list[Clip], int | None]]:
+    """[(clips, padded length or None)] for offline measurement without padding effects.
+
+    Layer-norm front ends: fixed-shape buckets with attention masks (padding changes nothing,
+    and on CPU every new input shape costs kernel preparation time). Group-norm front ends
+    normalise each channel over the whole input, padding included, so each clip runs alone.
+    """
+    if model.config.feat_extract_norm == "group":
+        return [([c], None) for c in clips]
+    return bucket_batches(clips, 48.0, random.Random(0))
+
+
 @torch.no_grad()
 def transcribe_clips(model, clips: list[Clip]) -> list[str]:
-    """Greedy CTC of clips (aligned with the input), batched in fixed-shape buckets with attention masks."""
+    """Greedy CTC of clips (aligned with the input), batched by offline_batches."""
     hyps: dict[str, str] = {}
-    for batch, pad in bucket_batches(clips, 48.0, random.Random(0)):
+    for batch, pad in offline_batches(model, clips):
         b = collate(batch, {}, None, pad)
         ids = model(b.audio, b.attention_mask).logits.argmax(-1).numpy()
         frames = model.wavlm.feat_extract_output_lengths(b.lengths).tolist()
@@ -67,11 +79,10 @@ def transcribe_clips(model, clips: list[Clip]) -> list[str]:
 
 @torch.no_grad()
 def embed_clips(model, clips: list[Clip]) -> np.ndarray:
-    """(N, E) L2-normalised speaker embeddings, batched by length with attention masks."""
+    """(N, E) L2-normalised speaker embeddings, batched by offline_batches."""
     index = {c.path: i for i, c in enumerate(clips)}
     emb = np.zeros((len(clips), model.config.speaker_head["embedding_dim"]), dtype=np.float32)
-    # Fixed-shape buckets: on CPU every new input shape costs kernel preparation time.
-    for batch, pad in bucket_batches(clips, 48.0, random.Random(0)):
+    for batch, pad in offline_batches(model, clips):
         b = collate(batch, {}, None, pad)
         e = model(b.audio, b.attention_mask).embeddings
         e = torch.nn.functional.normalize(e, dim=-1).numpy()
