@@ -149,9 +149,26 @@ class PositionalConvEmbedding(nn.Module):
         self.num_pad_remove = 1 if kernel_size % 2 == 0 else 0
         self.activation = get_activation(activation)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: (B, T, H) -> positional embeddings (B, T, H) (to be added to hidden)."""
-        x = self.conv(hidden.transpose(1, 2))
-        if self.num_pad_remove:
-            x = x[:, :, : -self.num_pad_remove]
+    def forward(self, hidden: torch.Tensor, first_row: int = 0) -> torch.Tensor:
+        """hidden: (B, T, H) -> positional embeddings of rows [first_row, T), (B, T - first_row, H).
+
+        Rows before first_row are not computed (a stream only needs its query rows); the
+        zero padding is still at the edges of ``hidden``, so the rows equal the full output's.
+        """
+        if first_row == 0:
+            x = self.conv(hidden.transpose(1, 2))
+            if self.num_pad_remove:
+                x = x[:, :, : -self.num_pad_remove]
+            return self.activation(x).transpose(1, 2)
+        T = hidden.shape[1]
+        if not 0 <= first_row <= T:
+            raise ValueError(f"first_row must be in [0, {T}], got {first_row}")
+        if first_row == T:
+            return hidden[:, T:]
+        # Output row t reads input rows [t - pad, t - pad + kernel): pad only where those fall outside.
+        pad = self.conv.padding
+        start = first_row - pad
+        x = hidden[:, max(0, start):].transpose(1, 2)
+        x = F.pad(x, (max(0, -start), self.kernel_size - 1 - pad))
+        x = F.conv1d(x, self.conv.weight, self.conv.bias, groups=self.conv.groups)
         return self.activation(x).transpose(1, 2)

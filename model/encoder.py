@@ -81,9 +81,11 @@ class Encoder(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(EncoderLayer(config, i == 0) for i in range(config.num_hidden_layers))
 
-    def embed(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Add positional embeddings (and post-LN's input layer_norm): (B, T, H) -> input of layer 0 (B, T, H)."""
-        hidden = hidden + self.pos_conv_embed(hidden)
+    def embed(self, hidden: torch.Tensor, first_row: int = 0) -> torch.Tensor:
+        """Add positional embeddings (and post-LN's input layer_norm) to rows [first_row, T):
+        (B, T, H) -> input of layer 0 for those rows (B, T - first_row, H). The rows before
+        first_row only serve as the positional conv's context."""
+        hidden = hidden[:, first_row:] + self.pos_conv_embed(hidden, first_row)
         if not self.stable_layer_norm:
             hidden = self.layer_norm(hidden)
         return self.dropout(hidden)

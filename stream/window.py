@@ -223,7 +223,7 @@ class WindowRunner:
             pos_inputs.append(self._inputs(s, first, w.end))
         x_pos = torch.stack(pos_inputs)                                 # (B, T_pos, H)
         n_query = windows[0].end - windows[0].emit_start
-        h = self._embed(x_pos)[:, -n_query:]                             # (B, Tq, H)
+        h = self._embed(x_pos, x_pos.shape[1] - n_query)                # (B, Tq, H)
         hidden = [h] if need_hidden_states else None
         cache_len = 0 if states[0].cache is None else states[0].cache[0].key.shape[2]
         bias = self.bias.get(n_query, cache_len + n_query)
@@ -248,9 +248,10 @@ class WindowRunner:
             results.append((out, self._advance(state, window, cache)))
         return results
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Positional conv (+ the post-LN encoder's input layer norm): (B, T, H) -> (B, T, H)."""
-        return self.encoder.embed(x)
+    def _embed(self, x: torch.Tensor, first_row: int = 0) -> torch.Tensor:
+        """Positional conv (+ the post-LN encoder's input layer norm) of rows [first_row, T):
+        (B, T, H) -> (B, T - first_row, H)."""
+        return self.encoder.embed(x, first_row)
 
     def _finish(self, h: torch.Tensor, hidden: list | None) -> torch.Tensor:
         """Pre-LN (stable) encoders end with a layer norm; hidden states stay before it, as offline."""
