@@ -11,13 +11,18 @@ Normalisation rules:
 * ``layer`` (large-style checkpoints): LayerNorm over channels of each frame: exact.
 * ``group`` (base-style checkpoints): GroupNorm(C, C) on layer 0 normalises each channel
   over the *whole utterance*, which a stream cannot know. Our streaming rule is
-  **causal cumulative statistics**: conv-0 output frame ``t`` is normalised with the mean
-  and variance of that channel over frames ``0..t`` (float64 running sums, so the result
-  does not depend on how the audio was chunked). The first ``warmup_frames`` frames use
-  the statistics of the first ``warmup_frames`` frames instead (1 s of audio by default):
-  this holds the first second back once, which costs nothing because the first window
-  waits for chunk + right context anyway, and it avoids normalising the first frames by
-  the variance of a few milliseconds. Its drift from offline is measured by ``bench/streaming_fidelity.py``.
+  **causal cumulative statistics per output frame**: the conv-0 frames that output frame
+  ``j`` adds to the receptive field (64 of them for the standard strides) are normalised
+  with the mean and variance of that channel over every conv-0 frame up to the end of
+  frame ``j``'s receptive field. So a frame's statistics are those of all the audio it
+  depends on, nothing later: no frame waits for more audio than the layer-norm case, and
+  the statistics are computed once per output frame rather than once per conv-0 frame
+  (float64 running sums over fixed spans, so the result does not depend on how the audio
+  was chunked). The first ``warmup_frames`` conv-0 frames (1 s of audio by default,
+  rounded up to an output frame) share the statistics of that span instead: this holds the
+  first second back once, which costs nothing because the first window waits for chunk +
+  right context anyway, and it avoids normalising the first frames by the variance of a
+  few milliseconds. Its drift from offline is measured by ``bench/streaming_fidelity.py``.
 
 State is an explicit :class:`ConvEncoderState`; the module holds no per-stream data, so
 one model serves any number of streams.
@@ -39,8 +44,9 @@ GROUP_NORM_WARMUP_FRAMES = 3200
 class GroupNormStats:
     """Running per-channel sums of conv-0 outputs for the ``group`` streaming rule.
 
-    count: frames normalised so far; total, total_sq: float64 sums over them, shape (C,).
-    pending: conv-0 outputs held back until ``warmup_frames`` are known, (1, C, T) or None.
+    count: conv-0 frames normalised so far; total, total_sq: float64 sums over them, shape (C,).
+    pending: conv-0 outputs held back until their output frame (or the warm-up span) is
+             complete, (1, C, T) or None.
     """
 
     count: int
@@ -152,36 +158,73 @@ class IncrementalConvEncoder:
         frames = x[0].transpose(0, 1)                                  # (T_new, C_last)
         return frames, ConvEncoderState(tuple(tails), state.frames_out + frames.shape[0], stats)
 
+    def _unit_end(self, frame: int) -> int:
+        """Conv-0 frames that exist once output frame ``frame`` is complete, (R - k0) / s0 + 1 + frame * S / s0."""
+        first = self.layers[0]
+        return ((self.receptive_field - first.kernel_size) // first.stride + 1
+                + frame * (self.total_stride // first.stride))
+
+    def _seed_end(self) -> int:
+        """End of the warm-up span: the first output-frame boundary at or after warmup_frames."""
+        per_frame = self.total_stride // self.layers[0].stride
+        return self._unit_end(max(0, -(-(self.warmup_frames - self._unit_end(0)) // per_frame)))
+
     def _group_norm_stream(self, y: torch.Tensor, stats: GroupNormStats, end_of_stream: bool,
                            ) -> tuple[torch.Tensor, GroupNormStats]:
-        """Normalise conv-0 outputs y (1, C, T) with causal cumulative statistics."""
-        norm: nn.GroupNorm = self.layers[0].layer_norm
+        """Normalise conv-0 outputs y (1, C, T) with causal cumulative statistics per output frame.
+
+        Frames whose output frame is not complete yet stay in ``stats.pending``.
+        """
         if stats.pending is not None:
             y = torch.cat([stats.pending, y], dim=-1)
-        warming_up = stats.count == 0
-        if warming_up and y.shape[-1] < self.warmup_frames and not end_of_stream:
-            # Hold the frames back until the seed statistics exist.
-            return y[..., :0], replace(stats, pending=y)
-        if y.shape[-1] == 0:
-            return y, replace(stats, pending=None)
-        y64 = y[0].to(torch.float64)                                   # (C, T)
-        csum = stats.total[:, None] + torch.cumsum(y64, dim=1)         # (C, T)
-        csum_sq = stats.total_sq[:, None] + torch.cumsum(y64 * y64, dim=1)
-        counts = stats.count + torch.arange(1, y64.shape[1] + 1, dtype=torch.float64,
-                                            device=y.device)
-        new_stats = GroupNormStats(stats.count + y64.shape[1], csum[:, -1].clone(),
-                                   csum_sq[:, -1].clone(), None)
-        if warming_up:
-            # The warm-up frames all share the statistics of the warm-up span.
-            seed = min(self.warmup_frames, y64.shape[1]) - 1
-            csum[:, :seed] = csum[:, seed:seed + 1]
-            csum_sq[:, :seed] = csum_sq[:, seed:seed + 1]
-            counts[:seed] = counts[seed]
-        mean = csum / counts
-        var = (csum_sq / counts - mean * mean).clamp_min(0.0)
-        out = ((y64 - mean) / torch.sqrt(var + norm.eps)).to(y.dtype)
-        out = out * norm.weight[:, None] + norm.bias[:, None]
-        return out[None], new_stats
+        y = y[0]                                                         # (C, T)
+        done, count, total, total_sq = [], stats.count, stats.total, stats.total_sq
+        if count == 0:
+            seed = self._seed_end()
+            if y.shape[-1] < seed and not end_of_stream:
+                return y[None, :, :0], replace(stats, pending=y[None])   # wait for the seed span
+            # The seed span (or, for a stream shorter than it, everything: like offline) shares
+            # one set of statistics.
+            seed = y.shape[-1] if y.shape[-1] < seed else seed
+            if seed:
+                y64 = y[:, :seed].to(torch.float64)
+                total, total_sq, count = y64.sum(1), (y64 * y64).sum(1), seed
+                done.append(self._normalise(y[:, :seed], total[:, None], total_sq[:, None], count))
+            y = y[:, seed:]
+        per_frame = self.total_stride // self.layers[0].stride
+        n_units = y.shape[-1] // per_frame
+        if n_units:
+            units = y[:, :n_units * per_frame].reshape(y.shape[0], n_units, per_frame)   # (C, U, F)
+            u64 = units.to(torch.float64)
+            sums = total[:, None] + torch.cumsum(u64.sum(-1), dim=1)                     # (C, U)
+            sums_sq = total_sq[:, None] + torch.cumsum((u64 * u64).sum(-1), dim=1)
+            counts = count + per_frame * torch.arange(1, n_units + 1, dtype=torch.float64, device=y.device)
+            done.append(self._normalise(units, sums[..., None], sums_sq[..., None], counts[:, None])
+                        .reshape(y.shape[0], -1))
+            total, total_sq, count = sums[:, -1], sums_sq[:, -1], count + n_units * per_frame
+            y = y[:, n_units * per_frame:]
+        pending = y[None] if y.shape[-1] else None
+        if end_of_stream and pending is not None:
+            # A last partial span feeds no output frame; normalise it over everything anyway.
+            y64 = y.to(torch.float64)
+            total, total_sq, count = total + y64.sum(1), total_sq + (y64 * y64).sum(1), count + y.shape[-1]
+            done.append(self._normalise(y, total[:, None], total_sq[:, None], count))
+            pending = None
+        out = torch.cat(done, dim=-1) if done else y[:, :0]
+        return out[None], GroupNormStats(count, total, total_sq, pending)
+
+    def _normalise(self, y: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor, count) -> torch.Tensor:
+        """(y - mean) / std * weight + bias, statistics from float64 sums over ``count`` frames.
+
+        y (C, ...) float; total, total_sq broadcast against y with float64 values; count a
+        number or a float64 tensor broadcasting the same way. The per-frame work stays in y's dtype.
+        """
+        norm: nn.GroupNorm = self.layers[0].layer_norm
+        mean = total / count
+        var = (total_sq / count - mean * mean).clamp_min(0.0)
+        scale = torch.rsqrt(var + norm.eps).to(y.dtype)
+        shape = (-1,) + (1,) * (y.dim() - 1)
+        return (y - mean.to(y.dtype)) * (scale * norm.weight.view(shape)) + norm.bias.view(shape)
 
 
 def _apply_norm_and_activation(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:

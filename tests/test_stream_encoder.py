@@ -98,6 +98,26 @@ def test_group_norm_stream_shorter_than_warmup_equals_offline(group_norm_model):
     torch.testing.assert_close(streamed, _offline(group_norm_model, audio), atol=1e-4, rtol=1e-4)
 
 
+def test_group_norm_frames_after_the_warm_up_come_out_as_soon_as_their_input_is_complete(group_norm_model):
+    # The statistics are closed per output frame, at the end of its receptive field, so no
+    # frame waits for audio beyond its own receptive field (as with layer norm).
+    encoder = IncrementalConvEncoder(group_norm_model.wavlm.feature_extractor, "group")
+    state = encoder.init_state()
+    rng = np.random.default_rng(4)
+    with torch.inference_mode():
+        out, state = encoder.push(torch.from_numpy(rng.standard_normal(16000).astype(np.float32)), state)
+        assert out.shape[0] == 0                     # warm-up: 1 s held back once
+        out, state = encoder.push(torch.from_numpy(rng.standard_normal(400).astype(np.float32)), state)
+        n = out.shape[0]
+        assert n == state.frames_out == (16400 - 400) // 320 + 1
+        for _ in range(3):
+            out, state = encoder.push(torch.from_numpy(rng.standard_normal(319).astype(np.float32)), state)
+            assert out.shape[0] == 0
+            out, state = encoder.push(torch.from_numpy(rng.standard_normal(1).astype(np.float32)), state)
+            assert out.shape[0] == 1
+        assert state.group_stats.pending is None     # nothing held once a frame is complete
+
+
 def test_group_norm_drift_is_bounded_on_stationary_audio(group_norm_model):
     # On stationary input the running statistics converge to the utterance's: the last
     # frames of a long stream are close to offline (drift is measured on speech in bench/).
