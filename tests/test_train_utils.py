@@ -64,3 +64,24 @@ def test_bucket_batches_have_fixed_shapes_and_cover_all_clips():
         assert all(c.duration <= k for c in members)
         seen.update(c.path for c in members)
     assert seen == {c.path for c in clips}
+
+
+def test_speaker_crops_are_spans_inside_each_clip():
+    import torch
+
+    from train.train import speaker_crops
+
+    mask = torch.zeros(3, 200, dtype=torch.bool)
+    for b, n in enumerate((200, 120, 30)):
+        mask[b, :n] = True
+    rows, masks = speaker_crops(mask, np.random.default_rng(0), 50, 100, crops=2)
+    assert rows.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for row, m in zip(rows.tolist(), masks):
+        idx = torch.nonzero(m).flatten()
+        assert not (m & ~mask[row]).any()                              # never outside the clip
+        assert idx[-1] - idx[0] + 1 == len(idx)                        # contiguous
+    whole, crops = masks[0::3], torch.cat([masks[1::3], masks[2::3]])
+    assert torch.equal(whole, mask)                                    # first row: the whole clip
+    lengths = crops.sum(1)
+    assert lengths[[0, 1, 3, 4]].min() >= 50 and lengths.max() <= 100
+    assert lengths[2] == lengths[5] == 30                              # shorter clip: all of it

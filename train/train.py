@@ -86,6 +86,30 @@ def lr_at(step_in_run: int, elapsed_frac: float, peak: float, warmup: int) -> fl
     return lr
 
 
+def speaker_crops(frame_mask: torch.Tensor, rng: np.random.Generator, min_frames: int, max_frames: int,
+                  crops: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random spans of each clip for the speaker loss, the length the tracker pools at run time.
+
+    frame_mask (B, T) bool of valid frames -> (rows (B * (crops + 1),) clip index of each row,
+    masks (B * (crops + 1), T) bool): per clip its whole valid span, then `crops` random
+    contiguous spans of min_frames..max_frames frames (the whole clip when it is shorter).
+    """
+    lengths = frame_mask.sum(dim=1).tolist()
+    T = frame_mask.shape[1]
+    rows, masks = [], []
+    for b, n in enumerate(lengths):
+        rows.append(b)
+        masks.append(frame_mask[b])
+        for _ in range(crops):
+            span = min(n, int(rng.integers(min_frames, max_frames + 1)))
+            start = int(rng.integers(0, n - span + 1))
+            m = torch.zeros(T, dtype=torch.bool, device=frame_mask.device)
+            m[start:start + span] = True
+            rows.append(b)
+            masks.append(m)
+    return torch.tensor(rows, device=frame_mask.device), torch.stack(masks)
+
+
 @torch.no_grad()
 def evaluate_cer(model: WavLMForCTCWithSpeaker, clips: list[Clip], device: torch.device, autocast: bool,
                  max_batch_seconds: float = 60.0) -> tuple[float, float, list[tuple[str, str]]]:
@@ -165,6 +189,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "hidden states, so the backbone is shaped by CTC alone)")
     ap.add_argument("--speaker-ramp", type=int, default=600,
                     help="global steps over which the speaker weight ramps up from 0 (CTC leaves its blank plateau first)")
+    ap.add_argument("--speaker-crops", type=int, default=2,
+                    help="random spans per clip for the speaker loss besides the whole clip (the tracker "
+                         "pools ~1 s windows, so the head learns on spans of that length too)")
+    ap.add_argument("--speaker-crop-seconds", type=float, nargs=2, default=(1.0, 2.0), metavar=("MIN", "MAX"))
     ap.add_argument("--curriculum-steps", type=int, default=1500,
                     help="global steps on the easy subset first (short clips of --curriculum-voices); 0: none")
     ap.add_argument("--curriculum-voices", default=",".join(CURRICULUM_VOICES),
@@ -248,6 +276,10 @@ def main(argv: list[str] | None = None) -> dict:
     budget = args.max_minutes * 60
     rng = random.Random(args.seed * 1000 + runs)
     np_rng = np.random.default_rng(args.seed * 1000 + runs)
+    frame_s = float(np.prod(config.conv_stride)) / 16000
+    crop_frames = tuple(max(1, round(x / frame_s)) for x in args.speaker_crop_seconds)
+    if crop_frames[0] > crop_frames[1]:
+        raise SystemExit(f"--speaker-crop-seconds: MIN {args.speaker_crop_seconds[0]} > MAX {args.speaker_crop_seconds[1]}")
     losses: list[float] = []
     last_eval = last_save = last_export = time.time()
     step_in_run, dev_cer = 0, math.nan
@@ -294,11 +326,14 @@ def main(argv: list[str] | None = None) -> dict:
                 hidden = out.hidden_states
                 if not args.speaker_into_backbone:
                     hidden = tuple(h.detach() for h in hidden)
-                embeddings = model.speaker_pool(model.speaker_frame_features(hidden), out.frame_mask)
+                feats = model.speaker_frame_features(hidden)
+                rows, masks = speaker_crops(out.frame_mask, np_rng, crop_frames[0], crop_frames[1],
+                                            args.speaker_crops)
+                embeddings = model.speaker_pool(feats[rows], masks)
             frames = model.wavlm.feat_extract_output_lengths(b.lengths.to(device))
             ctc = ctc_loss(out.logits.float(), frames, b.labels.to(device), b.label_lengths.to(device),
                            blank=config.pad_token_id, zero_infinity=True)
-            spk = model.speaker_head.objective(embeddings.float(), b.speakers.to(device))
+            spk = model.speaker_head.objective(embeddings.float(), b.speakers.to(device)[rows])
             spk_weight = args.speaker_weight * min(1.0, step / max(1, args.speaker_ramp))
             loss = ctc + spk_weight * spk
             opt.zero_grad(set_to_none=True)
