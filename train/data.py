@@ -36,26 +36,6 @@ def read_manifest(path: str | Path, max_duration: float | None = None) -> list[C
     return clips
 
 
-def length_batches(clips: list[Clip], max_batch_seconds: float, rng: random.Random) -> list[list[Clip]]:
-    """Group clips of similar length so that (batch size x longest clip) <= max_batch_seconds; shuffled.
-
-    Durations get a little noise before sorting so that batches differ between epochs.
-    """
-    order = sorted(clips, key=lambda c: c.duration * rng.uniform(0.9, 1.1))
-    batches, cur, longest = [], [], 0.0
-    for c in order:
-        longest_if = max(longest, c.duration)
-        if cur and longest_if * (len(cur) + 1) > max_batch_seconds:
-            batches.append(cur)
-            cur, longest_if = [], c.duration
-        cur.append(c)
-        longest = longest_if
-    if cur:
-        batches.append(cur)
-    rng.shuffle(batches)
-    return batches
-
-
 def bucket_batches(clips: list[Clip], max_batch_seconds: float, rng: random.Random,
                    bucket_seconds: float = 1.0) -> list[tuple[list[Clip], int]]:
     """Batches of fixed shapes: [(clips, padded length in samples)], shuffled.

@@ -65,12 +65,19 @@ def offline_batches(model, clips: list[Clip]) -> list[tuple[list[Clip], int | No
 
 
 @torch.no_grad()
-def transcribe_clips(model, clips: list[Clip]) -> list[str]:
-    """Greedy CTC of clips (aligned with the input), batched by offline_batches."""
+def transcribe_clips(model, clips: list[Clip], device: torch.device | str = "cpu",
+                     autocast: bool = False) -> list[str]:
+    """Greedy CTC of clips (aligned with the input), batched by offline_batches.
+
+    The model must already be on ``device`` in eval mode; ``autocast`` runs it in bf16.
+    """
+    device = torch.device(device)
     hyps: dict[str, str] = {}
     for batch, pad in offline_batches(model, clips):
         b = collate(batch, {}, None, pad)
-        ids = model(b.audio, b.attention_mask).logits.argmax(-1).numpy()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(b.audio.to(device), b.attention_mask.to(device)).logits
+        ids = logits.float().argmax(-1).cpu().numpy()
         frames = model.wavlm.feat_extract_output_lengths(b.lengths).tolist()
         for c, row, n in zip(batch, ids, frames):
             hyps[c.path] = greedy_decode(row[:n])

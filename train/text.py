@@ -10,7 +10,6 @@ Usage: python -m train.text OUT.txt   (one normalised sentence per line, dedupli
 """
 from __future__ import annotations
 
-import glob
 import re
 import subprocess
 import sys

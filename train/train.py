@@ -20,8 +20,6 @@ Usage: python -m train.train [--max-minutes 90] [--data ~/.cache/wavlm-stream/da
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import math
 import os
 import random
@@ -34,8 +32,9 @@ import torch
 from model import WavLMConfig, WavLMForCTCWithSpeaker
 from model.losses import ctc_loss
 from train import export as export_mod
-from train.data import Batch, Clip, bucket_batches, collate, length_batches, read_manifest
-from train.metrics import error_rates, greedy_decode
+from train.data import Batch, Clip, bucket_batches, collate, read_manifest
+from train.evaluate import transcribe_clips
+from train.metrics import error_rates
 
 CACHE = Path.home() / ".cache" / "wavlm-stream"
 
@@ -110,23 +109,15 @@ def speaker_crops(frame_mask: torch.Tensor, rng: np.random.Generator, min_frames
     return torch.tensor(rows, device=frame_mask.device), torch.stack(masks)
 
 
-@torch.no_grad()
 def evaluate_cer(model: WavLMForCTCWithSpeaker, clips: list[Clip], device: torch.device, autocast: bool,
-                 max_batch_seconds: float = 60.0) -> tuple[float, float, list[tuple[str, str]]]:
-    """Greedy CTC (CER, WER, [(ref, hyp)]) of clean clips, batched by length."""
+                 ) -> tuple[float, float, list[tuple[str, str]]]:
+    """Greedy CTC (CER, WER, [(ref, hyp)]) of clean clips, measured as train/evaluate.py does
+    (group-norm models one clip per forward: padding would change their normalisation)."""
     was_training = model.training
     model.eval()
-    refs, hyps = [], []
-    for batch_clips in length_batches(clips, max_batch_seconds, random.Random(0)):
-        b = collate(batch_clips, {}, None)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(b.audio.to(device), b.attention_mask.to(device))
-        ids = out.logits.float().argmax(-1).cpu().numpy()
-        frames = model.wavlm.feat_extract_output_lengths(b.lengths).tolist()
-        for i, n in enumerate(frames):
-            hyps.append(greedy_decode(ids[i, :n]))
-            refs.append(b.texts[i])
+    hyps = transcribe_clips(model, clips, device, autocast)
     model.train(was_training)
+    refs = [c.text for c in clips]
     cer, wer = error_rates(refs, hyps)
     return cer, wer, list(zip(refs, hyps))
 
