@@ -5,7 +5,7 @@ prints the fraction of frames whose CTC argmax equals the offline model's, the m
 absolute log-prob difference, and (for ``group``-norm models) the drift of the conv
 encoder's streaming rule from the offline GroupNorm.
 
-Models: the bundled default (layer norm, trained) and small random-weight checkpoints of
+Models: the bundled default (group norm, trained) and small random-weight checkpoints of
 both norm variants written by transformers (random models have near-uniform outputs, so
 their agreement is a stricter test than a trained model's).
 

@@ -1,0 +1,118 @@
+"""Window geometry: what each (chunk, lookahead) costs in speed, latency and accuracy.
+
+For each geometry (left context fixed) the table gives
+  work         transformer frames run per output frame, (chunk + right) / chunk
+  budget       the partial-latency budget, chunk + right + 150 ms
+  RTF          stream cached, compute s / audio s, and its ratio to transformers' offline
+               WavLMForCTC on the same input in this process (as bench/rtf.py)
+  CER          greedy finals of the stream on held-out clips (held-out voices and sentences,
+               the test split of train/), next to the offline greedy CER of the same clips
+
+so a faster default is never bought silently with accuracy.
+
+    python bench/geometry.py [--geometry 640/320 960/320 1280/320] [--clips 60] [--seconds 10 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from model import load_model  # noqa: E402
+from rtf import best_time, hf_models, run_stream, speech_like  # noqa: E402
+from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig  # noqa: E402
+
+TEST_MANIFEST = Path.home() / ".cache" / "wavlm-stream" / "data" / "test.jsonl"
+
+
+def parse_geometry(text: str) -> tuple[float, float]:
+    try:
+        chunk, right = (float(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"geometry must be CHUNK_MS/RIGHT_MS, e.g. 640/320; got {text!r}") from None
+    return chunk, right
+
+
+def stream_cer(pipe: Pipeline, waves: list[np.ndarray], refs: list[str]) -> float:
+    from train.metrics import error_rates
+
+    hyps = []
+    for w in waves:
+        s = pipe.new_stream()
+        events = s.feed(w, 16000) + s.finish()
+        hyps.append(" ".join(e.text for e in events if e.type == "final" and e.text).strip())
+    return error_rates(refs, hyps)[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="CTC checkpoint (default: the bundled model)")
+    parser.add_argument("--geometry", nargs="+", type=parse_geometry,
+                        default=[(640, 320), (960, 320), (1280, 320), (640, 160), (1280, 480)],
+                        metavar="CHUNK_MS/RIGHT_MS")
+    parser.add_argument("--left-ms", type=float, default=2000)
+    parser.add_argument("--seconds", nargs="+", type=float, default=[10, 60], help="input lengths for the RTF")
+    parser.add_argument("--clips", type=int, default=60, help="held-out clips for the CER (0: skip)")
+    parser.add_argument("--manifest", type=Path, default=TEST_MANIFEST)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = load_model(args.model)
+    hf, _ = hf_models(Path(args.model))
+    clips = []
+    if args.clips:
+        if not args.manifest.exists():
+            raise SystemExit(f"{args.manifest} not found: generate the data with train/ (see train/README.md) "
+                             "or pass --clips 0")
+        from train.data import read_manifest
+        from train.evaluate import transcribe_clips
+
+        all_clips = read_manifest(args.manifest)
+        clips = [all_clips[i] for i in np.random.default_rng(0).permutation(len(all_clips))[:args.clips]]
+        import soundfile as sf
+
+        waves = [sf.read(c.path, dtype="float32")[0] for c in clips]
+        refs = [c.text for c in clips]
+        from train.metrics import error_rates
+
+        offline_cer = error_rates(refs, transcribe_clips(model.eval(), clips))[0]
+
+    audio = {s: speech_like(s) for s in args.seconds}
+    with torch.inference_mode():
+        hf_rtf = {}
+        for s, a in audio.items():
+            x = torch.from_numpy(a)[None]
+            hf(x)                                               # warm-up
+            hf_rtf[s] = best_time(lambda x=x: hf(x), args.repeats) / s
+
+    print(f"model {args.model}; left {args.left_ms:.0f} ms; {args.threads} threads; best of {args.repeats}; "
+          f"transformers offline RTF " + ", ".join(f"{s:.0f} s: {r:.4f}" for s, r in hf_rtf.items()))
+    cer_head = f" | stream CER ({len(clips)} clips; offline {offline_cer:.3f})" if clips else ""
+    print("| chunk / right (ms) | work | budget (s) | " + " | ".join(f"{s:.0f} s RTF (x hf)" for s in args.seconds)
+          + cer_head + " |")
+    print("|---|---|---|" + "---|" * len(args.seconds) + ("---|" if clips else ""))
+    for chunk, right in args.geometry:
+        config = StreamConfig(chunk_ms=chunk, left_ms=args.left_ms, right_ms=right, beam=False)
+        pipe = Pipeline(model, config)                          # no speaker tracking: CTC only
+        cells = []
+        with torch.inference_mode():
+            for s, a in audio.items():
+                run_stream(pipe, a)                             # warm-up: bias cache, allocator
+                rtf = best_time(lambda a=a: run_stream(pipe, a), args.repeats) / s
+                cells.append(f"{rtf:.4f} ({rtf / hf_rtf[s]:.2f}x)")
+        cer = f" | {stream_cer(pipe, waves, refs):.3f}" if clips else ""
+        print(f"| {chunk:.0f} / {right:.0f} | {(chunk + right) / chunk:.2f} | {(chunk + right + 150) / 1000:.2f} | "
+              + " | ".join(cells) + cer + " |")
+
+
+if __name__ == "__main__":
+    main()
