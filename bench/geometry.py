@@ -1,6 +1,8 @@
-"""Window geometry: what each (chunk, lookahead) costs in speed, latency and accuracy.
+"""Window geometry and mode: what each costs in speed, latency and accuracy.
 
-For each geometry (left context fixed) the table gives
+Rows are CHUNK_MS/RIGHT_MS, optionally with ``:recompute`` (no key/value cache) or
+``:int8`` (int8 dynamic quantization of the Linear layers). For each (left context
+fixed) the table gives
   work         transformer frames run per output frame, (chunk + right) / chunk
   budget       the partial-latency budget, chunk + right + 150 ms
   RTF          stream cached, compute s / audio s, and its ratio to transformers' offline
@@ -10,7 +12,7 @@ For each geometry (left context fixed) the table gives
 
 so a faster default is never bought silently with accuracy.
 
-    python bench/geometry.py [--geometry 640/320 960/320 1280/320] [--clips 60] [--seconds 10 60]
+    python bench/geometry.py [--geometry 640/320 960/320 1280/320 640/320:int8] [--clips 60] [--seconds 10 60]
 """
 
 from __future__ import annotations
@@ -25,19 +27,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from model import load_model  # noqa: E402
-from rtf import best_time, hf_models, run_stream, speech_like  # noqa: E402
-from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig  # noqa: E402
+from rtf import best_time, hf_models, run_stream, speech_like
+
+from model import load_model
+from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig, quantize_int8
 
 TEST_MANIFEST = Path.home() / ".cache" / "wavlm-stream" / "data" / "test.jsonl"
 
 
-def parse_geometry(text: str) -> tuple[float, float]:
+def parse_geometry(text: str) -> tuple[float, float, str]:
+    """'640/320' or '640/320:recompute' or '640/320:int8' -> (chunk_ms, right_ms, variant)."""
+    shape, _, variant = text.partition(":")
+    variant = variant or "cached"
     try:
-        chunk, right = (float(x) for x in text.split("/"))
+        chunk, right = (float(x) for x in shape.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"geometry must be CHUNK_MS/RIGHT_MS, e.g. 640/320; got {text!r}") from None
-    return chunk, right
+        raise argparse.ArgumentTypeError(f"geometry must be CHUNK_MS/RIGHT_MS[:recompute|:int8], e.g. 640/320; "
+                                         f"got {text!r}") from None
+    if variant not in ("cached", "recompute", "int8"):
+        raise argparse.ArgumentTypeError(f"unknown variant {variant!r} in {text!r}: use recompute or int8")
+    return chunk, right, variant
 
 
 def stream_cer(pipe: Pipeline, waves: list[np.ndarray], refs: list[str]) -> float:
@@ -55,8 +64,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="CTC checkpoint (default: the bundled model)")
     parser.add_argument("--geometry", nargs="+", type=parse_geometry,
-                        default=[(640, 320), (960, 320), (1280, 320), (640, 160), (1280, 480)],
-                        metavar="CHUNK_MS/RIGHT_MS")
+                        default=[parse_geometry(g) for g in ("640/320", "640/320:recompute", "640/320:int8",
+                                                             "960/320", "1280/320", "640/160", "1280/480")],
+                        metavar="CHUNK_MS/RIGHT_MS[:VARIANT]")
     parser.add_argument("--left-ms", type=float, default=2000)
     parser.add_argument("--seconds", nargs="+", type=float, default=[10, 60], help="input lengths for the RTF")
     parser.add_argument("--clips", type=int, default=60, help="held-out clips for the CER (0: skip)")
@@ -97,20 +107,25 @@ def main() -> None:
     print(f"model {args.model}; left {args.left_ms:.0f} ms; {args.threads} threads; best of {args.repeats}; "
           f"transformers offline RTF " + ", ".join(f"{s:.0f} s: {r:.4f}" for s, r in hf_rtf.items()))
     cer_head = f" | stream CER ({len(clips)} clips; offline {offline_cer:.3f})" if clips else ""
-    print("| chunk / right (ms) | work | budget (s) | " + " | ".join(f"{s:.0f} s RTF (x hf)" for s in args.seconds)
+    print("| chunk / right (ms), mode | work | budget (s) | " + " | ".join(f"{s:.0f} s RTF (x hf)" for s in args.seconds)
           + cer_head + " |")
     print("|---|---|---|" + "---|" * len(args.seconds) + ("---|" if clips else ""))
-    for chunk, right in args.geometry:
-        config = StreamConfig(chunk_ms=chunk, left_ms=args.left_ms, right_ms=right, beam=False)
-        pipe = Pipeline(model, config)                          # no speaker tracking: CTC only
+    int8_model = None
+    for chunk, right, variant in args.geometry:
+        mode = "recompute" if variant == "recompute" else "cached"
+        config = StreamConfig(chunk_ms=chunk, left_ms=args.left_ms, right_ms=right, mode=mode, beam=False)
+        if variant == "int8" and int8_model is None:
+            int8_model = quantize_int8(load_model(args.model))
+        pipe = Pipeline(int8_model if variant == "int8" else model, config)   # no speaker tracking: CTC only
+        work = (chunk + right) / chunk if mode == "cached" else (args.left_ms + chunk + right) / chunk
         cells = []
         with torch.inference_mode():
             for s, a in audio.items():
                 run_stream(pipe, a)                             # warm-up: bias cache, allocator
-                rtf = best_time(lambda a=a: run_stream(pipe, a), args.repeats) / s
+                rtf = best_time(lambda a=a, pipe=pipe: run_stream(pipe, a), args.repeats) / s
                 cells.append(f"{rtf:.4f} ({rtf / hf_rtf[s]:.2f}x)")
         cer = f" | {stream_cer(pipe, waves, refs):.3f}" if clips else ""
-        print(f"| {chunk:.0f} / {right:.0f} | {(chunk + right) / chunk:.2f} | {(chunk + right + 150) / 1000:.2f} | "
+        print(f"| {chunk:.0f} / {right:.0f}, {variant} | {work:.2f} | {(chunk + right + 150) / 1000:.2f} | "
               + " | ".join(cells) + cer + " |")
 
 
