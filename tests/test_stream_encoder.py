@@ -118,6 +118,31 @@ def test_group_norm_frames_after_the_warm_up_come_out_as_soon_as_their_input_is_
         assert state.group_stats.pending is None     # nothing held once a frame is complete
 
 
+def test_group_norm_rule_uses_the_statistics_up_to_each_output_frames_receptive_field(group_norm_model):
+    # The documented rule, computed by hand: after the warm-up span, the conv-0 frames that
+    # output frame j adds are normalised over conv-0 frames [0, end of frame j's receptive field).
+    encoder = IncrementalConvEncoder(group_norm_model.wavlm.feature_extractor, "group", warmup_frames=300)
+    layer = encoder.layers[0]
+    audio = torch.from_numpy(np.random.default_rng(5).standard_normal(4000).astype(np.float32))
+    with torch.inference_mode():
+        y = layer.conv(audio.reshape(1, 1, -1))                          # (1, C, T0)
+        out, stats = encoder._group_norm_stream(y, encoder.init_state().group_stats, end_of_stream=False)
+    first = (encoder.receptive_field - layer.kernel_size) // layer.stride + 1   # 79
+    per_frame = encoder.total_stride // layer.stride                            # 64
+    seed = first + per_frame * -(-(300 - first) // per_frame)                   # first boundary >= 300
+    ends = [seed] + list(range(seed + per_frame, y.shape[-1] + 1, per_frame))
+    assert out.shape[-1] == ends[-1] and stats.count == ends[-1]
+    y64 = y[0].double()
+    start = 0
+    for end in ends:
+        mean = y64[:, :end].mean(1, keepdim=True)
+        std = (y64[:, :end].var(1, unbiased=False, keepdim=True) + layer.layer_norm.eps).sqrt()
+        expected = (y64[:, start:end] - mean) / std * layer.layer_norm.weight[:, None].double() \
+            + layer.layer_norm.bias[:, None].double()
+        torch.testing.assert_close(out[0, :, start:end].double(), expected, atol=1e-4, rtol=1e-4)
+        start = end
+
+
 def test_group_norm_drift_is_bounded_on_stationary_audio(group_norm_model):
     # On stationary input the running statistics converge to the utterance's: the last
     # frames of a long stream are close to offline (drift is measured on speech in bench/).
