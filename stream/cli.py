@@ -36,7 +36,13 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hotword", action="append", default=[], metavar="WORD",
                    help="boost a word in the final beam search (repeatable)")
     p.add_argument("--kenlm", default=None, metavar="ARPA_OR_BIN",
-                   help="KenLM language model for the final beam search (needs the kenlm extra)")
+                   help="KenLM language model for the final beam search (needs the kenlm extra); "
+                        "python -m train.lm builds one for the bundled model")
+    p.add_argument("--lm-weight", type=float, default=0.5,
+                   help="weight of the --kenlm model in the beam search (default 0.5; 0.3 measured best for "
+                        "the bundled model with train.lm's bigram)")
+    p.add_argument("--word-bonus", type=float, default=1.0,
+                   help="score bonus per word with --kenlm (default 1.0; 2.0 measured best for the bundled model)")
     p.add_argument("--no-beam", action="store_true", help="finalise segments greedily, without beam search")
     p.add_argument("--int8", action="store_true",
                    help="int8 dynamic quantization of the Linear layers (faster on CPU, slightly less accurate)")
@@ -79,7 +85,8 @@ def load_pipeline(args):
         return Pipeline.from_pretrained(
             args.model, speaker_model=args.speaker_model, speakers=not args.no_speakers,
             chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms, mode=args.mode,
-            beam=not args.no_beam, hotwords=tuple(args.hotword), kenlm_path=args.kenlm, int8=args.int8)
+            beam=not args.no_beam, hotwords=tuple(args.hotword), kenlm_path=args.kenlm, int8=args.int8,
+            lm_weight=args.lm_weight, word_bonus=args.word_bonus)
     except (FileNotFoundError, ValueError, KeyError, OSError, ImportError, RuntimeError) as exc:
         raise UserError(f"cannot load the model: {exc}") from None
 

@@ -61,6 +61,8 @@ class StreamConfig:
     beam_width: int = 32
     hotwords: tuple[str, ...] = ()
     kenlm_path: str | None = None
+    lm_weight: float = 0.5           # KenLM weight in the beam search (pyctcdecode's alpha)
+    word_bonus: float = 1.0          # per-word score bonus with KenLM (pyctcdecode's beta)
 
     def window(self) -> WindowConfig:
         return WindowConfig.from_ms(self.chunk_ms, self.left_ms, self.right_ms, self.mode)
@@ -102,7 +104,8 @@ class Pipeline:
         self.finaliser = None
         if config.beam:
             self.finaliser = BeamFinaliser(self.vocabulary, kenlm_path=config.kenlm_path,
-                                           hotwords=config.hotwords, beam_width=config.beam_width)
+                                           hotwords=config.hotwords, beam_width=config.beam_width,
+                                           alpha=config.lm_weight, beta=config.word_bonus)
         self.speaker_source_factory = speaker_source_factory
         self.speaker_tracker_config = speaker_tracker_config
         self._dtype = next(model.parameters()).dtype

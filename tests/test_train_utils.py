@@ -85,3 +85,30 @@ def test_speaker_crops_are_spans_inside_each_clip():
     lengths = crops.sum(1)
     assert lengths[[0, 1, 3, 4]].min() >= 50 and lengths.max() <= 100
     assert lengths[2] == lengths[5] == 30                              # shorter clip: all of it
+
+
+def test_bigram_language_model_normalises_and_kenlm_reads_it_as_written(tmp_path):
+    import importlib.util
+    import math
+
+    from train.lm import BOS, EOS, bigram_model, write_arpa
+
+    sentences = ["the cat sat", "the dog sat down", "a cat ran", "the cat ran down the road"]
+    unigram, backoff, bigram = bigram_model(sentences)
+    assert math.isclose(sum(unigram.values()), 1.0)
+    vocab = list(unigram)                                   # every word that can follow, </s> included
+    for h in [BOS] + [w for w in vocab if w != EOS]:
+        total = sum(bigram.get((h, w), backoff[h] * unigram[w]) for w in vocab)
+        assert math.isclose(total, 1.0, rel_tol=1e-9), h
+    arpa = tmp_path / "lm.arpa"
+    write_arpa(arpa, unigram, backoff, bigram)
+    if importlib.util.find_spec("kenlm") is None:
+        return
+    import kenlm
+
+    lm = kenlm.Model(str(arpa))
+    words = ["the", "dog", "ran"]
+    expected = 0.0
+    for h, w in zip([BOS] + words, words + [EOS]):
+        expected += math.log10(bigram.get((h, w), backoff[h] * unigram[w]))
+    assert math.isclose(lm.score("the dog ran"), expected, abs_tol=1e-4)
