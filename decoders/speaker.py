@@ -61,12 +61,14 @@ class SpeakerTrackerConfig:
     # Geometry: measured with bench/speaker_eval.py. A 1 s window every 0.32 s (half the engine's
     # 640 ms chunk, so windows end where chunks end) keeps the median change latency through the
     # engine under 1.5 s; 1.5 s windows every 0.5 s cost ~0.6 s more latency for the same F1.
+    # The thresholds are `bench/speaker_eval.py --tune`'s choice on the bundled model's
+    # embeddings (step 20,576); other speaker models may want their own (retune with it).
     window_s: float = 1.0               # length of each embedding window (s)
     hop_s: float = 0.32                 # a new window every hop (s)
-    change_threshold: float = 0.4       # cosine distance to the current speaker's centroid above which
+    change_threshold: float = 0.7       # cosine distance to the current speaker's centroid above which
                                         # a window votes for a change
     hysteresis: int = 2                 # consecutive, mutually consistent votes needed to emit a change
-    new_speaker_threshold: float = 0.5  # cosine distance to every known centroid above which a new label is opened
+    new_speaker_threshold: float = 0.8  # cosine distance to every known centroid above which a new label is opened
     max_speakers: int = 8               # cap on distinct labels
     min_speech_fraction: float = 0.5    # windows with less speech than this are silence
     centroid_max_count: int = 50        # centroids are running means with weight >= 1/centroid_max_count

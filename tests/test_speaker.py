@@ -11,6 +11,10 @@ from hypothesis import given, settings, strategies as st
 from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig, Turn, read_rttm, write_rttm
 
 DIM = 32
+# Thresholds for the crafted voices below (nearly orthogonal, cosine distance ~1 between
+# speakers): these tests check the tracker's logic, not the defaults, which are tuned on the
+# bundled model's embeddings by bench/speaker_eval.py --tune.
+CRAFTED = dict(change_threshold=0.4, new_speaker_threshold=0.5)
 
 
 def voices(n: int, seed: int = 0) -> np.ndarray:
@@ -30,7 +34,7 @@ def simulate(segments, voice, *, window=1.5, hop=0.5, noise=0.05, seed=1, config
     """
     rng = np.random.default_rng(seed)
     total = segments[-1][1]
-    tracker = SpeakerTracker(config or SpeakerTrackerConfig(window_s=window, hop_s=hop))
+    tracker = SpeakerTracker(config or SpeakerTrackerConfig(window_s=window, hop_s=hop, **CRAFTED))
     out = []
     n = int(round(total / hop))
     for k in range(1, n + 1):
@@ -81,7 +85,7 @@ def test_single_outlier_window_is_not_a_change():
     assert changes(events) == []
     # Without hysteresis the same outlier does flip the label: the test can see flapping.
     _, flappy = simulate(segs, v, outliers=(8.0,),
-                         config=SpeakerTrackerConfig(hysteresis=1))
+                         config=SpeakerTrackerConfig(hysteresis=1, **CRAFTED))
     assert len(changes(flappy)) >= 1
 
 
@@ -116,7 +120,7 @@ def test_returning_speakers_keep_their_labels():
 def test_speaker_cap_is_respected():
     v = voices(5)
     segs = [(6 * i, 6 * i + 6, s) for i, s in enumerate([0, 1, 2, 3, 4, 0])]
-    cfg = SpeakerTrackerConfig(max_speakers=3)
+    cfg = SpeakerTrackerConfig(max_speakers=3, **CRAFTED)
     tracker, events = simulate(segs, v, config=cfg)
     labels = {e.to_speaker for _, e in events} | {t.label for t in tracker.turns()}
     assert labels <= {"S1", "S2", "S3"}
@@ -178,7 +182,7 @@ def test_change_snaps_to_the_onset_after_the_longest_nearby_pause():
     v = voices(2)
     # A until 9.9, a 0.3 s pause, B from 10.2 with a short 0.12 s pause at 10.5 (a weaker onset).
     segs = [(0, 9.9, 0), (9.9, 10.2, None), (10.2, 10.5, 1), (10.5, 10.62, None), (10.62, 20, 1)]
-    tracker = SpeakerTracker(SpeakerTrackerConfig())
+    tracker = SpeakerTracker(SpeakerTrackerConfig(**CRAFTED))
     tracker.push_speech(0, 0.02, frames_of(segs, 20))
     events = []
     for k in range(3, 41):
@@ -230,7 +234,7 @@ def test_invalid_input_is_refused():
 
 def test_finish_confirms_a_trailing_run_of_two_but_not_one():
     v = voices(2)
-    cfg = SpeakerTrackerConfig(hysteresis=3)
+    cfg = SpeakerTrackerConfig(hysteresis=3, **CRAFTED)
     _, events = simulate([(0, 10, 0), (10, 11.5, 1)], v, config=cfg)
     assert len(changes(events)) == 1 and changes(events)[0][0] == 11.5   # confirmed by finish()
     _, events = simulate([(0, 10, 0), (10, 11.0, 1)], v, config=cfg)
