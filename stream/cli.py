@@ -39,10 +39,9 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="KenLM language model for the final beam search (needs the kenlm extra); "
                         "python -m train.lm builds one for the bundled model")
     p.add_argument("--lm-weight", type=float, default=0.5,
-                   help="weight of the --kenlm model in the beam search (default 0.5; 0.3 measured best for "
-                        "the bundled model with train.lm's bigram)")
+                   help="weight of the --kenlm model in the beam search (pyctcdecode's alpha, default 0.5)")
     p.add_argument("--word-bonus", type=float, default=1.0,
-                   help="score bonus per word with --kenlm (default 1.0; 2.0 measured best for the bundled model)")
+                   help="score bonus per word with --kenlm (pyctcdecode's beta, default 1.0)")
     p.add_argument("--no-beam", action="store_true", help="finalise segments greedily, without beam search")
     p.add_argument("--int8", action="store_true",
                    help="int8 dynamic quantization of the Linear layers (faster on CPU, slightly less accurate)")
