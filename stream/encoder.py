@@ -84,6 +84,14 @@ class IncrementalConvEncoder:
         self.layers = list(feature_extractor.conv_layers)
         self.norm_kind = norm_kind
         self.warmup_frames = warmup_frames
+        # Group-norm rule spans, in conv-0 frames: output frame 0 completes after `first`, each
+        # later one after `per_frame` more; the warm-up span ends at the first such boundary at
+        # or after warmup_frames.
+        conv0 = self.layers[0]
+        first = (self.receptive_field - conv0.kernel_size) // conv0.stride + 1
+        self._conv0_per_frame = self.total_stride // conv0.stride
+        self._seed_frames = first + self._conv0_per_frame * max(0, -(-(warmup_frames - first)
+                                                                     // self._conv0_per_frame))
 
     @property
     def receptive_field(self) -> int:
@@ -158,17 +166,6 @@ class IncrementalConvEncoder:
         frames = x[0].transpose(0, 1)                                  # (T_new, C_last)
         return frames, ConvEncoderState(tuple(tails), state.frames_out + frames.shape[0], stats)
 
-    def _unit_end(self, frame: int) -> int:
-        """Conv-0 frames that exist once output frame ``frame`` is complete, (R - k0) / s0 + 1 + frame * S / s0."""
-        first = self.layers[0]
-        return ((self.receptive_field - first.kernel_size) // first.stride + 1
-                + frame * (self.total_stride // first.stride))
-
-    def _seed_end(self) -> int:
-        """End of the warm-up span: the first output-frame boundary at or after warmup_frames."""
-        per_frame = self.total_stride // self.layers[0].stride
-        return self._unit_end(max(0, -(-(self.warmup_frames - self._unit_end(0)) // per_frame)))
-
     def _group_norm_stream(self, y: torch.Tensor, stats: GroupNormStats, end_of_stream: bool,
                            ) -> tuple[torch.Tensor, GroupNormStats]:
         """Normalise conv-0 outputs y (1, C, T) with causal cumulative statistics per output frame.
@@ -180,18 +177,16 @@ class IncrementalConvEncoder:
         y = y[0]                                                         # (C, T)
         done, count, total, total_sq = [], stats.count, stats.total, stats.total_sq
         if count == 0:
-            seed = self._seed_end()
-            if y.shape[-1] < seed and not end_of_stream:
+            if y.shape[-1] < self._seed_frames and not end_of_stream:
                 return y[None, :, :0], replace(stats, pending=y[None])   # wait for the seed span
             # The seed span (or, for a stream shorter than it, everything: like offline) shares
             # one set of statistics.
-            seed = y.shape[-1] if y.shape[-1] < seed else seed
+            seed = min(y.shape[-1], self._seed_frames)
             if seed:
-                y64 = y[:, :seed].to(torch.float64)
-                total, total_sq, count = y64.sum(1), (y64 * y64).sum(1), seed
-                done.append(self._normalise(y[:, :seed], total[:, None], total_sq[:, None], count))
+                out, total, total_sq, count = self._normalise_span(y[:, :seed], total, total_sq, count)
+                done.append(out)
             y = y[:, seed:]
-        per_frame = self.total_stride // self.layers[0].stride
+        per_frame = self._conv0_per_frame
         n_units = y.shape[-1] // per_frame
         if n_units:
             units = y[:, :n_units * per_frame].reshape(y.shape[0], n_units, per_frame)   # (C, U, F)
@@ -206,12 +201,20 @@ class IncrementalConvEncoder:
         pending = y[None] if y.shape[-1] else None
         if end_of_stream and pending is not None:
             # A last partial span feeds no output frame; normalise it over everything anyway.
-            y64 = y.to(torch.float64)
-            total, total_sq, count = total + y64.sum(1), total_sq + (y64 * y64).sum(1), count + y.shape[-1]
-            done.append(self._normalise(y, total[:, None], total_sq[:, None], count))
+            out, total, total_sq, count = self._normalise_span(y, total, total_sq, count)
+            done.append(out)
             pending = None
         out = torch.cat(done, dim=-1) if done else y[:, :0]
         return out[None], GroupNormStats(count, total, total_sq, pending)
+
+    def _normalise_span(self, y: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor, count: int):
+        """Add the span y (C, T) to the running sums and normalise all of it with the result.
+
+        Returns (normalised (C, T), total, total_sq, count) after the span.
+        """
+        y64 = y.to(torch.float64)
+        total, total_sq, count = total + y64.sum(1), total_sq + (y64 * y64).sum(1), count + y.shape[-1]
+        return self._normalise(y, total[:, None], total_sq[:, None], count), total, total_sq, count
 
     def _normalise(self, y: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor, count) -> torch.Tensor:
         """(y - mean) / std * weight + bias, statistics from float64 sums over ``count`` frames.
