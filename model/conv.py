@@ -145,8 +145,6 @@ class PositionalConvEmbedding(nn.Module):
         super().__init__()
         self.kernel_size = kernel_size
         self.conv = WeightNormConv1d(hidden_size, kernel_size, groups)
-        # an even kernel with padding k//2 yields one extra frame at the end, which is dropped
-        self.num_pad_remove = 1 if kernel_size % 2 == 0 else 0
         self.activation = get_activation(activation)
 
     def forward(self, hidden: torch.Tensor, first_row: int = 0) -> torch.Tensor:
@@ -155,17 +153,14 @@ class PositionalConvEmbedding(nn.Module):
         Rows before first_row are not computed (a stream only needs its query rows); the
         zero padding is still at the edges of ``hidden``, so the rows equal the full output's.
         """
-        if first_row == 0:
-            x = self.conv(hidden.transpose(1, 2))
-            if self.num_pad_remove:
-                x = x[:, :, : -self.num_pad_remove]
-            return self.activation(x).transpose(1, 2)
         T = hidden.shape[1]
         if not 0 <= first_row <= T:
             raise ValueError(f"first_row must be in [0, {T}], got {first_row}")
         if first_row == T:
             return hidden[:, T:]
-        # Output row t reads input rows [t - pad, t - pad + kernel): pad only where those fall outside.
+        # Output row t reads input rows [t - pad, t - pad + kernel): pad only where those fall
+        # outside (for an even kernel one row less on the right than transformers' padding, whose
+        # extra last output it drops).
         pad = self.conv.padding
         start = first_row - pad
         x = hidden[:, max(0, start):].transpose(1, 2)
