@@ -49,17 +49,6 @@ def parse_geometry(text: str) -> tuple[float, float, str]:
     return chunk, right, variant
 
 
-def stream_cer(pipe: Pipeline, waves: list[np.ndarray], refs: list[str]) -> float:
-    from train.metrics import error_rates
-
-    hyps = []
-    for w in waves:
-        s = pipe.new_stream()
-        events = s.feed(w, 16000) + s.finish()
-        hyps.append(" ".join(e.text for e in events if e.type == "final" and e.text).strip())
-    return error_rates(refs, hyps)[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="CTC checkpoint (default: the bundled model)")
@@ -83,17 +72,16 @@ def main() -> None:
         if not args.manifest.exists():
             raise SystemExit(f"{args.manifest} not found: generate the data with train/ (see train/README.md) "
                              "or pass --clips 0")
+        import soundfile as sf
+
         from train.data import read_manifest
-        from train.evaluate import transcribe_clips
+        from train.evaluate import pipeline_transcripts, transcribe_clips
+        from train.metrics import error_rates
 
         all_clips = read_manifest(args.manifest)
         clips = [all_clips[i] for i in np.random.default_rng(0).permutation(len(all_clips))[:args.clips]]
-        import soundfile as sf
-
         waves = [sf.read(c.path, dtype="float32")[0] for c in clips]
         refs = [c.text for c in clips]
-        from train.metrics import error_rates
-
         offline_cer = error_rates(refs, transcribe_clips(model.eval(), clips))[0]
 
     audio = {s: speech_like(s) for s in args.seconds}
@@ -124,7 +112,7 @@ def main() -> None:
                 run_stream(pipe, a)                             # warm-up: bias cache, allocator
                 rtf = best_time(lambda a=a, pipe=pipe: run_stream(pipe, a), args.repeats) / s
                 cells.append(f"{rtf:.4f} ({rtf / hf_rtf[s]:.2f}x)")
-        cer = f" | {stream_cer(pipe, waves, refs):.3f}" if clips else ""
+        cer = f" | {error_rates(refs, pipeline_transcripts(pipe, waves))[0]:.3f}" if clips else ""
         print(f"| {chunk:.0f} / {right:.0f}, {variant} | {work:.2f} | {(chunk + right + 150) / 1000:.2f} | "
               + " | ".join(cells) + cer + " |")
 

@@ -117,7 +117,11 @@ def stream_transcripts(model_path: str, waves: list[np.ndarray]) -> list[str] | 
         from stream import Pipeline
     except ImportError:
         return None
-    pipe = Pipeline.from_pretrained(model_path, speakers=False)
+    return pipeline_transcripts(Pipeline.from_pretrained(model_path, speakers=False), waves)
+
+
+def pipeline_transcripts(pipe, waves: list[np.ndarray]) -> list[str]:
+    """The finals' text of each 16 kHz wave streamed alone through ``pipe`` (a stream.Pipeline)."""
     out = []
     for w in waves:
         s = pipe.new_stream()
