@@ -33,6 +33,12 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="x-vector or frame-classification checkpoint for speaker tracking "
                         "(default: the CTC model's own speaker head, if it has one)")
     p.add_argument("--no-speakers", action="store_true", help="turn speaker tracking off")
+    p.add_argument("--max-speakers", type=int, default=None, metavar="N",
+                   help="cap on distinct speaker labels (default 8)")
+    p.add_argument("--speaker-window", type=float, default=None, metavar="S",
+                   help="seconds of audio per speaker embedding (default 1.5)")
+    p.add_argument("--speaker-hop", type=float, default=None, metavar="S",
+                   help="seconds between speaker embeddings (default 0.5; shorter reacts sooner)")
     p.add_argument("--hotword", action="append", default=[], metavar="WORD",
                    help="boost a word in the final beam search (repeatable)")
     p.add_argument("--kenlm", default=None, metavar="ARPA_OR_BIN",
@@ -80,14 +86,33 @@ def load_pipeline(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    tracker = speaker_tracker_config(args)
     try:
         return Pipeline.from_pretrained(
             args.model, speaker_model=args.speaker_model, speakers=not args.no_speakers,
+            speaker_tracker_config=tracker,
             chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms, mode=args.mode,
             beam=not args.no_beam, hotwords=tuple(args.hotword), kenlm_path=args.kenlm, int8=args.int8,
             lm_weight=args.lm_weight, word_bonus=args.word_bonus)
     except (FileNotFoundError, ValueError, KeyError, OSError, ImportError, RuntimeError) as exc:
         raise UserError(f"cannot load the model: {exc}") from None
+
+
+def speaker_tracker_config(args):
+    """The speaker tracker's settings with the command line's overrides (None: all defaults)."""
+    import dataclasses
+
+    from decoders.speaker import SpeakerTrackerConfig
+
+    overrides = {field: value for field, value in (("max_speakers", args.max_speakers),
+                                                   ("window_s", args.speaker_window),
+                                                   ("hop_s", args.speaker_hop)) if value is not None}
+    if not overrides:
+        return None
+    try:
+        return dataclasses.replace(SpeakerTrackerConfig(), **overrides)
+    except ValueError as exc:
+        raise UserError(f"speaker tracking options: {exc}") from None
 
 
 class CaptionPrinter:

@@ -110,3 +110,22 @@ def test_python_api_events_are_dataclasses(tmp_path, ckpt):
     events = s.feed(audio, 16000) + s.finish()
     finals = [e for e in events if isinstance(e, Final)]
     assert finals and all(json.loads(e.to_json())["type"] == "final" for e in finals)
+
+
+def test_speaker_options_reach_the_tracker(tmp_path, capsys):
+    """The bundled model on the two-voice example: --max-speakers 1 keeps one label, the
+    default finds the second voice; bad window settings are one clear error line."""
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parent.parent / "examples" / "two_speakers.wav")
+    labels = {}
+    for extra in ([], ["--max-speakers", "1"]):
+        code, out, err = _run(capsys, ["transcribe", example, "--json", "--no-beam", *extra])
+        assert code == 0, err
+        events = [json.loads(line) for line in out.splitlines()]
+        labels[tuple(extra)] = {e["speaker"] for e in events if e["type"] == "final"}
+    assert labels[()] == {"S1", "S2"}
+    assert labels[("--max-speakers", "1")] == {"S1"}
+    code, out, err = _run(capsys, ["transcribe", example, "--speaker-window", "1", "--speaker-hop", "2"])
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "speaker tracking options" in err and "hop_s" in err
