@@ -1,7 +1,8 @@
 """Window geometry and mode: what each costs in speed, latency and accuracy.
 
-Rows are CHUNK_MS/RIGHT_MS, optionally with ``:recompute`` (no key/value cache) or
-``:int8`` (int8 dynamic quantization of the Linear layers). For each (left context
+Rows are CHUNK_MS/RIGHT_MS, optionally with ``:recompute`` (no key/value cache),
+``:int8`` (int8 dynamic quantization of the Linear layers) or ``:bf16`` (the transformer in
+bfloat16). For each (left context
 fixed) the table gives
   work         transformer frames run per output frame, (chunk + right) / chunk
   budget       the partial-latency budget, chunk + right + 150 ms
@@ -30,22 +31,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rtf import best_time, hf_models, run_stream, speech_like
 
 from model import load_model
-from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig, quantize_int8
+from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig, bf16_transformer, quantize_int8
 
 TEST_MANIFEST = Path.home() / ".cache" / "wavlm-stream" / "data" / "test.jsonl"
 
 
 def parse_geometry(text: str) -> tuple[float, float, str]:
-    """'640/320' or '640/320:recompute' or '640/320:int8' -> (chunk_ms, right_ms, variant)."""
+    """'640/320' or '640/320:recompute|:int8|:bf16' -> (chunk_ms, right_ms, variant)."""
     shape, _, variant = text.partition(":")
     variant = variant or "cached"
     try:
         chunk, right = (float(x) for x in shape.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"geometry must be CHUNK_MS/RIGHT_MS[:recompute|:int8], e.g. 640/320; "
+        raise argparse.ArgumentTypeError(f"geometry must be CHUNK_MS/RIGHT_MS[:recompute|:int8|:bf16], e.g. 640/320; "
                                          f"got {text!r}") from None
-    if variant not in ("cached", "recompute", "int8"):
-        raise argparse.ArgumentTypeError(f"unknown variant {variant!r} in {text!r}: use recompute or int8")
+    if variant not in ("cached", "recompute", "int8", "bf16"):
+        raise argparse.ArgumentTypeError(f"unknown variant {variant!r} in {text!r}: use recompute, int8 or bf16")
     return chunk, right, variant
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="CTC checkpoint (default: the bundled model)")
     parser.add_argument("--geometry", nargs="+", type=parse_geometry,
-                        default=[parse_geometry(g) for g in ("640/320", "640/320:recompute", "640/320:int8",
+                        default=[parse_geometry(g) for g in ("640/320", "640/320:recompute", "640/320:int8", "640/320:bf16",
                                                              "960/320", "1280/320", "640/160", "1280/480")],
                         metavar="CHUNK_MS/RIGHT_MS[:VARIANT]")
     parser.add_argument("--left-ms", type=float, default=2000)
@@ -98,13 +99,14 @@ def main() -> None:
     print("| chunk / right (ms), mode | work | budget (s) | " + " | ".join(f"{s:.0f} s RTF (x hf)" for s in args.seconds)
           + cer_head + " |")
     print("|---|---|---|" + "---|" * len(args.seconds) + ("---|" if clips else ""))
-    int8_model = None
+    variants = {"cached": model, "recompute": model}
     for chunk, right, variant in args.geometry:
         mode = "recompute" if variant == "recompute" else "cached"
         config = StreamConfig(chunk_ms=chunk, left_ms=args.left_ms, right_ms=right, mode=mode, beam=False)
-        if variant == "int8" and int8_model is None:
-            int8_model = quantize_int8(load_model(args.model))
-        pipe = Pipeline(int8_model if variant == "int8" else model, config)   # no speaker tracking: CTC only
+        if variant not in variants:
+            convert = quantize_int8 if variant == "int8" else bf16_transformer
+            variants[variant] = convert(load_model(args.model))
+        pipe = Pipeline(variants[variant], config)   # no speaker tracking: CTC only
         work = (chunk + right) / chunk if mode == "cached" else (args.left_ms + chunk + right) / chunk
         cells = []
         with torch.inference_mode():

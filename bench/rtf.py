@@ -9,6 +9,7 @@ times; the best time is kept (the least disturbed by other load).
 Rows:
   stream cached / recompute   our engine at the given latency (default left 2 s, chunk 0.64 s, right 0.32 s)
   stream cached int8          the same with int8 dynamic quantization of the Linear layers
+  stream cached bf16          the same with the transformer in bfloat16 (bench/geometry.py: its CER)
   ours offline                our model's offline forward
   hf offline                  transformers WavLMForCTC, one forward over the whole input
   hf pipeline chunked         transformers' ASR pipeline, chunk_length_s=10, stride_length_s=(4, 2)
@@ -33,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model import load_model  # noqa: E402
-from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig, quantize_int8  # noqa: E402
+from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig, bf16_transformer, quantize_int8  # noqa: E402
 
 
 def base_checkpoint(directory: Path) -> Path:
@@ -98,6 +99,7 @@ def table(name: str, checkpoint: Path, seconds: list[float], args) -> None:
         "stream cached": Pipeline(ours, StreamConfig(mode="cached", **stream_cfg)),
         "stream recompute": Pipeline(ours, StreamConfig(mode="recompute", **stream_cfg)),
         "stream cached int8": Pipeline(quantize_int8(load_model(checkpoint)), StreamConfig(mode="cached", **stream_cfg)),
+        "stream cached bf16": Pipeline(bf16_transformer(load_model(checkpoint)), StreamConfig(mode="cached", **stream_cfg)),
     }
     same_latency_s = (args.left_ms + args.chunk_ms + args.right_ms) / 1000
     print(f"\n### {name}: RTF (compute s / audio s), best of {args.repeats}, {torch.get_num_threads()} threads")
@@ -131,9 +133,10 @@ def table(name: str, checkpoint: Path, seconds: list[float], args) -> None:
     for key, rtfs in rows.items():
         cells = " | ".join(f"{r:.3f} ({r / h:.2f}x)" for r, h in zip(rtfs, rows["hf offline"]))
         print(f"| {key} | {cells} |")
-    cached, naive_same = rows["stream cached"], rows["naive same latency"]
-    print("speed-up of stream cached over naive recompute at the same latency: "
-          + ", ".join(f"{s:.0f} s: {n / c:.2f}x" for s, c, n in zip(seconds, cached, naive_same)))
+    naive_same = rows["naive same latency"]
+    for key in ("stream cached", "stream cached bf16"):
+        print(f"speed-up of {key} over naive recompute (float32) at the same latency: "
+              + ", ".join(f"{s:.0f} s: {n / c:.2f}x" for s, c, n in zip(seconds, rows[key], naive_same)))
 
 
 def main() -> None:

@@ -51,6 +51,8 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-beam", action="store_true", help="finalise segments greedily, without beam search")
     p.add_argument("--int8", action="store_true",
                    help="int8 dynamic quantization of the Linear layers (faster on CPU, slightly less accurate)")
+    p.add_argument("--bf16", action="store_true",
+                   help="the transformer in bfloat16 (faster on CPUs with AVX512-BF16 or AMX, slightly less accurate)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -92,7 +94,7 @@ def load_pipeline(args):
             args.model, speaker_model=args.speaker_model, speakers=not args.no_speakers,
             speaker_tracker_config=tracker,
             chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms, mode=args.mode,
-            beam=not args.no_beam, hotwords=tuple(args.hotword), kenlm_path=args.kenlm, int8=args.int8,
+            beam=not args.no_beam, hotwords=tuple(args.hotword), kenlm_path=args.kenlm, int8=args.int8, bf16=args.bf16,
             lm_weight=args.lm_weight, word_bonus=args.word_bonus)
     except (FileNotFoundError, ValueError, KeyError, OSError, ImportError, RuntimeError) as exc:
         raise UserError(f"cannot load the model: {exc}") from None

@@ -161,6 +161,9 @@ class WindowRunner:
     def __init__(self, backbone: nn.Module, config: WindowConfig):
         self.config = config
         self.encoder = backbone.encoder
+        # The transformer's own dtype (bfloat16 after stream.pipeline.bf16_transformer): frames are
+        # cast to it on the way in, outputs back to float32 for the heads on the way out.
+        self.dtype = next(self.encoder.parameters()).dtype
         self.bias = BiasCache(self.encoder.layers[0].attention)
         conv = self.encoder.pos_conv_embed.conv
         # Row t of the positional conv reads input frames [t - pad, t + kernel - pad - 1].
@@ -175,7 +178,7 @@ class WindowRunner:
         """Add projected frames (T, H) to a stream's state."""
         if frames.shape[0] == 0:
             return state
-        features = torch.cat([state.features, frames], dim=0)
+        features = torch.cat([state.features, frames.to(self.dtype)], dim=0)
         return TransformerState(features, state.features_start, state.emitted, state.cache)
 
     def shape_key(self, state: TransformerState, window: Window) -> tuple[int, int]:
@@ -268,8 +271,8 @@ class WindowRunner:
 
 def _window_output(window: Window, h: torch.Tensor, hidden: list | None, b: int,
                    rows: slice) -> WindowOutput:
-    layers = None if hidden is None else tuple(t[b, rows] for t in hidden)
-    return WindowOutput(window, h[rows], layers)
+    layers = None if hidden is None else tuple(t[b, rows].float() for t in hidden)
+    return WindowOutput(window, h[rows].float(), layers)
 
 
 def _stack_kv(kvs):

@@ -148,6 +148,30 @@ def test_int8_pipeline_quantizes_linears_and_stays_close(tmp_path):
     assert np.abs(a - b).mean() < 0.02          # measured ~0.002 on this model
 
 
+def test_bf16_pipeline_runs_the_transformer_in_bf16_and_stays_close(tmp_path):
+    import torch
+
+    from stream.pipeline import Pipeline as P
+
+    ckpt = write_ctc_checkpoint(tmp_path / "m")
+    audio = _audio(2.0, seed=6)
+    cfg = dict(speakers=False, beam=False, chunk_ms=320, right_ms=160)
+    fp32 = P.from_pretrained(ckpt, **cfg)
+    bf16 = P.from_pretrained(ckpt, bf16=True, **cfg)
+    assert bf16.runner.dtype == torch.bfloat16
+    assert bf16.model.lm_head.weight.dtype == torch.float32            # the heads stay float32
+    assert bf16.model.wavlm.feature_extractor.conv_layers[0].conv.weight.dtype == torch.float32
+    s = bf16.new_stream(keep_log_probs=True)
+    events = s.feed(audio, 16000) + s.finish()
+    assert all(e.to_json() for e in events)
+    assert s._tf.cache[0].key.dtype == torch.bfloat16                  # the key/value cache too
+    a, b = fp32.streaming_log_probs(audio), bf16.streaming_log_probs(audio)
+    assert a.shape == b.shape and b.dtype == a.dtype
+    assert np.abs(a - b).mean() < 0.01          # measured ~0.0006 on this model
+    with pytest.raises(ValueError, match="choose one"):
+        P.from_pretrained(ckpt, int8=True, bf16=True, **cfg)
+
+
 def test_a_stream_failing_mid_batch_loses_no_events_of_the_others(ctc_model):
     pipe = Pipeline(ctc_model, StreamConfig(chunk_ms=160, left_ms=400, right_ms=80, beam=False))
     audio = _audio(2.0, seed=7)
