@@ -182,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="global steps over which the speaker weight ramps up from 0 (CTC leaves its blank plateau first)")
     ap.add_argument("--speaker-crops", type=int, default=2,
                     help="random spans per clip for the speaker loss besides the whole clip (the tracker "
-                         "pools ~1 s windows, so the head learns on spans of that length too)")
+                         "pools 1-1.5 s windows, so the head learns on spans of that length too)")
     ap.add_argument("--speaker-crop-seconds", type=float, nargs=2, default=(1.0, 2.0), metavar=("MIN", "MAX"))
     ap.add_argument("--curriculum-steps", type=int, default=1500,
                     help="global steps on the easy subset first (short clips of --curriculum-voices); 0: none")
