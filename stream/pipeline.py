@@ -88,9 +88,20 @@ def bf16_transformer(model: torch.nn.Module) -> torch.nn.Module:
     projection and the heads stay float32; the window runner casts at both ends. On a CPU with
     AVX512-BF16 a (48 x 768) @ (768 x 3072) product runs ~2.8x faster than in float32
     (measured here); the cost in accuracy is measured by ``bench/rtf.py`` and ``bench/geometry.py``.
+    Without those instructions bfloat16 is emulated and slower than float32: a warning says so.
     """
+    if next(model.parameters()).device.type == "cpu" and not _cpu_has_bf16():
+        import warnings
+        warnings.warn("this CPU has no BF16 instructions (AVX512-BF16 or AMX): the bfloat16 transformer "
+                      "runs emulated, slower than float32 (measure with bench/rtf.py)", stacklevel=2)
     model.wavlm.encoder.to(torch.bfloat16)
     return model
+
+
+def _cpu_has_bf16() -> bool:
+    cpu = torch.cpu
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 class Pipeline:

@@ -190,3 +190,12 @@ def test_a_stream_failing_mid_batch_loses_no_events_of_the_others(ctc_model):
     got = pipe.run_pending([good])[0] + good.finish()
     without_latency = lambda events: [{**e.to_dict(), "latency": None} for e in events]  # noqa: E731
     assert without_latency(got) == without_latency(want)
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(tmp_path, monkeypatch):
+    import stream.pipeline as pipeline_module
+
+    ckpt = write_ctc_checkpoint(tmp_path / "m")
+    monkeypatch.setattr(pipeline_module, "_cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no BF16 instructions"):
+        pipeline_module.Pipeline.from_pretrained(ckpt, bf16=True, speakers=False, beam=False)
