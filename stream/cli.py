@@ -39,6 +39,10 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds of audio per speaker embedding (default 1.5)")
     p.add_argument("--speaker-hop", type=float, default=None, metavar="S",
                    help="seconds between speaker embeddings (default 0.5; shorter reacts sooner)")
+    p.add_argument("--speaker-peak-threshold", type=float, default=None, metavar="D",
+                   help="cosine distance between neighbouring speaker embeddings that can be a change "
+                        "(default 0.2, tuned for the bundled model; bench/speaker_eval.py --tune finds "
+                        "one for other speaker models)")
     p.add_argument("--hotword", action="append", default=[], metavar="WORD",
                    help="boost a word in the final beam search (repeatable)")
     p.add_argument("--kenlm", default=None, metavar="ARPA_OR_BIN",
@@ -108,7 +112,9 @@ def speaker_tracker_config(args):
 
     overrides = {field: value for field, value in (("max_speakers", args.max_speakers),
                                                    ("window_s", args.speaker_window),
-                                                   ("hop_s", args.speaker_hop)) if value is not None}
+                                                   ("hop_s", args.speaker_hop),
+                                                   ("peak_threshold", args.speaker_peak_threshold))
+                 if value is not None}
     if not overrides:
         return None
     try:

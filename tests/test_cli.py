@@ -129,3 +129,5 @@ def test_speaker_options_reach_the_tracker(tmp_path, capsys):
     code, out, err = _run(capsys, ["transcribe", example, "--speaker-window", "1", "--speaker-hop", "2"])
     assert code == 2 and out == "" and "Traceback" not in err
     assert "speaker tracking options" in err and "hop_s" in err
+    code, out, err = _run(capsys, ["transcribe", example, "--speaker-peak-threshold", "3"])
+    assert code == 2 and "peak_threshold" in err and "Traceback" not in err
