@@ -1,7 +1,8 @@
 """How close is streaming to offline? CTC argmax agreement per frame, both modes, both norms.
 
-For each model and mode, feeds audio through a stream at the given latency settings and
-prints the fraction of frames whose CTC argmax equals the offline model's, the mean
+For each model and mode (recompute, cached, and cached with int8 Linear layers or with the
+transformer in bfloat16), feeds audio through a stream at the given latency settings and
+prints the fraction of frames whose CTC argmax equals the float32 offline model's, the mean
 absolute log-prob difference, and (for ``group``-norm models) the drift of the conv
 encoder's streaming rule from the offline GroupNorm.
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model import load_model  # noqa: E402
 from stream.audio import AudioIntake  # noqa: E402
 from stream.encoder import IncrementalConvEncoder  # noqa: E402
-from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig  # noqa: E402
+from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig, bf16_transformer, quantize_int8  # noqa: E402
 
 
 def load_audio(paths: list[str], seconds: float) -> list[np.ndarray]:
@@ -71,11 +72,15 @@ def conv_drift(model, audio: np.ndarray) -> float:
     return float((streamed - offline).abs().max() / offline.abs().max())
 
 
-def compare(name: str, model, clips, args) -> None:
-    for mode in ("recompute", "cached"):
+def compare(name: str, checkpoint: Path, clips, args) -> None:
+    model = load_model(checkpoint)       # float32: the offline reference and the plain modes
+    variants = {"recompute": model, "cached": model,
+                "cached int8": quantize_int8(load_model(checkpoint)),
+                "cached bf16": bf16_transformer(load_model(checkpoint))}
+    for mode, streamed_model in variants.items():
         config = StreamConfig(chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms,
-                              mode=mode, beam=False)
-        pipe = Pipeline(model, config)
+                              mode=mode.split()[0], beam=False)
+        pipe = Pipeline(streamed_model, config)
         agree = total = 0
         diffs = []
         for audio in clips:
@@ -88,7 +93,7 @@ def compare(name: str, model, clips, args) -> None:
         drift = ""
         if model.config.feat_extract_norm == "group":
             drift = f"{max(conv_drift(model, a) for a in clips):.4f}"
-        print(f"| {name:<28} | {model.config.feat_extract_norm:<5} | {mode:<9} | {agree / total:8.4f} "
+        print(f"| {name:<28} | {model.config.feat_extract_norm:<5} | {mode:<11} | {agree / total:8.4f} "
               f"| {float(np.mean(diffs)):10.5f} | {drift:>10} |")
 
 
@@ -105,13 +110,13 @@ def main() -> None:
     clips = load_audio(args.audio, args.seconds)
     print(f"audio: {len(clips)} clip(s), {sum(len(c) for c in clips) / 16000:.1f} s; "
           f"chunk {args.chunk_ms:.0f} ms, left {args.left_ms:.0f} ms, right {args.right_ms:.0f} ms")
-    print("| model                        | norm  | mode      | argmax=  | mean|dlp|  | conv drift |")
-    print("|------------------------------|-------|-----------|----------|------------|------------|")
+    print("| model                        | norm  | mode        | argmax=  | mean|dlp|  | conv drift |")
+    print("|------------------------------|-------|-------------|----------|------------|------------|")
     if (DEFAULT_MODEL / "config.json").exists():
-        compare("bundled default", load_model(DEFAULT_MODEL), clips, args)
+        compare("bundled default", DEFAULT_MODEL, clips, args)
     with tempfile.TemporaryDirectory() as tmp:
         for norm in ("layer", "group"):
-            compare(f"random 64x4 ({norm})", load_model(random_checkpoint(Path(tmp) / norm, norm)), clips, args)
+            compare(f"random 64x4 ({norm})", random_checkpoint(Path(tmp) / norm, norm), clips, args)
 
 
 if __name__ == "__main__":
