@@ -2,8 +2,7 @@
 
 Rows are CHUNK_MS/RIGHT_MS, optionally with ``:recompute`` (no key/value cache),
 ``:int8`` (int8 dynamic quantization of the Linear layers) or ``:bf16`` (the transformer in
-bfloat16). For each (left context
-fixed) the table gives
+bfloat16). For each (left context fixed) the table gives
   work         transformer frames run per output frame, (chunk + right) / chunk
   budget       the partial-latency budget, chunk + right + 150 ms
   RTF          stream cached, compute s / audio s, and its ratio to transformers' offline

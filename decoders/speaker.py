@@ -134,8 +134,6 @@ class _SpeechWindow:
     jump: float         # cosine distance to the previous speech window (0 for the first)
 
 
-
-
 class SpeakerTracker:
     """Per-stream speaker tracker. Cheap to create; holds no model.
 

@@ -134,14 +134,18 @@ def test_batched_windows_equal_one_stream_at_a_time(ctc_model):
         assert np.abs(s.log_probs - want).max() <= 1e-4
 
 
-def test_int8_pipeline_quantizes_linears_and_stays_close(tmp_path):
+def _float32_and(tmp_path, **speed_up):
+    """(float32 pipeline, the same checkpoint with `speed_up` (int8=True / bf16=True), its
+    pipeline options, 2 s of audio): small settings shared by the int8 and bf16 tests."""
     from stream.pipeline import Pipeline as P
 
     ckpt = write_ctc_checkpoint(tmp_path / "m")
-    audio = _audio(2.0, seed=6)
     cfg = dict(speakers=False, beam=False, chunk_ms=320, right_ms=160)
-    fp32 = P.from_pretrained(ckpt, **cfg)
-    int8 = P.from_pretrained(ckpt, int8=True, **cfg)
+    return P.from_pretrained(ckpt, **cfg), P.from_pretrained(ckpt, **speed_up, **cfg), ckpt, cfg, _audio(2.0, seed=6)
+
+
+def test_int8_pipeline_quantizes_linears_and_stays_close(tmp_path):
+    fp32, int8, _, _, audio = _float32_and(tmp_path, int8=True)
     assert type(int8.model.lm_head).__module__.startswith("torch.ao.nn.quantized")
     a, b = fp32.streaming_log_probs(audio), int8.streaming_log_probs(audio)
     assert a.shape == b.shape
@@ -149,15 +153,9 @@ def test_int8_pipeline_quantizes_linears_and_stays_close(tmp_path):
 
 
 def test_bf16_pipeline_runs_the_transformer_in_bf16_and_stays_close(tmp_path):
-    import torch
-
     from stream.pipeline import Pipeline as P
 
-    ckpt = write_ctc_checkpoint(tmp_path / "m")
-    audio = _audio(2.0, seed=6)
-    cfg = dict(speakers=False, beam=False, chunk_ms=320, right_ms=160)
-    fp32 = P.from_pretrained(ckpt, **cfg)
-    bf16 = P.from_pretrained(ckpt, bf16=True, **cfg)
+    fp32, bf16, ckpt, cfg, audio = _float32_and(tmp_path, bf16=True)
     assert bf16.runner.dtype == torch.bfloat16
     assert bf16.model.lm_head.weight.dtype == torch.float32            # the heads stay float32
     assert bf16.model.wavlm.feature_extractor.conv_layers[0].conv.weight.dtype == torch.float32
