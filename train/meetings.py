@@ -9,7 +9,7 @@ Writes, per meeting, NAME.wav (16 kHz mono PCM16), NAME.rttm (one SPEAKER line p
 utterance: start and duration of its speech) and NAME.json (utterances with start, end,
 speaker, text) into --out (default ~/.cache/wavlm-stream/meetings).
 
-Usage: python -m train.meetings [--count 10] [--manifest ~/.cache/wavlm-stream/data/test.jsonl]
+Usage: python -m train.meetings [--count 40] [--manifest ~/.cache/wavlm-stream/data/test.jsonl]
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", type=Path, default=CACHE / "data" / "test.jsonl")
     ap.add_argument("--out", type=Path, default=CACHE / "meetings")
-    ap.add_argument("--count", type=int, default=10)
+    ap.add_argument("--count", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     by_speaker: dict[str, list[Clip]] = {}
