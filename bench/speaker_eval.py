@@ -552,11 +552,13 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
             geometries = [(w, h) for w in (1.0, 1.28, 1.5, 2.0) for h in (0.32, 0.5)]
         trials = []
         for window_s, hop_s in geometries:
-            for peak in np.arange(0.2, 0.6, 0.04):
-                for hyst, change, new_thr in itertools.product((1, 2), (0.3, 0.4, 0.5), (0.6, 0.7, 0.8)):
+            for peak in np.arange(0.2, 0.45, 0.05):
+                for hyst, change, new_thr, ret in itertools.product((1, 2), (0.4, 0.5, 0.6), (0.6, 0.7, 0.8),
+                                                                    (0.0, 0.4, 0.5)):
                     cfg = dataclasses.replace(config, window_s=window_s, hop_s=hop_s,
                                               peak_threshold=float(round(peak, 2)), hysteresis=hyst,
-                                              change_threshold=change, new_speaker_threshold=new_thr)
+                                              change_threshold=change, new_speaker_threshold=new_thr,
+                                              return_threshold=ret)
                     sc = score([meetings[i] for i in dev], results(cfg, dev))
                     lat = float(np.median(sc.latencies)) if sc.latencies else 9.9
                     trials.append((sc.changes.f1, lat, sc.der.der, cfg))
@@ -566,7 +568,8 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
         print(f"tuned on dev ({len(dev)} meetings): window {config.window_s} s, hop {config.hop_s} s, "
               f"peak_threshold {config.peak_threshold:.2f}, hysteresis {config.hysteresis}, "
               f"change_threshold {config.change_threshold:.2f}, "
-              f"new_speaker_threshold {config.new_speaker_threshold:.2f}")
+              f"new_speaker_threshold {config.new_speaker_threshold:.2f}, "
+              f"return_threshold {config.return_threshold:.2f}")
         sets = [("dev", dev), ("test", test)] if test else [("dev", dev)]
     # Baseline threshold: the best F1 over all meetings (optimistic for the baseline).
     thresholds = np.arange(0.01, 0.9, 0.01)
@@ -574,8 +577,9 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
     best_b = float(thresholds[int(np.argmax(f1s))])
     print(f"tracker: window {config.window_s} s, hop {config.hop_s} s, peak_threshold {config.peak_threshold:.2f}, "
           f"change_threshold {config.change_threshold:.2f}, hysteresis {config.hysteresis}, new_speaker_threshold "
-          f"{config.new_speaker_threshold:.2f}, max_speakers {config.max_speakers}, min_speech_fraction "
-          f"{config.min_speech_fraction}; baseline: same windows, threshold {best_b:.2f} (best F1 on all meetings)")
+          f"{config.new_speaker_threshold:.2f}, return_threshold {config.return_threshold:.2f}, max_speakers "
+          f"{config.max_speakers}, min_speech_fraction {config.min_speech_fraction}; baseline: same windows, "
+          f"threshold {best_b:.2f} (best F1 on all meetings)")
     for set_name, idx in sets:
         ms = [meetings[i] for i in idx]
         print(score(ms, results(config, idx)).line(f"[{set_name}] tracker"))
@@ -606,6 +610,7 @@ def main(argv=None) -> None:
     p.add_argument("--change-threshold", type=float, default=SpeakerTrackerConfig.change_threshold)
     p.add_argument("--hysteresis", type=int, default=SpeakerTrackerConfig.hysteresis)
     p.add_argument("--new-threshold", type=float, default=SpeakerTrackerConfig.new_speaker_threshold)
+    p.add_argument("--return-threshold", type=float, default=SpeakerTrackerConfig.return_threshold)
     p.add_argument("--max-speakers", type=int, default=SpeakerTrackerConfig.max_speakers)
     p.add_argument("--min-speech", type=float, default=SpeakerTrackerConfig.min_speech_fraction)
     p.add_argument("--threads", type=int, default=1)
@@ -624,6 +629,7 @@ def main(argv=None) -> None:
     config = SpeakerTrackerConfig(window_s=args.window, hop_s=args.hop, peak_threshold=args.peak_threshold,
                                   change_threshold=args.change_threshold,
                                   hysteresis=args.hysteresis, new_speaker_threshold=args.new_threshold,
+                                  return_threshold=args.return_threshold,
                                   max_speakers=args.max_speakers, min_speech_fraction=args.min_speech)
     groups = []
     mdir = Path(args.meetings).expanduser()

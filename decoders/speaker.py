@@ -29,7 +29,14 @@ whole meeting is too blurred to tell): otherwise it is the same voice on both si
 when one noisy window (a cough, a laugh, a door) makes a jump into it and one out of it,
 and nothing happens. The new voice then goes to the closest other known speaker within
 `new_speaker_threshold` (a returning speaker keeps the label) or, when none is that
-close, to a new label (at `max_speakers`, to the closest other known one). With
+close, to a new label (at `max_speakers`, to the closest other known one).
+
+A returning speaker is recognised sooner: a rising jump above `peak_threshold` into a
+window that is already within `return_threshold` of another known speaker's centroid is
+decided by that window alone, one hop before the window after the peak would be. A
+noise or a laugh is not close to anyone's voice, so it still waits for the windows after
+it (40 held-out meetings, bench/speaker_eval.py: median change latency 2.16 -> 2.03 s at
+the same change F1, 0.838 -> 0.840). With
 hysteresis 0 the window at a jump above the threshold decides alone, as soon as it
 arrives (and flaps). Silent windows (no embedding, or speech fraction below
 `min_speech_fraction`) are skipped: a pause is never a change, and "A, pause, B" is a
@@ -69,25 +76,27 @@ from decoders.events import SpeakerChange
 class SpeakerTrackerConfig:
     """Options of `SpeakerTracker`; the window geometry is also read by the embedding sources."""
 
-    # `bench/speaker_eval.py --tune`'s choice on the bundled model's embeddings (step 29,937): the
-    # best change F1 on the dev meetings, and among settings within 0.01 of it the lowest latency.
-    # 1.5 s windows every 0.5 s: dev F1 0.82, DER 6.7 %, median change latency 2.2 s; 1 s windows
-    # every 0.32 s react ~0.5 s sooner but reached only F1 0.77 and DER 29-39 % with this head.
-    # Other speaker models may want their own settings (retune with the bench).
+    # Tuned with bench/speaker_eval.py on the bundled model's embeddings (step 29,937): picked on 15 held-out
+    # meetings, checked on 25 others. On the 40 meetings of `python -m train.meetings`: change F1 0.840,
+    # DER 25.9 %, median change latency 2.03 s (the settings before return_threshold and snap_s 0.75: F1 0.797,
+    # DER 22.8 %, 2.18 s). 1.28 s windows every 0.32 s react 0.5 s sooner at the same F1 (0.834, 1.54 s) but
+    # confuse labels more (DER 29.9 %). Other speaker models may want their own settings (retune).
     window_s: float = 1.5               # length of each embedding window (s)
     hop_s: float = 0.5                  # a new window every hop (s)
-    peak_threshold: float = 0.2         # cosine distance between neighbouring speech windows above which a
+    peak_threshold: float = 0.25        # cosine distance between neighbouring speech windows above which a
                                         # peak of it is a candidate change
     hysteresis: int = 1                 # windows after a peak that decide who speaks (0: the peak window alone)
     change_threshold: float = 0.5       # those windows must be within this cosine distance of their mean, and
                                         # further from the current speaker's recent voice; windows this close to
                                         # the current speaker refine its centroid
     new_speaker_threshold: float = 0.7  # cosine distance to every known centroid above which a new label is opened
+    return_threshold: float = 0.4       # a jump into a window this close to another known speaker's centroid is
+                                        # decided at once (no wait for the window after it); 0 = never
     max_speakers: int = 8               # cap on distinct labels
     min_speech_fraction: float = 0.5    # windows with less speech than this are silence
     centroid_max_count: int = 50        # centroids are running means with weight >= 1/centroid_max_count
     min_pause_s: float = 0.3            # turns: pauses shorter than this (in push_speech frames) stay inside a turn
-    snap_s: float = 0.5                 # move a change to the speech onset after the longest pause within this
+    snap_s: float = 0.75                # move a change to the speech onset after the longest pause within this
                                         # distance (>= 0.1 s pause; needs push_speech); 0 = never
 
     def __post_init__(self):
@@ -101,6 +110,9 @@ class SpeakerTrackerConfig:
             raise ValueError(f"change_threshold is a cosine distance in (0, 2), got {self.change_threshold}")
         if not 0.0 < self.new_speaker_threshold < 2.0:
             raise ValueError(f"new_speaker_threshold is a cosine distance in (0, 2), got {self.new_speaker_threshold}")
+        if not 0.0 <= self.return_threshold <= self.new_speaker_threshold:
+            raise ValueError(f"return_threshold must be in [0, new_speaker_threshold = {self.new_speaker_threshold}], "
+                             f"got {self.return_threshold}")
         if self.hysteresis < 0:
             raise ValueError(f"hysteresis must be >= 0, got {self.hysteresis}")
         if self.max_speakers < 1:
@@ -132,6 +144,11 @@ class _SpeechWindow:
     onset: float        # estimated start of the stretch of speech this window belongs to
     after_silence: bool # the window pushed just before it was silence (or there was none)
     jump: float         # cosine distance to the previous speech window (0 for the first)
+
+
+def _mean_direction(embeddings: list[np.ndarray]) -> np.ndarray:
+    """Unit mean of unit embeddings, each (E,) -> (E,)."""
+    return unit(np.mean(np.stack(embeddings), axis=0))
 
 
 class SpeakerTracker:
@@ -290,25 +307,39 @@ class SpeakerTracker:
         c = self.config
         if self._current is None:
             return self._first_speaker(w)
-        events: list[SpeakerChange] = []
+        events = self._returning_voice(w)
         peak = len(self._recent) - 1 - c.hysteresis     # the window whose successors have all arrived now
-        if peak >= 0 and self._is_peak(peak, look_ahead=c.hysteresis > 0):
+        if not events and peak >= 0 and self._is_peak(peak, look_ahead=c.hysteresis > 0):
             run = list(self._recent)[peak + 1:] if c.hysteresis else [w]
             events = self._decide(peak, run)
         if not events and 1.0 - float(self._clusters.centroid(self._current) @ w.e) <= c.change_threshold:
             self._defer(w)
         return events
 
+    def _returning_voice(self, w: _SpeechWindow) -> list[SpeakerChange]:
+        """The change for `w` (the newest window) when its jump rises above peak_threshold and it is
+        already within return_threshold of a known speaker other than the current one; else []."""
+        c = self.config
+        k = len(self._recent) - 1
+        if c.return_threshold <= 0 or c.hysteresis == 0 or k < 1 or w.jump < self._recent[k - 1].jump:
+            return []
+        if not self._is_peak(k, look_ahead=False):
+            return []
+        sims = self._clusters.similarities(w.e)
+        if not any(i != self._current and 1.0 - sims[i] <= c.return_threshold for i in range(len(sims))):
+            return []
+        return self._decide(k, [w])
+
     def _is_peak(self, k: int, look_ahead: bool) -> bool:
         """Is the jump of self._recent[k] above peak_threshold and, with look_ahead, a peak: at
         least its predecessor's and greater than its successor's? (Without look-ahead, i.e.
         hysteresis 0, every jump above the threshold counts.)"""
-        jumps = [w.jump for w in self._recent]
-        if jumps[k] <= self.config.peak_threshold:
+        r = self._recent
+        if r[k].jump <= self.config.peak_threshold:
             return False
         if not look_ahead:
             return True
-        return (k == 0 or jumps[k] >= jumps[k - 1]) and k + 1 < len(jumps) and jumps[k] > jumps[k + 1]
+        return (k == 0 or r[k].jump >= r[k - 1].jump) and k + 1 < len(r) and r[k].jump > r[k + 1].jump
 
     def _first_speaker(self, w: _SpeechWindow) -> list[SpeakerChange]:
         """Before anyone is known: `hysteresis` consecutive windows (at least one) that agree
@@ -326,7 +357,7 @@ class SpeakerTracker:
 
     def _first_speaker_confirmed(self) -> list[SpeakerChange]:
         run, self._pending = self._pending, []
-        mean = unit(np.mean(np.stack([p.e for p in run]), axis=0))
+        mean = _mean_direction([p.e for p in run])
         time = self._change_time(None, run[0])
         self._current = self._clusters.add([p.e for p in run])
         self._change_times.append(time)
@@ -338,14 +369,14 @@ class SpeakerTracker:
         """Who speaks in `run` (the windows after the peak at self._recent[peak])? A change
         event when it is someone other than the current speaker, else nothing."""
         c = self.config
-        mean = unit(np.mean(np.stack([p.e for p in run]), axis=0))
+        mean = _mean_direction([p.e for p in run])
         if any(1.0 - float(p.e @ mean) > c.change_threshold for p in run):
             return []     # the windows after the peak disagree: no single voice to follow yet
         # Compare with the current speaker's recent voice, the windows before the peak since its
         # turn began: a centroid gathered over a whole meeting is blurred, the last seconds are not.
         since = self._change_times[-1] if self._change_times else 0.0
         before = [w.e for w in list(self._recent)[:peak] if w.start >= since]
-        old = unit(np.mean(np.stack(before), axis=0)) if before else self._clusters.centroid(self._current)
+        old = _mean_direction(before) if before else self._clusters.centroid(self._current)
         if 1.0 - float(old @ mean) <= c.change_threshold:
             return []     # the same voice on both sides of the peak: a noisy window, not a change
         sims = self._clusters.similarities(mean)

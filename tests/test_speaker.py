@@ -121,6 +121,29 @@ def test_returning_speakers_keep_their_labels():
     assert tracker.num_speakers == 3
 
 
+def test_returning_speaker_is_recognised_one_hop_sooner_than_a_new_one():
+    v = voices(2)
+    segs = [(0, 10, 0), (10, 20, 1), (20, 30, 0)]
+    _, events = simulate(segs, v)
+    (new_at, new), (back_at, back) = changes(events)
+    assert (new.to_speaker, back.to_speaker) == ("S2", "S1")
+    assert new.time == pytest.approx(10, abs=0.25) and back.time == pytest.approx(20, abs=0.25)
+    # A new voice waits for the window after its peak; a known one is decided by the peak window.
+    assert back_at - 20 == pytest.approx(new_at - 10 - 0.5)
+    # Off: both wait alike, and the result is otherwise the same.
+    _, slow = simulate(segs, v, config=SpeakerTrackerConfig(return_threshold=0.0, **CRAFTED))
+    (slow_new_at, e1), (slow_back_at, e2) = changes(slow)
+    assert slow_back_at - 20 == pytest.approx(slow_new_at - 10) == pytest.approx(new_at - 10)
+    assert (e1.to_speaker, e2.to_speaker) == ("S2", "S1") and e2.time == pytest.approx(back.time, abs=0.25)
+
+
+def test_an_outlier_is_never_taken_for_a_returning_speaker():
+    v = voices(2)
+    # Two speakers known, then an unrelated window in the middle of S2's turn: no change.
+    _, events = simulate([(0, 8, 0), (8, 20, 1)], v, outliers=(15.0,))
+    assert [e.to_speaker for _, e in changes(events)] == ["S2"]
+
+
 def test_speaker_cap_is_respected():
     v = voices(5)
     segs = [(6 * i, 6 * i + 6, s) for i, s in enumerate([0, 1, 2, 3, 4, 0])]
@@ -227,6 +250,8 @@ def test_invalid_input_is_refused():
         tracker.push(0.0, 1.0, np.ones(DIM), 1.0)
     with pytest.raises(ValueError, match="NaN"):
         tracker.push(0.5, 2.0, np.full(DIM, np.nan), 1.0)
+    with pytest.raises(ValueError, match="return_threshold"):
+        SpeakerTrackerConfig(return_threshold=0.8, new_speaker_threshold=0.7)
     with pytest.raises(ValueError, match="speech_fraction"):
         tracker.push(0.5, 2.0, np.ones(DIM), 1.5)
     with pytest.raises(ValueError, match="hop_s"):
