@@ -562,9 +562,13 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
                     sc = score([meetings[i] for i in dev], results(cfg, dev))
                     lat = float(np.median(sc.latencies)) if sc.latencies else 9.9
                     trials.append((sc.changes.f1, lat, sc.der.der, cfg))
-        # Among the settings within 0.01 of the best F1: the lowest median latency (to 0.1 s), then DER.
+        # Among the settings within 0.01 of the best F1 and within 3 points of the best DER among those
+        # (shorter windows react sooner but confuse labels, which diarization users see): the lowest
+        # median latency (to 0.1 s), then DER.
         top = max(t[0] for t in trials)
-        config = min((t for t in trials if t[0] >= top - 0.01), key=lambda t: (round(t[1], 1), t[2]))[3]
+        near = [t for t in trials if t[0] >= top - 0.01]
+        best_der = min(t[2] for t in near)
+        config = min((t for t in near if t[2] <= best_der + 0.03), key=lambda t: (round(t[1], 1), t[2]))[3]
         print(f"tuned on dev ({len(dev)} meetings): window {config.window_s} s, hop {config.hop_s} s, "
               f"peak_threshold {config.peak_threshold:.2f}, hysteresis {config.hysteresis}, "
               f"change_threshold {config.change_threshold:.2f}, "

@@ -15,7 +15,7 @@ DIM = 32
 # speakers; a window mixes them linearly, so neighbouring 1.5 s windows 0.5 s apart differ by
 # at most ~0.2 across a change): these tests check the tracker's logic, not the defaults,
 # which are tuned on the bundled model's embeddings by bench/speaker_eval.py --tune.
-CRAFTED = dict(peak_threshold=0.1, change_threshold=0.4, new_speaker_threshold=0.5)
+CRAFTED = dict(peak_threshold=0.1, change_threshold=0.4, new_speaker_threshold=0.5, return_threshold=0.4)
 
 
 def voices(n: int, seed: int = 0) -> np.ndarray:
@@ -131,7 +131,7 @@ def test_returning_speaker_is_recognised_one_hop_sooner_than_a_new_one():
     # A new voice waits for the window after its peak; a known one is decided by the peak window.
     assert back_at - 20 == pytest.approx(new_at - 10 - 0.5)
     # Off: both wait alike, and the result is otherwise the same.
-    _, slow = simulate(segs, v, config=SpeakerTrackerConfig(return_threshold=0.0, **CRAFTED))
+    _, slow = simulate(segs, v, config=SpeakerTrackerConfig(**{**CRAFTED, "return_threshold": 0.0}))
     (slow_new_at, e1), (slow_back_at, e2) = changes(slow)
     assert slow_back_at - 20 == pytest.approx(slow_new_at - 10) == pytest.approx(new_at - 10)
     assert (e1.to_speaker, e2.to_speaker) == ("S2", "S1") and e2.time == pytest.approx(back.time, abs=0.25)
