@@ -144,6 +144,23 @@ def test_an_outlier_is_never_taken_for_a_returning_speaker():
     assert [e.to_speaker for _, e in changes(events)] == ["S2"]
 
 
+def test_a_stream_whose_windows_vary_a_lot_needs_a_jump_that_stands_out():
+    # One speaker, windows as noisy as their distance to the voice (real microphones vary more than
+    # TTS): above the fixed threshold alone, many jumps look like changes; peak_ratio keeps only
+    # jumps well above the stream's own median.
+    v = voices(2)
+    fixed, relative = 0, 0
+    for seed in range(5):
+        for ratio in (0.0, 2.0):
+            _, events = simulate([(0, 60, 0)], v, noise=1.0, seed=seed,
+                                 config=SpeakerTrackerConfig(**{**CRAFTED, "peak_ratio": ratio}))
+            if ratio:
+                relative += len(changes(events))
+            else:
+                fixed += len(changes(events))
+    assert fixed >= 30 and relative * 5 <= fixed
+
+
 def test_speaker_cap_is_respected():
     v = voices(5)
     segs = [(6 * i, 6 * i + 6, s) for i, s in enumerate([0, 1, 2, 3, 4, 0])]
@@ -250,6 +267,8 @@ def test_invalid_input_is_refused():
         tracker.push(0.0, 1.0, np.ones(DIM), 1.0)
     with pytest.raises(ValueError, match="NaN"):
         tracker.push(0.5, 2.0, np.full(DIM, np.nan), 1.0)
+    with pytest.raises(ValueError, match="peak_ratio"):
+        SpeakerTrackerConfig(peak_ratio=-1.0)
     with pytest.raises(ValueError, match="return_threshold"):
         SpeakerTrackerConfig(return_threshold=0.8, new_speaker_threshold=0.7)
     with pytest.raises(ValueError, match="speech_fraction"):
