@@ -92,7 +92,7 @@ class SpeakerTrackerConfig:
                                         # peak of it is a candidate change
     peak_ratio: float = 2.0             # ... and above this multiple of the median jump of the last `peak_history`
                                         # speech windows (0 = off): adapts to audio whose windows vary more
-    peak_history: int = 60
+    peak_history: int = 60              # speech windows whose median jump peak_ratio scales
     hysteresis: int = 1                 # windows after a peak that decide who speaks (0: the peak window alone)
     change_threshold: float = 0.5       # those windows must be within this cosine distance of their mean, and
                                         # further from the current speaker's recent voice; windows this close to
@@ -331,8 +331,8 @@ class SpeakerTracker:
         return events
 
     def _returning_voice(self, w: _SpeechWindow) -> list[SpeakerChange]:
-        """The change for `w` (the newest window) when its jump rises above peak_threshold and it is
-        already within return_threshold of a known speaker other than the current one; else []."""
+        """The change for `w` (the newest window) when its jump rises above the peak thresholds and
+        it is already within return_threshold of a known speaker other than the current one; else []."""
         c = self.config
         k = len(self._recent) - 1
         if c.return_threshold <= 0 or c.hysteresis == 0 or k < 1 or w.jump < self._recent[k - 1].jump:
@@ -345,9 +345,9 @@ class SpeakerTracker:
         return self._decide(k, [w])
 
     def _is_peak(self, k: int, look_ahead: bool) -> bool:
-        """Is the jump of self._recent[k] above peak_threshold and, with look_ahead, a peak: at
-        least its predecessor's and greater than its successor's? (Without look-ahead, i.e.
-        hysteresis 0, every jump above the threshold counts.)"""
+        """Is the jump of self._recent[k] above peak_threshold (and standing out, see _stands_out)
+        and, with look_ahead, a peak: at least its predecessor's and greater than its successor's?
+        (Without look-ahead, i.e. hysteresis 0, every such jump counts.)"""
         r, c = self._recent, self.config
         if r[k].jump <= c.peak_threshold or not self._stands_out(k):
             return False
