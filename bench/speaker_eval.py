@@ -553,12 +553,12 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
         trials = []
         for window_s, hop_s in geometries:
             for peak in np.arange(0.2, 0.45, 0.05):
-                for hyst, change, new_thr, ret in itertools.product((1, 2), (0.4, 0.5, 0.6), (0.6, 0.7, 0.8),
-                                                                    (0.0, 0.4, 0.5)):
+                for hyst, change, new_thr, ret, ratio in itertools.product((1, 2), (0.4, 0.5, 0.6), (0.6, 0.7, 0.8),
+                                                                           (0.0, 0.4, 0.5), (0.0, 2.0)):
                     cfg = dataclasses.replace(config, window_s=window_s, hop_s=hop_s,
                                               peak_threshold=float(round(peak, 2)), hysteresis=hyst,
                                               change_threshold=change, new_speaker_threshold=new_thr,
-                                              return_threshold=ret)
+                                              return_threshold=ret, peak_ratio=ratio)
                     sc = score([meetings[i] for i in dev], results(cfg, dev))
                     lat = float(np.median(sc.latencies)) if sc.latencies else 9.9
                     trials.append((sc.changes.f1, lat, sc.der.der, cfg))
@@ -573,7 +573,7 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
               f"peak_threshold {config.peak_threshold:.2f}, hysteresis {config.hysteresis}, "
               f"change_threshold {config.change_threshold:.2f}, "
               f"new_speaker_threshold {config.new_speaker_threshold:.2f}, "
-              f"return_threshold {config.return_threshold:.2f}")
+              f"return_threshold {config.return_threshold:.2f}, peak_ratio {config.peak_ratio:.1f}")
         sets = [("dev", dev), ("test", test)] if test else [("dev", dev)]
     # Baseline threshold: the best F1 over all meetings (optimistic for the baseline).
     thresholds = np.arange(0.01, 0.9, 0.01)
@@ -581,7 +581,8 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
     best_b = float(thresholds[int(np.argmax(f1s))])
     print(f"tracker: window {config.window_s} s, hop {config.hop_s} s, peak_threshold {config.peak_threshold:.2f}, "
           f"change_threshold {config.change_threshold:.2f}, hysteresis {config.hysteresis}, new_speaker_threshold "
-          f"{config.new_speaker_threshold:.2f}, return_threshold {config.return_threshold:.2f}, max_speakers "
+          f"{config.new_speaker_threshold:.2f}, return_threshold {config.return_threshold:.2f}, peak_ratio "
+          f"{config.peak_ratio:.1f}, max_speakers "
           f"{config.max_speakers}, min_speech_fraction {config.min_speech_fraction}; baseline: same windows, "
           f"threshold {best_b:.2f} (best F1 on all meetings)")
     for set_name, idx in sets:
@@ -615,6 +616,7 @@ def main(argv=None) -> None:
     p.add_argument("--hysteresis", type=int, default=SpeakerTrackerConfig.hysteresis)
     p.add_argument("--new-threshold", type=float, default=SpeakerTrackerConfig.new_speaker_threshold)
     p.add_argument("--return-threshold", type=float, default=SpeakerTrackerConfig.return_threshold)
+    p.add_argument("--peak-ratio", type=float, default=SpeakerTrackerConfig.peak_ratio)
     p.add_argument("--max-speakers", type=int, default=SpeakerTrackerConfig.max_speakers)
     p.add_argument("--min-speech", type=float, default=SpeakerTrackerConfig.min_speech_fraction)
     p.add_argument("--threads", type=int, default=1)
@@ -633,7 +635,7 @@ def main(argv=None) -> None:
     config = SpeakerTrackerConfig(window_s=args.window, hop_s=args.hop, peak_threshold=args.peak_threshold,
                                   change_threshold=args.change_threshold,
                                   hysteresis=args.hysteresis, new_speaker_threshold=args.new_threshold,
-                                  return_threshold=args.return_threshold,
+                                  return_threshold=args.return_threshold, peak_ratio=args.peak_ratio,
                                   max_speakers=args.max_speakers, min_speech_fraction=args.min_speech)
     groups = []
     mdir = Path(args.meetings).expanduser()

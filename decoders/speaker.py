@@ -15,9 +15,9 @@ Each speech window is compared with the speech window before it (cosine distance
 "jump"). A change is considered where the jump peaks above `peak_threshold`: a window
 whose jump is at least its predecessor's and greater than its successor's, and more than
 `peak_ratio` times the median jump of the stream's last `peak_history` speech windows (real
-recordings vary more from window to window than synthetic speech; on two sets of four
-real-voice meetings this cut false changes, change F1 0.39 -> 0.46 and 0.42 -> 0.48, at no
-cost on the synthetic ones).
+recordings vary more from window to window than synthetic speech; bench/speaker_eval.py
+--real 4 with and without it: real-voice meetings change F1 0.37 -> 0.41, DER 49 -> 38 %;
+the 40 synthetic ones F1 0.826 -> 0.836, DER 22.9 -> 21.1 %).
 Comparing neighbours rather than one window with a speaker's centroid is what finds the changes:
 the embedding of a short window varies with what is said, and that variation is as large
 as the distance between voices, but it changes slowly from one window to the next, while
@@ -82,13 +82,13 @@ class SpeakerTrackerConfig:
 
     # `bench/speaker_eval.py --real 4 --tune`'s choice on the bundled model's embeddings (step 29,937), tuned
     # on the first 20 of the 40 held-out meetings of `python -m train.meetings`: test (the other 20) change F1
-    # 0.817, DER 26.0 %, median change latency 1.92 s. On all 40: F1 0.837, DER 25.1 %, 1.91 s (the settings
-    # before return_threshold and snap_s 0.75: F1 0.797, DER 22.8 %, 2.18 s); with peak_ratio (added after
-    # the tune) F1 0.840, DER 25.4 %, 1.90 s. 1.28 s windows every 0.32 s react sooner at about the same F1
-    # but confuse labels more (see README, Speakers). Other speaker models may want their own settings.
+    # 0.817, DER 22.3 %, median change latency 1.93 s. On all 40: F1 0.836, DER 21.1 %, 1.92 s (the settings
+    # before this tracker had return_threshold, peak_ratio and snap_s 0.75: F1 0.797, DER 22.8 %, 2.18 s).
+    # 1.28 s windows every 0.32 s react sooner (1.50 s) at F1 0.819 but confuse labels more (DER 27.7 %).
+    # Other speaker models may want their own settings (retune with the bench).
     window_s: float = 1.5               # length of each embedding window (s)
     hop_s: float = 0.5                  # a new window every hop (s)
-    peak_threshold: float = 0.25        # cosine distance between neighbouring speech windows above which a
+    peak_threshold: float = 0.2         # cosine distance between neighbouring speech windows above which a
                                         # peak of it is a candidate change
     peak_ratio: float = 2.0             # ... and above this multiple of the median jump of the last `peak_history`
                                         # speech windows (0 = off): adapts to audio whose windows vary more
@@ -97,7 +97,7 @@ class SpeakerTrackerConfig:
     change_threshold: float = 0.5       # those windows must be within this cosine distance of their mean, and
                                         # further from the current speaker's recent voice; windows this close to
                                         # the current speaker refine its centroid
-    new_speaker_threshold: float = 0.6  # cosine distance to every known centroid above which a new label is opened
+    new_speaker_threshold: float = 0.8  # cosine distance to every known centroid above which a new label is opened
     return_threshold: float = 0.5       # a jump into a window this close to another known speaker's centroid is
                                         # decided at once (no wait for the window after it); 0 = never
     max_speakers: int = 8               # cap on distinct labels
