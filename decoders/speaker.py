@@ -339,8 +339,7 @@ class SpeakerTracker:
             return []
         if not self._is_peak(k, look_ahead=False):
             return []
-        sims = self._clusters.similarities(w.e)
-        if not any(i != self._current and 1.0 - sims[i] <= c.return_threshold for i in range(len(sims))):
+        if self._closest_other(w.e)[1] > c.return_threshold:
             return []
         return self._decide(k, [w])
 
@@ -403,10 +402,8 @@ class SpeakerTracker:
         old = _mean_direction(before) if before else self._clusters.centroid(self._current)
         if 1.0 - float(old @ mean) <= c.change_threshold:
             return []     # the same voice on both sides of the peak: a noisy window, not a change
-        sims = self._clusters.similarities(mean)
-        others = [i for i in np.argsort(-sims) if i != self._current]
-        target: int | None = int(others[0]) if others else None
-        if target is not None and 1.0 - sims[target] > c.new_speaker_threshold and not self._clusters.full:
+        target, distance = self._closest_other(mean)
+        if target is not None and distance > c.new_speaker_threshold and not self._clusters.full:
             target = None
         if target is None and self._clusters.full:
             return []     # at the cap with no one else known (max_speakers 1)
@@ -424,6 +421,15 @@ class SpeakerTracker:
         self._change_times.append(time)
         self._change_labels.append(target)
         return [SpeakerChange(time=time, from_speaker=previous, to_speaker=self.current_label, score=score)]
+
+    def _closest_other(self, e: np.ndarray) -> tuple[int | None, float]:
+        """The known speaker other than the current one closest to unit vector e (E,), and its
+        cosine distance; (None, inf) when there is none."""
+        sims = self._clusters.similarities(e)
+        others = [i for i in np.argsort(-sims) if i != self._current]
+        if not others:
+            return None, math.inf
+        return int(others[0]), 1.0 - float(sims[others[0]])
 
     def _change_time(self, peak: int | None, first: _SpeechWindow) -> float:
         """When did the new voice start? `first` is the window at the peak (self._recent[peak]),
