@@ -216,6 +216,15 @@ class Recorded:
     emitted_at: float            # stream position (s) when the window reached the tracker
 
 
+@dataclass(frozen=True)
+class RecordedCandidate:
+    time: float
+    before: np.ndarray | None
+    after: np.ndarray | None
+    probability: float
+    emitted_at: float            # stream position (s) when the candidate reached the tracker
+
+
 @dataclass
 class Extracted:
     """What one pass over a meeting gives: enough to replay any tracker config.
@@ -234,8 +243,21 @@ class Extracted:
     _cache: dict = dataclasses.field(default_factory=dict)
 
 
-def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Recorded]:
-    """The windows a tracker with `config` sees (pooled from the recorded chunks when possible)."""
+def uses_detector(ex: Extracted, config: SpeakerTrackerConfig, model) -> bool:
+    """Does the replay of `ex` with `config` get change candidates from the model's change detector?"""
+    return ex.chunks is not None and config.change_detector and getattr(model, "change_detector", None) is not None
+
+
+def _recorded(item, emitted_at: float) -> Recorded | RecordedCandidate:
+    from stream.speakers import ChangeCandidate
+    if isinstance(item, ChangeCandidate):
+        return RecordedCandidate(item.time_s, item.before, item.after, item.probability, emitted_at)
+    return Recorded(item.start_s, item.end_s, item.embedding, item.speech_fraction, emitted_at)
+
+
+def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Recorded | RecordedCandidate]:
+    """The windows (and change candidates) a tracker with `config` sees (pooled from the recorded
+    chunks when possible)."""
     if ex.make_windows is not None:
         key = (config.window_s, config.hop_s)
         if key not in ex._cache:
@@ -245,7 +267,8 @@ def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Reco
         if ex.geometry != (config.window_s, config.hop_s):
             raise SystemExit("window geometry can only be varied for the bundled speaker head")
         return ex.windows
-    key = (config.window_s, config.hop_s)
+    key = (config.window_s, config.hop_s, uses_detector(ex, config, model), config.detector_threshold,
+           config.detector_min_gap_s, config.detector_before_s, config.detector_after_s)
     if key not in ex._cache:
         from stream.speakers import BundledSpeakerHead
         src = BundledSpeakerHead(model, config)
@@ -254,10 +277,9 @@ def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Reco
             sp = np.ones(feats.shape[0], dtype=np.float32)
             known = ex.speech[first:first + feats.shape[0]]
             sp[:len(known)] = known
-            out += [Recorded(w.start_s, w.end_s, w.embedding, w.speech_fraction, at)
-                    for w in src.push_frames(feats, first, sp)]
+            out += [_recorded(item, at) for item in src.push_frames(feats, first, sp)]
         last = ex.chunks[-1][2] if ex.chunks else 0.0
-        out += [Recorded(w.start_s, w.end_s, w.embedding, w.speech_fraction, last) for w in src.finish()]
+        out += [_recorded(item, last) for item in src.finish()]
         ex._cache[key] = out
     return ex._cache[key]
 
@@ -324,8 +346,7 @@ def engine_extractor(args, config: SpeakerTrackerConfig, model):
 def offline_extractor(args, config: SpeakerTrackerConfig, model):
     """A function meeting -> Extracted: the bundled model's offline forward in blocks, cut into
     --chunk-ms chunks emitted --right-ms after their end (as the engine would)."""
-    import torch
-    from stream.speakers import EnergyVAD
+    from stream.speakers import EnergyVAD, offline_speaker_features
 
     if not callable(getattr(model, "speaker_frame_features", None)):
         raise SystemExit("--via offline needs the bundled model (a speaker head)")
@@ -333,22 +354,8 @@ def offline_extractor(args, config: SpeakerTrackerConfig, model):
     chunk = max(1, int(round(args.chunk_ms / 1000 * SR / stride)))
     right_s = args.right_ms / 1000
 
-    def features(audio: np.ndarray) -> torch.Tensor:
-        """Speaker frame features (T, P): blocks of 20 s with 4 s context on each side."""
-        block, ctx = 20 * SR // stride, 4 * SR // stride
-        T = (len(audio) - 400) // stride + 1
-        out = []
-        with torch.inference_mode():
-            for b in range(0, T, block):
-                f0, f1 = max(0, b - ctx), min(T, b + block + ctx)
-                x = torch.from_numpy(audio[f0 * stride:(f1 - 1) * stride + 400])[None]
-                hs = model(x, output_hidden_states=True).hidden_states
-                feats = model.speaker_frame_features(hs)[0]
-                out.append(feats[b - f0:b - f0 + min(block, T - b)])
-        return torch.cat(out)
-
     def run(meeting: Meeting) -> Extracted:
-        feats = features(meeting.audio)
+        feats = offline_speaker_features(model, meeting.audio)
         vad = EnergyVAD(keep_frames=None)
         vad.push(meeting.audio)
         chunks = [(a, feats[a:a + chunk], min(a + chunk, feats.shape[0]) * stride / SR + right_s)
@@ -417,18 +424,26 @@ class Result:
     turns: list[Turn]
 
 
-def run_tracker(windows: list[Recorded], speech: np.ndarray, config: SpeakerTrackerConfig) -> Result:
-    tracker = SpeakerTracker(config)
+def run_tracker(windows: list[Recorded | RecordedCandidate], speech: np.ndarray, config: SpeakerTrackerConfig,
+                window_peaks: bool = True) -> Result:
+    tracker = SpeakerTracker(config, window_peaks=window_peaks)
     if len(speech):
         tracker.push_speech(0, 0.02, speech)
     changes = []
     for w in windows:
-        for ev in tracker.push(w.start, w.end, w.embedding, w.fraction):
-            if ev.from_speaker is not None:
-                changes.append((ev.time, w.emitted_at))
+        if isinstance(w, RecordedCandidate):
+            events = tracker.push_candidate(w.time, w.before, w.after, w.probability)
+        else:
+            events = tracker.push(w.start, w.end, w.embedding, w.fraction)
+        changes += [(ev.time, w.emitted_at) for ev in events if ev.from_speaker is not None]
     end = windows[-1].emitted_at if windows else 0.0
     changes += [(ev.time, end) for ev in tracker.finish() if ev.from_speaker is not None]
     return Result(changes, tracker.turns())
+
+
+def replay(ex: Extracted, config: SpeakerTrackerConfig, model) -> Result:
+    """The tracker with `config` on one meeting's recorded windows / features."""
+    return run_tracker(windows_for(ex, config, model), ex.speech, config, not uses_detector(ex, config, model))
 
 
 def run_baseline(windows: list[Recorded], speech: np.ndarray, config: SpeakerTrackerConfig,
@@ -439,6 +454,7 @@ def run_baseline(windows: list[Recorded], speech: np.ndarray, config: SpeakerTra
     window that peaks is half new (its end minus half a window) and emitted with the window
     after the peak (needed to know it is a peak). Each change opens a fresh label.
     """
+    windows = [w for w in windows if isinstance(w, Recorded)]
     sw = [w for w in windows if w.embedding is not None and w.fraction >= config.min_speech_fraction]
     e = [w.embedding / np.linalg.norm(w.embedding) for w in sw]
     d = [0.0] + [1.0 - float(e[i - 1] @ e[i]) for i in range(1, len(e))]
@@ -500,7 +516,7 @@ def distance_report(meetings: list[Meeting], windows: list[list[Recorded]], conf
     for m, ws in zip(meetings, windows):
         labels, vecs = [], []
         for w in ws:
-            if w.embedding is None or w.fraction < config.min_speech_fraction:
+            if not isinstance(w, Recorded) or w.embedding is None or w.fraction < config.min_speech_fraction:
                 continue
             who = {t.label for t in m.ref if t.start < w.end and t.end > w.start}
             if len(who) == 1:
@@ -535,9 +551,8 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
     def results(cfg, idx, system="tracker", thr=None):
         out = []
         for i in idx:
-            ws = windows_for(extracted[i], cfg, model)
-            out.append(run_tracker(ws, extracted[i].speech, cfg) if system == "tracker"
-                       else run_baseline(ws, extracted[i].speech, cfg, thr))
+            out.append(replay(extracted[i], cfg, model) if system == "tracker"
+                       else run_baseline(windows_for(extracted[i], cfg, model), extracted[i].speech, cfg, thr))
         return out
 
     everyone = list(range(len(meetings)))
@@ -670,9 +685,9 @@ def main(argv=None) -> None:
             extracted.append(ex)
             if ex.engine_events is not None:
                 # The replay of the recorded windows must be exactly what the engine emitted.
-                replay = run_tracker(windows_for(ex, config, model), ex.speech, config)
+                replayed = replay(ex, config, model)
                 engine = [(e.time, at) for at, e in ex.engine_events if e.from_speaker is not None]
-                if [(round(t, 6), a) for t, a in engine] != [(round(t, 6), a) for t, a in replay.changes]:
+                if [(round(t, 6), a) for t, a in engine] != [(round(t, 6), a) for t, a in replayed.changes]:
                     print(f"warning: {m.name}: engine events differ from the replay of its windows")
         audio_s = sum(len(m.audio) for m in meetings) / SR
         print(f"\n[{name}] embeddings: {time.perf_counter() - t0:.0f} s for {audio_s:.0f} s of audio")
@@ -681,7 +696,7 @@ def main(argv=None) -> None:
             Path(args.rttm_dir).mkdir(parents=True, exist_ok=True)
             for m, ex in zip(meetings, extracted):
                 with open(Path(args.rttm_dir) / f"{m.name}.rttm", "w") as f:
-                    write_rttm(run_tracker(windows_for(ex, used, model), ex.speech, used).turns, m.name, f)
+                    write_rttm(replay(ex, used, model).turns, m.name, f)
 
 
 if __name__ == "__main__":

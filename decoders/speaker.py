@@ -106,6 +106,13 @@ class SpeakerTrackerConfig:
     min_pause_s: float = 0.3            # turns: pauses shorter than this (in push_speech frames) stay inside a turn
     snap_s: float = 0.75                # move a change to the speech onset after the longest pause within this
                                         # distance (>= 0.1 s pause; needs push_speech); 0 = never
+    # The bundled model's learned change detector (stream.speakers.BundledSpeakerHead, when the model has one):
+    change_detector: bool = True        # use it (False: window peaks alone)
+    detector_threshold: float = 0.95    # change probability a peak must exceed to be a candidate
+    detector_min_gap_s: float = 0.5     # candidates at least this far apart
+    detector_before_s: float = 2.0      # a candidate compares the speech up to this long before it ...
+    detector_after_s: float = 0.5       # ... with the speech this long after it (it waits for that)
+    detector_verify: float = 0.4        # cosine distance between the two above which the voice changed
 
     def __post_init__(self):
         if not (self.window_s > 0 and self.hop_s > 0):
@@ -128,6 +135,12 @@ class SpeakerTrackerConfig:
             raise ValueError(f"hysteresis must be >= 0, got {self.hysteresis}")
         if self.max_speakers < 1:
             raise ValueError(f"max_speakers must be >= 1, got {self.max_speakers}")
+        if not 0.0 < self.detector_threshold < 1.0:
+            raise ValueError(f"detector_threshold is a probability in (0, 1), got {self.detector_threshold}")
+        if min(self.detector_min_gap_s, self.detector_before_s, self.detector_after_s) <= 0:
+            raise ValueError("detector_min_gap_s, detector_before_s and detector_after_s must be > 0")
+        if not 0.0 <= self.detector_verify < 2.0:
+            raise ValueError(f"detector_verify is a cosine distance in [0, 2), got {self.detector_verify}")
         if not 0.0 <= self.min_speech_fraction <= 1.0:
             raise ValueError(f"min_speech_fraction must be in [0, 1], got {self.min_speech_fraction}")
 
@@ -172,8 +185,11 @@ class SpeakerTracker:
     finish() -> list[SpeakerChange]
     """
 
-    def __init__(self, config: SpeakerTrackerConfig | None = None):
+    def __init__(self, config: SpeakerTrackerConfig | None = None, window_peaks: bool = True):
         self.config = config or SpeakerTrackerConfig()
+        # False when a change detector's candidates (push_candidate) are the only changes: windows
+        # then open the first speaker and keep the centroids, nothing more.
+        self.window_peaks = window_peaks
         c = self.config
         self._clusters = OnlineClusters(c.max_speakers, c.centroid_max_count)
         # Every window, for the speech/silence grid of `turns` (starts and ends are nondecreasing).
@@ -239,6 +255,31 @@ class SpeakerTracker:
         self._jumps.append(jump)
         return self._vote(w)
 
+    def push_candidate(self, time_s: float, before: np.ndarray | None, after: np.ndarray | None,
+                       probability: float = 1.0) -> list[SpeakerChange]:
+        """A possible change at time_s from a change detector (stream.speakers.ChangeCandidate); returns
+        the change it confirms (0 or 1).
+
+        before, after : (E,) embeddings of the speech just before and just after time_s, or None.
+        It is a change when they are further apart than detector_verify (cosine distance): a
+        detector also fires on a laugh or a change of tone within one voice. Who speaks after
+        it is decided from `after` as for window peaks (a known speaker within
+        new_speaker_threshold keeps the label). Candidates before the first speaker is known,
+        or not after the last change, are ignored.
+        """
+        if self._finished:
+            raise RuntimeError("push_candidate() after finish()")
+        if self._current is None or before is None or after is None:
+            return []
+        time_s = float(time_s)
+        if not time_s > (self._change_times[-1] if self._change_times else 0.0):
+            return []
+        b, a = unit(before), unit(after)
+        distance = 1.0 - float(b @ a)
+        if distance <= self.config.detector_verify:
+            return []
+        return self._switch(time_s, a, [a], float(np.clip(distance, 0.0, 1.0)))
+
     def push_speech(self, first_frame: int, frame_s: float, speech: np.ndarray) -> None:
         """Per-frame speech activity for the turn boundaries (optional).
 
@@ -268,7 +309,7 @@ class SpeakerTracker:
         if self._current is None:
             if len(self._pending) >= max(2, h - 1):
                 events = self._first_speaker_confirmed()
-        else:
+        elif self.window_peaks:
             for after in range(min(h - 1, len(self._recent) - 1), 0, -1):
                 peak = len(self._recent) - 1 - after
                 if self._is_peak(peak, look_ahead=True):
@@ -321,6 +362,10 @@ class SpeakerTracker:
         c = self.config
         if self._current is None:
             return self._first_speaker(w)
+        if not self.window_peaks:
+            if 1.0 - float(self._clusters.centroid(self._current) @ w.e) <= c.change_threshold:
+                self._defer(w)
+            return []
         events = self._returning_voice(w)
         peak = len(self._recent) - 1 - c.hysteresis     # the window whose successors have all arrived now
         if not events and peak >= 0 and self._is_peak(peak, look_ahead=c.hysteresis > 0):
@@ -402,20 +447,26 @@ class SpeakerTracker:
         old = _mean_direction(before) if before else self._clusters.centroid(self._current)
         if 1.0 - float(old @ mean) <= c.change_threshold:
             return []     # the same voice on both sides of the peak: a noisy window, not a change
+        time = self._change_time(peak, self._recent[peak])
+        return self._switch(time, mean, [p.e for p in run], float(np.clip(1.0 - float(old @ mean), 0.0, 1.0)))
+
+    def _switch(self, time: float, mean: np.ndarray, embeddings: list[np.ndarray], score: float
+                ) -> list[SpeakerChange]:
+        """Change at `time` to the voice with unit mean `mean` (E,) of `embeddings`: the closest other
+        known speaker within new_speaker_threshold, else a new label (at the cap: the closest one)."""
+        c = self.config
         target, distance = self._closest_other(mean)
         if target is not None and distance > c.new_speaker_threshold and not self._clusters.full:
             target = None
         if target is None and self._clusters.full:
             return []     # at the cap with no one else known (max_speakers 1)
-        time = self._change_time(peak, self._recent[peak])
-        score = float(np.clip(1.0 - float(old @ mean), 0.0, 1.0))
         # Deferred windows that end after the change contain the new speaker: drop them.
         self._flush_deferred(time)
         if target is None:
-            target = self._clusters.add([p.e for p in run])
+            target = self._clusters.add(embeddings)
         else:
-            for p in run:
-                self._clusters.update(target, p.e)
+            for e in embeddings:
+                self._clusters.update(target, e)
         previous = self.current_label
         self._current = target
         self._change_times.append(time)
@@ -588,6 +639,17 @@ class SpeakerTracker:
             else:
                 out.append(Turn(a, b, label))
         return out
+
+
+def change_times(turns) -> list[float]:
+    """Speaker-change times of a diarization [(start, end, label), ...]: the start of each turn
+    whose speaker differs from the speaker of the turn before it (pauses in between do not matter)."""
+    out, prev = [], None
+    for start, _, label in sorted(turns):
+        if prev is not None and label != prev:
+            out.append(float(start))
+        prev = label
+    return out
 
 
 def write_rttm(turns, file_id: str, fp: IO[str]) -> None:

@@ -228,11 +228,70 @@ class SpeakerHead(nn.Module):
         return self.embedding(statistics_pooling(frame_features, frame_mask, correction=0, min_var=1e-6))
 
 
+class ChangeDetector(nn.Module):
+    """Speaker-change detector on the speaker head's per-frame features (bundled model only).
+
+    Per frame: [log(1 + features) (P), speech flag (1)] -> 1x1 conv + ReLU -> one conv of
+    `kernel_size` per dilation, each + ReLU -> 1x1 conv -> change logit. The convolutions
+    are "valid" (unpadded), so output frame t depends on input frames
+    [t - (receptive_field - 1 - lookahead), t + lookahead] and on nothing else: a stream
+    computes exactly the offline values by feeding those frames (``valid``), with frames
+    before the stream start (and, at its end, after it) as zero rows, which is how
+    ``forward`` pads. A change window several seconds wide on features of 20 ms frames is
+    what lets it hear a voice change within a fraction of a second of its look-ahead,
+    where comparing 1.5 s window embeddings needs a window after the change.
+
+    config: speaker_head["change_detector"] = {"channels": C, "kernel_size": k,
+    "dilations": [d1, ...], "lookahead": frames}.
+    """
+
+    def __init__(self, feature_dim: int, channels: int, kernel_size: int, dilations: tuple[int, ...],
+                 lookahead: int):
+        super().__init__()
+        self.receptive_field = 1 + (kernel_size - 1) * sum(dilations)
+        if not 0 <= lookahead < self.receptive_field:
+            raise ValueError(f"change_detector lookahead must be in [0, {self.receptive_field}), got {lookahead}")
+        self.lookahead = lookahead
+        self.inp = nn.Conv1d(feature_dim + 1, channels, 1)
+        self.convs = nn.ModuleList(nn.Conv1d(channels, channels, kernel_size, dilation=d) for d in dilations)
+        self.out = nn.Conv1d(channels, 1, 1)
+
+    @classmethod
+    def from_spec(cls, feature_dim: int, spec: dict) -> "ChangeDetector":
+        missing = [k for k in ("channels", "kernel_size", "dilations", "lookahead") if k not in spec]
+        if missing:
+            raise ValueError(f"config.speaker_head.change_detector lacks {missing}")
+        return cls(feature_dim, int(spec["channels"]), int(spec["kernel_size"]),
+                   tuple(int(d) for d in spec["dilations"]), int(spec["lookahead"]))
+
+    @property
+    def history(self) -> int:
+        """Input frames before an output frame that it depends on."""
+        return self.receptive_field - 1 - self.lookahead
+
+    @staticmethod
+    def inputs(frame_features: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
+        """Features (B, T, P) >= 0, speech (B, T) in [0, 1] -> detector input rows (B, T, P + 1)."""
+        return torch.cat([torch.log1p(frame_features), speech[..., None].to(frame_features.dtype)], dim=-1)
+
+    def valid(self, rows: torch.Tensor) -> torch.Tensor:
+        """Input rows (B, T, P + 1) -> logits (B, T - receptive_field + 1); output j is input frame j + history."""
+        h = F.relu(self.inp(rows.transpose(1, 2)))
+        for conv in self.convs:
+            h = F.relu(conv(h))
+        return self.out(h)[:, 0]
+
+    def forward(self, frame_features: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
+        """Features (B, T, P), speech (B, T) -> change logits (B, T), zero rows outside [0, T)."""
+        rows = F.pad(self.inputs(frame_features, speech), (0, 0, self.history, self.lookahead))
+        return self.valid(rows)
+
+
 class WavLMForCTCWithSpeaker(WavLMForCTC):
     """Bundled model: one backbone pass gives CTC logits and a speaker embedding.
 
     config.speaker_head: {"embedding_dim": E, "num_speakers": N, "proj_dim": P, optional "scale", "margin",
-    "input_norm"}.
+    "input_norm", "change_detector" (see ChangeDetector; weights under speaker_head.change_detector.*)}.
     """
 
     def __init__(self, config: WavLMConfig):
@@ -249,6 +308,13 @@ class WavLMForCTCWithSpeaker(WavLMForCTC):
                                         int(spec["embedding_dim"]), int(spec["num_speakers"]),
                                         float(spec.get("scale", 30.0)), float(spec.get("margin", 0.4)),
                                         bool(spec.get("input_norm", False)))
+        if spec.get("change_detector"):
+            self.speaker_head.change_detector = ChangeDetector.from_spec(int(spec["proj_dim"]),
+                                                                         spec["change_detector"])
+
+    @property
+    def change_detector(self) -> ChangeDetector | None:
+        return getattr(self.speaker_head, "change_detector", None)
 
     def speaker_frame_features(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """All num_layers + 1 hidden states (B, T, H) -> per-frame speaker features (B, T, P)."""

@@ -39,6 +39,7 @@ import torch
 
 from decoders.events import SpeakerChange
 from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig, Turn
+from stream.change import ChangePeaks, StreamingChangeDetector
 
 SAMPLE_RATE = 16000
 FRAME_SAMPLES = 320                     # conv front end stride: one frame = 20 ms
@@ -52,6 +53,16 @@ class SpeakerWindow(NamedTuple):
     end_s: float
     embedding: np.ndarray | None        # (E,) float32, None when the window has no speech
     speech_fraction: float              # in [0, 1]
+
+
+class ChangeCandidate(NamedTuple):
+    """A possible speaker change found by the bundled model's change detector, for
+    ``SpeakerTracker.push_candidate`` (which decides whether the voice really changed)."""
+
+    time_s: float                       # where the detector's probability peaks (frame centre)
+    before: np.ndarray | None           # (E,) embedding of the speech before it (None: too little speech)
+    after: np.ndarray | None            # (E,) embedding of the speech just after it
+    probability: float                  # the detector's change probability at the peak
 
 
 # ---------------------------------------------------------------------------- speech
@@ -249,6 +260,32 @@ class _AudioIntakeMixin:
 # ------------------------------------------------------------------- (a) bundled
 
 
+def offline_speaker_features(model, audio: np.ndarray, block_s: float = 20.0, context_s: float = 4.0) -> torch.Tensor:
+    """The bundled model's per-frame speaker features of a whole recording, (T, P).
+
+    The recording is encoded in blocks of `block_s` with `context_s` of audio on each side
+    (attention over an hour at once would be quadratic), and each block keeps only its own
+    frames. For training and evaluating on long recordings; streams use ``BundledSpeakerHead``.
+    """
+    stride = _frame_samples(model.config)
+    receptive = _receptive_samples(model.config, 1)
+    frames = (len(audio) - receptive) // stride + 1
+    if frames <= 0:
+        return torch.zeros(0, model.config.speaker_head["proj_dim"])
+    block, ctx = int(block_s * SAMPLE_RATE) // stride, int(context_s * SAMPLE_RATE) // stride
+    p = _param(model)
+    out = []
+    with torch.inference_mode():
+        for b in range(0, frames, block):
+            f0, f1 = max(0, b - ctx), min(frames, b + block + ctx)
+            x = torch.from_numpy(np.ascontiguousarray(audio[f0 * stride:(f1 - 1) * stride + receptive]))
+            hidden = model(x[None].to(device=p.device, dtype=p.dtype), output_hidden_states=True).hidden_states
+            feats = model.speaker_frame_features(hidden)[0]
+            out.append(feats[b - f0:b - f0 + min(block, frames - b)].float().cpu())
+    return torch.cat(out)
+
+
+
 class BundledSpeakerHead(_AudioIntakeMixin):
     """Embeddings from the bundled model's speaker head over a rolling window of frames.
 
@@ -257,12 +294,20 @@ class BundledSpeakerHead(_AudioIntakeMixin):
     ``push_frames(features (T, P), first_frame)`` with each chunk's speaker features.
     Frames that the VAD calls silence are left out of the pooling (unless fewer than
     ``min_pool_frames`` are speech), so a window that is half pause still describes the voice.
+
+    When the model has a change detector (config.speaker_head.change_detector) and
+    ``config.change_detector`` is on, the same frames also go through it
+    (stream.change.StreamingChangeDetector): each peak of its change probability becomes a
+    :class:`ChangeCandidate` once ``detector_after_s`` of frames after it have arrived, with the
+    embeddings of the speech before it (up to ``detector_before_s``, not before the previous
+    candidate) and after it. ``push_frames`` and ``finish`` then return windows and candidates
+    in the order their last frame arrived.
     """
 
     needs_hidden_states = True
 
     def __init__(self, model, config: SpeakerTrackerConfig | None = None, vad: EnergyVAD | None = None,
-                 min_pool_frames: int = 10):
+                 min_pool_frames: int = 10, min_candidate_frames: int = 5):
         model = _load(model)
         if not all(callable(getattr(model, m, None)) for m in ("speaker_frame_features", "speaker_pool")):
             raise ValueError("BundledSpeakerHead needs the bundled model with a speaker head "
@@ -276,6 +321,20 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         self._buf_start = 0
         self._speech: np.ndarray = np.zeros(0, dtype=np.float32)  # explicit speech of the buffered frames, or empty
         self._init_audio(vad)
+        detector = getattr(model, "change_detector", None) if self.config.change_detector else None
+        self._detector = None if detector is None else StreamingChangeDetector(detector)
+        frame_s = self.frame_samples / SAMPLE_RATE
+        self._peaks = ChangePeaks(self.config.detector_threshold, round(self.config.detector_min_gap_s / frame_s))
+        self._before = max(1, round(self.config.detector_before_s / frame_s))
+        self._after = max(1, round(self.config.detector_after_s / frame_s))
+        self.min_candidate_frames = min_candidate_frames
+        self._waiting: list[tuple[int, float]] = []     # (peak frame, probability) waiting for their after span
+        self._last_candidate = 0                        # frame of the previous candidate
+
+    @property
+    def emits_candidates(self) -> bool:
+        """Does this source report ChangeCandidates (the model has a change detector, and it is on)?"""
+        return self._detector is not None
 
     def features(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Per-frame speaker features of one chunk: num_layers + 1 tensors (T, H) or (1, T, H) -> (T, P)."""
@@ -291,8 +350,9 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         self.add_audio(samples_16k, start_sample)
         return []
 
-    def push_frames(self, features, first_frame: int, speech: np.ndarray | None = None) -> list[SpeakerWindow]:
-        """Add frames [first_frame, first_frame + T) and return the windows they complete.
+    def push_frames(self, features, first_frame: int, speech: np.ndarray | None = None
+                    ) -> list[SpeakerWindow | ChangeCandidate]:
+        """Add frames [first_frame, first_frame + T) and return the windows (and candidates) they complete.
 
         features : torch.Tensor or np.ndarray, shape = (T, P) or (1, T, P)
         speech : optional (T,) per-frame speech in [0, 1] (e.g. from the CTC posteriors);
@@ -316,44 +376,82 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         elif len(self._speech):
             raise ValueError("pass speech with every push_frames call or with none")
         self._buf = x if self._buf is None else torch.cat([self._buf, x.to(self._buf)])
-        return self._emit(self._grid.due(first_frame + x.shape[0]))
+        end = first_frame + x.shape[0]
+        if self._detector is not None:
+            self._waiting += self._peaks.push(*self._detector.push(x, self._frame_speech(first_frame, end)))
+        return self._emit(self._grid.due(end), end)
 
-    def finish(self) -> list[SpeakerWindow]:
+    def finish(self) -> list[SpeakerWindow | ChangeCandidate]:
         end = self._buf_start + (0 if self._buf is None else self._buf.shape[0])
-        return self._emit(self._grid.tail(end))
+        if self._detector is not None:
+            self._waiting += self._peaks.push(*self._detector.finish())
+            self._waiting += self._peaks.finish()
+        return self._emit(self._grid.tail(end), end, final=True)
 
     def _frame_speech(self, start: int, end: int) -> np.ndarray:
         if len(self._speech):
             return self._speech[start - self._buf_start: end - self._buf_start]
         return self.vad.speech_of_frames(start, end, self.frame_samples)
 
-    def _emit(self, windows: list[tuple[int, int]]) -> list[SpeakerWindow]:
-        out = []
-        for start, end in windows:
-            s0, s1 = self._grid.seconds(start, end)
-            speech = self._frame_speech(start, end)
-            frac = float(speech.mean()) if len(speech) else 0.0
-            mask = speech >= 0.5
-            if not mask.any():
-                out.append(SpeakerWindow(s0, s1, None, frac))
-                continue
-            if mask.sum() < self.min_pool_frames:
-                mask[:] = True
-            frames = self._buf[start - self._buf_start: end - self._buf_start]          # (W, P)
-            with torch.inference_mode():
-                m = torch.from_numpy(mask)[None].to(frames.device)
-                e = self.model.speaker_pool(frames[None], m)[0]                          # (E,)
-            out.append(SpeakerWindow(s0, s1, e.float().cpu().numpy(), frac))
-        # Keep only the frames the next window still needs (or the last window's worth, for finish()).
+    def _pool(self, start: int, end: int, mask: np.ndarray) -> np.ndarray:
+        """Embedding (E,) of the buffered frames [start, end) where mask (end - start,) is True."""
+        frames = self._buf[start - self._buf_start: end - self._buf_start]               # (W, P)
+        with torch.inference_mode():
+            m = torch.from_numpy(mask)[None].to(frames.device)
+            return self.model.speaker_pool(frames[None], m)[0].float().cpu().numpy()     # (E,)
+
+    def _window(self, start: int, end: int) -> SpeakerWindow:
+        s0, s1 = self._grid.seconds(start, end)
+        speech = self._frame_speech(start, end)
+        frac = float(speech.mean()) if len(speech) else 0.0
+        mask = speech >= 0.5
+        if not mask.any():
+            return SpeakerWindow(s0, s1, None, frac)
+        if mask.sum() < self.min_pool_frames:
+            mask[:] = True
+        return SpeakerWindow(s0, s1, self._pool(start, end, mask), frac)
+
+    def _speech_embedding(self, start: int, end: int) -> np.ndarray | None:
+        """Embedding of the speech frames in [start, end); None with fewer than min_candidate_frames."""
+        if end <= start:
+            return None
+        mask = self._frame_speech(start, end) >= 0.5
+        return self._pool(start, end, mask) if mask.sum() >= self.min_candidate_frames else None
+
+    def _candidate(self, frame: int, probability: float, end: int) -> ChangeCandidate:
+        before = self._speech_embedding(max(self._last_candidate, frame - self._before, self._buf_start), frame)
+        after = self._speech_embedding(frame, min(frame + self._after, end))
+        self._last_candidate = frame
+        return ChangeCandidate((frame + 0.5) * self.frame_samples / SAMPLE_RATE, before, after, probability)
+
+    def _emit(self, windows: list[tuple[int, int]], end: int, final: bool = False
+              ) -> list[SpeakerWindow | ChangeCandidate]:
+        """The windows [start, end) due and the candidates whose after span is complete (all at the
+        end of the stream), ordered by the frame that completed them; then trims the buffer."""
+        ready = [(w_end, 0, self._window(start, w_end)) for start, w_end in windows]
+        waiting = []
+        for frame, probability in self._waiting:
+            if final or frame + self._after <= end:
+                ready.append((min(frame + self._after, end), 1, self._candidate(frame, probability, end)))
+            else:
+                waiting.append((frame, probability))
+        self._waiting = waiting
+        ready.sort(key=lambda r: (r[0], r[1]))
+        # Keep only the frames that the next window (or the last window's worth, for finish()) and the
+        # next candidates still need.
         buffered_end = self._buf_start + (0 if self._buf is None else self._buf.shape[0])
-        keep_from = max(self._buf_start, min(self._grid.next_end, buffered_end) - self._grid.window)
+        keep_from = min(self._grid.next_end, buffered_end) - self._grid.window
+        if self._detector is not None:
+            keep_from = min([keep_from, self._peaks.decided_until - self._before]
+                            + [frame - self._before for frame, _ in self._waiting])
+        keep_from = max(self._buf_start, keep_from)
         if self._buf is not None and keep_from > self._buf_start:
             drop = keep_from - self._buf_start
             self._buf = self._buf[drop:]
             if len(self._speech):
                 self._speech = self._speech[drop:]
             self._buf_start = keep_from
-        return out
+        return [item for _, _, item in ready]
 
 
 # -------------------------------------------------------------- audio windowing
@@ -569,11 +667,20 @@ class StreamSpeakers:
     def turns(self) -> list[Turn]:
         return self.tracker.turns()
 
-    def _track(self, windows: list[SpeakerWindow]) -> list[SpeakerChange]:
-        events: list[SpeakerChange] = []
-        for w in windows:
-            events += self.tracker.push(w.start_s, w.end_s, w.embedding, w.speech_fraction)
-        return events
+    def _track(self, items: list[SpeakerWindow | ChangeCandidate]) -> list[SpeakerChange]:
+        return [ev for item in items for ev in feed_tracker(self.tracker, item)]
+
+
+def feed_tracker(tracker: SpeakerTracker, item: SpeakerWindow | ChangeCandidate) -> list[SpeakerChange]:
+    """Hand one window or change candidate of a source to the tracker."""
+    if isinstance(item, ChangeCandidate):
+        return tracker.push_candidate(item.time_s, item.before, item.after, item.probability)
+    return tracker.push(item.start_s, item.end_s, item.embedding, item.speech_fraction)
+
+
+def new_tracker(source: EmbeddingSource, config: SpeakerTrackerConfig) -> SpeakerTracker:
+    """The tracker for a source: with a change detector's candidates, window peaks are off."""
+    return SpeakerTracker(config, window_peaks=not getattr(source, "emits_candidates", False))
 
 
 class SpeakerSourceFactory:
@@ -587,8 +694,8 @@ class SpeakerSourceFactory:
 
     def new_stream(self, tracker_config: SpeakerTrackerConfig | None = None) -> StreamSpeakers:
         config = tracker_config or SpeakerTrackerConfig()
-        return StreamSpeakers(self.kind(self.model, config, **self.source_kwargs), SpeakerTracker(config),
-                              self.frame_seconds)
+        source = self.kind(self.model, config, **self.source_kwargs)
+        return StreamSpeakers(source, new_tracker(source, config), self.frame_seconds)
 
 
 def speaker_source_factory(model, speaker_model=None, **source_kwargs) -> SpeakerSourceFactory | None:
