@@ -5,7 +5,8 @@ F1 at a +-0.5 s collar, DER at a 0.25 s collar (overlap scored; the tracker give
 speaker at a time), and the detection latency of speaker changes, for
 
 * ``tracker``  -- decoders.speaker.SpeakerTracker (peaks of the neighbouring-window distance, decided
-  by the windows after them against online clusters);
+  by the windows after them against online clusters; with a bundled model that has a learned
+  change detector, also its verified candidates, and then a ``windows only`` line without them);
 * ``baseline`` -- cosine distance between adjacent windows of the same embeddings, a
   change at every local peak above a threshold, a fresh label after every change. Its
   threshold is the best one on the evaluated meetings (an optimistic baseline). It finds
@@ -35,7 +36,8 @@ exact RTTM from the assembly.
         [--meetings DIR] [--limit N] [--real N] [--tune] [--window 1.5 --hop 0.5 ...]
 
 ``--tune`` picks the window geometry and the tracker's thresholds and hysteresis on the first half of the meetings
-(dev) and reports both halves, so that the test numbers are not tuned on themselves.
+(dev), then the change detector's settings (if the model has one), and reports both halves, so that the
+test numbers are not tuned on themselves.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import argparse
 import dataclasses
 import glob
 import itertools
+import math
 import sys
 import time
 import zlib
@@ -225,6 +228,13 @@ class RecordedCandidate:
     emitted_at: float            # stream position (s) when the candidate reached the tracker
 
 
+@dataclass(frozen=True)
+class RecordedPeak:
+    time: float
+    probability: float
+    emitted_at: float
+
+
 @dataclass
 class Extracted:
     """What one pass over a meeting gives: enough to replay any tracker config.
@@ -248,14 +258,16 @@ def uses_detector(ex: Extracted, config: SpeakerTrackerConfig, model) -> bool:
     return ex.chunks is not None and config.change_detector and getattr(model, "change_detector", None) is not None
 
 
-def _recorded(item, emitted_at: float) -> Recorded | RecordedCandidate:
-    from stream.speakers import ChangeCandidate
+def _recorded(item, emitted_at: float) -> Recorded | RecordedCandidate | RecordedPeak:
+    from stream.speakers import ChangeCandidate, ChangePeak
     if isinstance(item, ChangeCandidate):
         return RecordedCandidate(item.time_s, item.before, item.after, item.probability, emitted_at)
+    if isinstance(item, ChangePeak):
+        return RecordedPeak(item.time_s, item.probability, emitted_at)
     return Recorded(item.start_s, item.end_s, item.embedding, item.speech_fraction, emitted_at)
 
 
-def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Recorded | RecordedCandidate]:
+def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Recorded | RecordedCandidate | RecordedPeak]:
     """The windows (and change candidates) a tracker with `config` sees (pooled from the recorded
     chunks when possible)."""
     if ex.make_windows is not None:
@@ -268,7 +280,7 @@ def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Reco
             raise SystemExit("window geometry can only be varied for the bundled speaker head")
         return ex.windows
     key = (config.window_s, config.hop_s, uses_detector(ex, config, model), config.detector_threshold,
-           config.detector_min_gap_s, config.detector_before_s, config.detector_after_s)
+           config.detector_min_gap_s, config.detector_before_s, config.detector_after_s, config.detector_support)
     if key not in ex._cache:
         from stream.speakers import BundledSpeakerHead
         src = BundledSpeakerHead(model, config)
@@ -424,26 +436,42 @@ class Result:
     turns: list[Turn]
 
 
-def run_tracker(windows: list[Recorded | RecordedCandidate], speech: np.ndarray, config: SpeakerTrackerConfig,
-                window_peaks: bool = True) -> Result:
-    tracker = SpeakerTracker(config, window_peaks=window_peaks)
+def run_tracker(windows: list[Recorded | RecordedCandidate | RecordedPeak], speech: np.ndarray, config: SpeakerTrackerConfig,
+                candidates: bool = False) -> Result:
+    tracker = SpeakerTracker(config, candidates=candidates)
     if len(speech):
         tracker.push_speech(0, 0.02, speech)
     changes = []
     for w in windows:
         if isinstance(w, RecordedCandidate):
             events = tracker.push_candidate(w.time, w.before, w.after, w.probability)
+        elif isinstance(w, RecordedPeak):
+            events = []
+            tracker.push_detector_peak(w.time, w.probability)
         else:
             events = tracker.push(w.start, w.end, w.embedding, w.fraction)
         changes += [(ev.time, w.emitted_at) for ev in events if ev.from_speaker is not None]
     end = windows[-1].emitted_at if windows else 0.0
     changes += [(ev.time, end) for ev in tracker.finish() if ev.from_speaker is not None]
-    return Result(changes, tracker.turns())
+    return Result(first_statements(changes), tracker.turns())
+
+
+def first_statements(changes: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(change time, emitted_at) of change events, without the events that restate the label of an
+    earlier change at the same time (decoders/speaker.py: labels from a change candidate are confirmed
+    by the windows after it): those are not new changes, and the latency is the first event's."""
+    seen: set[float] = set()
+    out = []
+    for t, at in changes:
+        if t not in seen:
+            seen.add(t)
+            out.append((t, at))
+    return out
 
 
 def replay(ex: Extracted, config: SpeakerTrackerConfig, model) -> Result:
     """The tracker with `config` on one meeting's recorded windows / features."""
-    return run_tracker(windows_for(ex, config, model), ex.speech, config, not uses_detector(ex, config, model))
+    return run_tracker(windows_for(ex, config, model), ex.speech, config, uses_detector(ex, config, model))
 
 
 def run_baseline(windows: list[Recorded], speech: np.ndarray, config: SpeakerTrackerConfig,
@@ -544,6 +572,22 @@ def distance_report(meetings: list[Meeting], windows: list[list[Recorded]], conf
     return "\n".join(lines)
 
 
+def _pick(trials: list[tuple[float, float, float, SpeakerTrackerConfig]]) -> SpeakerTrackerConfig:
+    """From (F1, median latency, DER, config) trials: among the settings within 0.01 of the best F1 and
+    within 3 points of the best DER among those (shorter windows react sooner but confuse labels, which
+    diarization users see), the lowest median latency (to 0.1 s), then DER."""
+    top = max(t[0] for t in trials)
+    near = [t for t in trials if t[0] >= top - 0.01]
+    best_der = min(t[2] for t in near)
+    return min((t for t in near if t[2] <= best_der + 0.03), key=lambda t: (round(t[1], 1), t[2]))[3]
+
+
+def _detector_settings(config: SpeakerTrackerConfig) -> str:
+    return (f"detector_threshold {config.detector_threshold:.2f}, detector_after_s {config.detector_after_s:.2f}, "
+            f"detector_verify {config.detector_verify:.2f}, detector_window_gap_s {config.detector_window_gap_s}, "
+            f"detector_support {config.detector_support:.2f}")
+
+
 def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], config, model, tune: bool) -> None:
     print(f"\n== {name}: {len(meetings)} meetings, {sum(len(m.audio) for m in meetings) / SR / 60:.1f} min, "
           f"{sum(len(reference_changes(m.ref)) for m in meetings)} speaker changes")
@@ -577,18 +621,26 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
                     sc = score([meetings[i] for i in dev], results(cfg, dev))
                     lat = float(np.median(sc.latencies)) if sc.latencies else 9.9
                     trials.append((sc.changes.f1, lat, sc.der.der, cfg))
-        # Among the settings within 0.01 of the best F1 and within 3 points of the best DER among those
-        # (shorter windows react sooner but confuse labels, which diarization users see): the lowest
-        # median latency (to 0.1 s), then DER.
-        top = max(t[0] for t in trials)
-        near = [t for t in trials if t[0] >= top - 0.01]
-        best_der = min(t[2] for t in near)
-        config = min((t for t in near if t[2] <= best_der + 0.03), key=lambda t: (round(t[1], 1), t[2]))[3]
+        config = _pick(trials)
         print(f"tuned on dev ({len(dev)} meetings): window {config.window_s} s, hop {config.hop_s} s, "
               f"peak_threshold {config.peak_threshold:.2f}, hysteresis {config.hysteresis}, "
               f"change_threshold {config.change_threshold:.2f}, "
               f"new_speaker_threshold {config.new_speaker_threshold:.2f}, "
               f"return_threshold {config.return_threshold:.2f}, peak_ratio {config.peak_ratio:.1f}")
+        if uses_detector(extracted[0], config, model):
+            # Then the change detector's settings, the window settings fixed (the windows still label
+            # the speakers and add the changes the detector misses).
+            trials = []
+            for thr, after, verify, gap, support in itertools.product((0.9, 0.95), (0.5, 0.75), (0.3, 0.4),
+                                                                       (1.5, math.inf), (0.0, 0.1, 0.3)):
+                cfg = dataclasses.replace(config, detector_threshold=thr, detector_after_s=after,
+                                          detector_verify=verify, detector_window_gap_s=gap,
+                                          detector_support=support)
+                sc = score([meetings[i] for i in dev], results(cfg, dev))
+                trials.append((sc.changes.f1, float(np.median(sc.latencies)) if sc.latencies else 9.9,
+                               sc.der.der, cfg))
+            config = _pick(trials)
+            print(f"tuned the change detector on dev: {_detector_settings(config)}")
         sets = [("dev", dev), ("test", test)] if test else [("dev", dev)]
     # Baseline threshold: the best F1 over all meetings (optimistic for the baseline).
     thresholds = np.arange(0.01, 0.9, 0.01)
@@ -600,9 +652,16 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
           f"{config.peak_ratio:.1f}, max_speakers "
           f"{config.max_speakers}, min_speech_fraction {config.min_speech_fraction}; baseline: same windows, "
           f"threshold {best_b:.2f} (best F1 on all meetings)")
+    detector = uses_detector(extracted[0], config, model)
+    if detector:
+        print(f"with the model's change detector: {_detector_settings(config)}; 'windows only' = the same "
+              f"tracker without it")
     for set_name, idx in sets:
         ms = [meetings[i] for i in idx]
         print(score(ms, results(config, idx)).line(f"[{set_name}] tracker"))
+        if detector:
+            windows_only = dataclasses.replace(config, change_detector=False)
+            print(score(ms, results(windows_only, idx)).line(f"[{set_name}] windows only"))
         print(score(ms, results(config, idx, "baseline", best_b)).line(f"[{set_name}] baseline"))
     return config
 
@@ -632,6 +691,12 @@ def main(argv=None) -> None:
     p.add_argument("--new-threshold", type=float, default=SpeakerTrackerConfig.new_speaker_threshold)
     p.add_argument("--return-threshold", type=float, default=SpeakerTrackerConfig.return_threshold)
     p.add_argument("--peak-ratio", type=float, default=SpeakerTrackerConfig.peak_ratio)
+    p.add_argument("--no-change-detector", action="store_true", help="the windows alone, not the model's detector")
+    p.add_argument("--detector-threshold", type=float, default=SpeakerTrackerConfig.detector_threshold)
+    p.add_argument("--detector-after", type=float, default=SpeakerTrackerConfig.detector_after_s)
+    p.add_argument("--detector-verify", type=float, default=SpeakerTrackerConfig.detector_verify)
+    p.add_argument("--detector-gap", type=float, default=SpeakerTrackerConfig.detector_window_gap_s)
+    p.add_argument("--detector-support", type=float, default=SpeakerTrackerConfig.detector_support)
     p.add_argument("--max-speakers", type=int, default=SpeakerTrackerConfig.max_speakers)
     p.add_argument("--min-speech", type=float, default=SpeakerTrackerConfig.min_speech_fraction)
     p.add_argument("--threads", type=int, default=1)
@@ -651,7 +716,11 @@ def main(argv=None) -> None:
                                   change_threshold=args.change_threshold,
                                   hysteresis=args.hysteresis, new_speaker_threshold=args.new_threshold,
                                   return_threshold=args.return_threshold, peak_ratio=args.peak_ratio,
-                                  max_speakers=args.max_speakers, min_speech_fraction=args.min_speech)
+                                  max_speakers=args.max_speakers, min_speech_fraction=args.min_speech,
+                                  change_detector=not args.no_change_detector,
+                                  detector_threshold=args.detector_threshold, detector_after_s=args.detector_after,
+                                  detector_verify=args.detector_verify, detector_window_gap_s=args.detector_gap,
+                                  detector_support=args.detector_support)
     groups = []
     mdir = Path(args.meetings).expanduser()
     if mdir.is_dir():
@@ -686,7 +755,7 @@ def main(argv=None) -> None:
             if ex.engine_events is not None:
                 # The replay of the recorded windows must be exactly what the engine emitted.
                 replayed = replay(ex, config, model)
-                engine = [(e.time, at) for at, e in ex.engine_events if e.from_speaker is not None]
+                engine = first_statements([(e.time, at) for at, e in ex.engine_events if e.from_speaker is not None])
                 if [(round(t, 6), a) for t, a in engine] != [(round(t, 6), a) for t, a in replayed.changes]:
                     print(f"warning: {m.name}: engine events differ from the replay of its windows")
         audio_s = sum(len(m.audio) for m in meetings) / SR

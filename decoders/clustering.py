@@ -85,6 +85,13 @@ class OnlineClusters:
         self._counts.append(len(vectors))
         return len(self._means) - 1
 
+    def drop_last(self) -> None:
+        """Forget the newest cluster (opened on too little evidence); its label is free again."""
+        if not self._means:
+            raise RuntimeError("no cluster to drop")
+        self._means.pop()
+        self._counts.pop()
+
     def update(self, index: int, e: np.ndarray) -> None:
         """Move cluster `index` toward unit vector `e` (E,)."""
         self._counts[index] += 1

@@ -55,6 +55,17 @@ turns mostly change at pauses. (Projecting the straddling windows on the line be
 the two voices, as a linear mixture would allow, placed real changes worse: the speaker
 head's embeddings of a mixed window are not a linear mix.)
 
+With a learned change detector (the bundled model's, see stream.speakers.BundledSpeakerHead)
+the tracker also gets change candidates (`push_candidate`): a time where the detector's
+probability peaks, with embeddings of the speech just before and just after it. A candidate
+is a change when those two are further apart than `detector_verify`; who speaks after it is
+decided from the "after" embedding as for a window peak. The detector hears a change within
+its 0.4 s look-ahead plus `detector_after_s`, about 0.7 s sooner than the window after a
+peak, but labels from half a second of speech are less reliable than from a 1.5 s window,
+so the windows keep the centroids, and a window peak is still a change when it comes
+`detector_window_gap_s` or more after the last change (the changes the detector missed);
+closer, it is the detector's change seen again.
+
 Speech vs silence for the turns comes from per-frame speech activity when the caller
 gives it (`push_speech`, e.g. an energy VAD at 20 ms); pauses shorter than
 `min_pause_s` stay inside a turn. Without it, speech is recovered from the windows'
@@ -113,6 +124,10 @@ class SpeakerTrackerConfig:
     detector_before_s: float = 2.0      # a candidate compares the speech up to this long before it ...
     detector_after_s: float = 0.5       # ... with the speech this long after it (it waits for that)
     detector_verify: float = 0.4        # cosine distance between the two above which the voice changed
+    detector_window_gap_s: float = 1.5  # with the detector, a window peak is a change only this long after the
+                                        # last change (inf: the detector's candidates alone)
+    detector_support: float = 0.2       # ... and only where the detector's probability peaked above this
+    detector_support_s: float = 0.5     # within this distance of the window peak's change time (0: no such test)
 
     def __post_init__(self):
         if not (self.window_s > 0 and self.hop_s > 0):
@@ -139,6 +154,11 @@ class SpeakerTrackerConfig:
             raise ValueError(f"detector_threshold is a probability in (0, 1), got {self.detector_threshold}")
         if min(self.detector_min_gap_s, self.detector_before_s, self.detector_after_s) <= 0:
             raise ValueError("detector_min_gap_s, detector_before_s and detector_after_s must be > 0")
+        if not 0.0 <= self.detector_support < 1.0 or self.detector_support_s < 0:
+            raise ValueError(f"detector_support must be in [0, 1) and detector_support_s >= 0, got "
+                             f"{self.detector_support}, {self.detector_support_s}")
+        if not self.detector_window_gap_s >= 0:
+            raise ValueError(f"detector_window_gap_s must be >= 0, got {self.detector_window_gap_s}")
         if not 0.0 <= self.detector_verify < 2.0:
             raise ValueError(f"detector_verify is a cosine distance in [0, 2), got {self.detector_verify}")
         if not 0.0 <= self.min_speech_fraction <= 1.0:
@@ -156,6 +176,18 @@ class Turn(NamedTuple):
     start: float
     end: float
     label: str
+
+
+@dataclass
+class _Provisional:
+    """The label of the last change, when it came from a change candidate: from half a second of
+    speech, to be confirmed by the first windows after the change."""
+
+    time: float             # the change time
+    label: int              # the cluster given
+    created: bool           # the cluster was opened for this change
+    previous: int           # the speaker before the change
+    windows: list           # unit embeddings (E,) of the speech windows since, up to `hysteresis`
 
 
 @dataclass(frozen=True)
@@ -185,11 +217,15 @@ class SpeakerTracker:
     finish() -> list[SpeakerChange]
     """
 
-    def __init__(self, config: SpeakerTrackerConfig | None = None, window_peaks: bool = True):
+    def __init__(self, config: SpeakerTrackerConfig | None = None, candidates: bool = False):
         self.config = config or SpeakerTrackerConfig()
-        # False when a change detector's candidates (push_candidate) are the only changes: windows
-        # then open the first speaker and keep the centroids, nothing more.
-        self.window_peaks = window_peaks
+        # True when a change detector feeds push_candidate: a window peak is then a change only
+        # detector_window_gap_s after the last change (see the module docstring).
+        self.candidates = candidates
+        self._provisional: _Provisional | None = None
+        # Times of the detector's recent weaker peaks (push_detector_peak); a window peak is decided
+        # at most a few seconds after the change it places.
+        self._detector_peaks: deque[float] = deque(maxlen=64)
         c = self.config
         self._clusters = OnlineClusters(c.max_speakers, c.centroid_max_count)
         # Every window, for the speech/silence grid of `turns` (starts and ends are nondecreasing).
@@ -278,7 +314,16 @@ class SpeakerTracker:
         distance = 1.0 - float(b @ a)
         if distance <= self.config.detector_verify:
             return []
-        return self._switch(time_s, a, [a], float(np.clip(distance, 0.0, 1.0)))
+        previous, known = self._current, len(self._clusters)
+        events = self._switch(time_s, a, [a], float(np.clip(distance, 0.0, 1.0)))
+        if events:
+            self._provisional = _Provisional(time_s, self._current, len(self._clusters) > known, previous, [])
+        return events
+
+    def push_detector_peak(self, time_s: float, probability: float) -> None:
+        """A weaker peak of the change detector (stream.speakers.ChangePeak): with candidates, a
+        window peak is a change only near one (detector_support, detector_support_s)."""
+        self._detector_peaks.append(float(time_s))
 
     def push_speech(self, first_frame: int, frame_s: float, speech: np.ndarray) -> None:
         """Per-frame speech activity for the turn boundaries (optional).
@@ -309,7 +354,7 @@ class SpeakerTracker:
         if self._current is None:
             if len(self._pending) >= max(2, h - 1):
                 events = self._first_speaker_confirmed()
-        elif self.window_peaks:
+        else:
             for after in range(min(h - 1, len(self._recent) - 1), 0, -1):
                 peak = len(self._recent) - 1 - after
                 if self._is_peak(peak, look_ahead=True):
@@ -362,10 +407,6 @@ class SpeakerTracker:
         c = self.config
         if self._current is None:
             return self._first_speaker(w)
-        if not self.window_peaks:
-            if 1.0 - float(self._clusters.centroid(self._current) @ w.e) <= c.change_threshold:
-                self._defer(w)
-            return []
         events = self._returning_voice(w)
         peak = len(self._recent) - 1 - c.hysteresis     # the window whose successors have all arrived now
         if not events and peak >= 0 and self._is_peak(peak, look_ahead=c.hysteresis > 0):
@@ -373,7 +414,39 @@ class SpeakerTracker:
             events = self._decide(peak, run)
         if not events and 1.0 - float(self._clusters.centroid(self._current) @ w.e) <= c.change_threshold:
             self._defer(w)
+        if not events and self._provisional is not None and w.start >= self._provisional.time - 1e-9:
+            events = self._confirm_label(w)
         return events
+
+    def _confirm_label(self, w: _SpeechWindow) -> list[SpeakerChange]:
+        """Collect the windows after a candidate's change; once `hysteresis` (at least one) are in,
+        decide who speaks from them as after a window peak and, if that is not the label given,
+        restate the change: a SpeakerChange at the same time with the corrected label."""
+        p = self._provisional
+        p.windows.append(w.e)
+        if len(p.windows) < max(1, self.config.hysteresis):
+            return []
+        self._provisional = None
+        mean = _mean_direction(p.windows)
+        sims = self._clusters.similarities(mean)
+        others = [int(i) for i in np.argsort(-sims) if i != p.previous and not (p.created and i == p.label)]
+        target = others[0] if others and 1.0 - float(sims[others[0]]) <= self.config.new_speaker_threshold else None
+        if target is None and (p.created or self._clusters.full):
+            return []     # a new voice, as given (or no room for one)
+        if target == p.label:
+            return []
+        if p.created and p.label == len(self._clusters) - 1:
+            self._clusters.drop_last()     # opened on half a second of speech that was someone known
+        if target is None:
+            target = self._clusters.add(p.windows)
+        else:
+            for e in p.windows:
+                self._clusters.update(target, e)
+        self._current = target
+        self._change_labels[-1] = target
+        score = float(np.clip(1.0 - float(self._clusters.centroid(p.previous) @ mean), 0.0, 1.0))
+        return [SpeakerChange(time=p.time, from_speaker=OnlineClusters.label(p.previous),
+                              to_speaker=self.current_label, score=score)]
 
     def _returning_voice(self, w: _SpeechWindow) -> list[SpeakerChange]:
         """The change for `w` (the newest window) when its jump rises above the peak thresholds and
@@ -448,6 +521,11 @@ class SpeakerTracker:
         if 1.0 - float(old @ mean) <= c.change_threshold:
             return []     # the same voice on both sides of the peak: a noisy window, not a change
         time = self._change_time(peak, self._recent[peak])
+        if self.candidates and self._change_times and time - self._change_times[-1] < c.detector_window_gap_s:
+            return []     # the change the detector already reported (it reacts sooner), seen again by the windows
+        if self.candidates and c.detector_support > 0 and c.detector_support_s > 0 and \
+                not any(abs(t - time) <= c.detector_support_s for t in self._detector_peaks):
+            return []     # the detector heard nothing there: a change of what is said, not of who says it
         return self._switch(time, mean, [p.e for p in run], float(np.clip(1.0 - float(old @ mean), 0.0, 1.0)))
 
     def _switch(self, time: float, mean: np.ndarray, embeddings: list[np.ndarray], score: float
@@ -460,6 +538,7 @@ class SpeakerTracker:
             target = None
         if target is None and self._clusters.full:
             return []     # at the cap with no one else known (max_speakers 1)
+        self._provisional = None
         # Deferred windows that end after the change contain the new speaker: drop them.
         self._flush_deferred(time)
         if target is None:

@@ -43,6 +43,9 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="cosine distance between neighbouring speaker embeddings that can be a change "
                         "(default 0.2, tuned for the bundled model; bench/speaker_eval.py --tune finds "
                         "one for other speaker models)")
+    p.add_argument("--no-change-detector", action="store_true",
+                   help="find speaker changes from the embedding windows alone, not with the bundled model's "
+                        "learned change detector (reacts about 0.7 s later; see README, Speakers)")
     p.add_argument("--hotword", action="append", default=[], metavar="WORD",
                    help="boost a word in the final beam search (repeatable)")
     p.add_argument("--kenlm", default=None, metavar="ARPA_OR_BIN",
@@ -113,7 +116,8 @@ def speaker_tracker_config(args):
     overrides = {field: value for field, value in (("max_speakers", args.max_speakers),
                                                    ("window_s", args.speaker_window),
                                                    ("hop_s", args.speaker_hop),
-                                                   ("peak_threshold", args.speaker_peak_threshold))
+                                                   ("peak_threshold", args.speaker_peak_threshold),
+                                                   ("change_detector", False if args.no_change_detector else None))
                  if value is not None}
     if not overrides:
         return None

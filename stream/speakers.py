@@ -9,7 +9,8 @@ window of a stream, from ``finish``, may be shorter) and returns, for each, a :c
 (a) :class:`BundledSpeakerHead` -- the bundled model's speaker head on the same encoder
     pass as the captions: the engine hands it the per-frame speaker features
     ``model.speaker_frame_features(hidden_states)`` of each chunk; every hop it pools the
-    speech frames of the last window with ``model.speaker_pool``.
+    speech frames of the last window with ``model.speaker_pool``. When the model has a
+    learned change detector, the same frames also give :class:`ChangeCandidate` s.
 (b) :class:`XVectorSource` -- a separate ``WavLMForXVector`` checkpoint (e.g.
     microsoft/wavlm-base-plus-sv) run on the last window of 16 kHz audio every hop.
 (c) :class:`FrameActivitySource` -- a ``WavLMForAudioFrameClassification`` checkpoint
@@ -63,6 +64,14 @@ class ChangeCandidate(NamedTuple):
     before: np.ndarray | None           # (E,) embedding of the speech before it (None: too little speech)
     after: np.ndarray | None            # (E,) embedding of the speech just after it
     probability: float                  # the detector's change probability at the peak
+
+
+class ChangePeak(NamedTuple):
+    """A weaker peak of the change detector's probability (above ``detector_support``), for
+    ``SpeakerTracker.push_detector_peak``: not a change by itself, but support for a window peak."""
+
+    time_s: float
+    probability: float
 
 
 # ---------------------------------------------------------------------------- speech
@@ -324,7 +333,11 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         detector = getattr(model, "change_detector", None) if self.config.change_detector else None
         self._detector = None if detector is None else StreamingChangeDetector(detector)
         frame_s = self.frame_samples / SAMPLE_RATE
-        self._peaks = ChangePeaks(self.config.detector_threshold, round(self.config.detector_min_gap_s / frame_s))
+        min_gap = round(self.config.detector_min_gap_s / frame_s)
+        self._peaks = ChangePeaks(self.config.detector_threshold, min_gap)
+        # Weaker peaks, picked on their own (a weak peak must not hide a strong one just after it).
+        self._support = ChangePeaks(self.config.detector_support, min_gap) if self.config.detector_support > 0 else None
+        self._support_ready: list[ChangePeak] = []
         self._before = max(1, round(self.config.detector_before_s / frame_s))
         self._after = max(1, round(self.config.detector_after_s / frame_s))
         self.min_candidate_frames = min_candidate_frames
@@ -351,7 +364,7 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         return []
 
     def push_frames(self, features, first_frame: int, speech: np.ndarray | None = None
-                    ) -> list[SpeakerWindow | ChangeCandidate]:
+                    ) -> list[SpeakerWindow | ChangeCandidate | ChangePeak]:
         """Add frames [first_frame, first_frame + T) and return the windows (and candidates) they complete.
 
         features : torch.Tensor or np.ndarray, shape = (T, P) or (1, T, P)
@@ -378,15 +391,21 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         self._buf = x if self._buf is None else torch.cat([self._buf, x.to(self._buf)])
         end = first_frame + x.shape[0]
         if self._detector is not None:
-            self._waiting += self._peaks.push(*self._detector.push(x, self._frame_speech(first_frame, end)))
+            self._detect(*self._detector.push(x, self._frame_speech(first_frame, end)))
         return self._emit(self._grid.due(end), end)
 
-    def finish(self) -> list[SpeakerWindow | ChangeCandidate]:
+    def finish(self) -> list[SpeakerWindow | ChangeCandidate | ChangePeak]:
         end = self._buf_start + (0 if self._buf is None else self._buf.shape[0])
         if self._detector is not None:
-            self._waiting += self._peaks.push(*self._detector.finish())
-            self._waiting += self._peaks.finish()
+            self._detect(*self._detector.finish(), final=True)
         return self._emit(self._grid.tail(end), end, final=True)
+
+    def _detect(self, first: int, probs: np.ndarray, final: bool = False) -> None:
+        """Peak-pick the detector's probabilities of frames [first, first + len(probs))."""
+        self._waiting += self._peaks.push(first, probs) + (self._peaks.finish() if final else [])
+        if self._support is not None:
+            peaks = self._support.push(first, probs) + (self._support.finish() if final else [])
+            self._support_ready += [ChangePeak((t + 0.5) * self.frame_samples / SAMPLE_RATE, p) for t, p in peaks]
 
     def _frame_speech(self, start: int, end: int) -> np.ndarray:
         if len(self._speech):
@@ -425,10 +444,14 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         return ChangeCandidate((frame + 0.5) * self.frame_samples / SAMPLE_RATE, before, after, probability)
 
     def _emit(self, windows: list[tuple[int, int]], end: int, final: bool = False
-              ) -> list[SpeakerWindow | ChangeCandidate]:
-        """The windows [start, end) due and the candidates whose after span is complete (all at the
-        end of the stream), ordered by the frame that completed them; then trims the buffer."""
-        ready = [(w_end, 0, self._window(start, w_end)) for start, w_end in windows]
+              ) -> list[SpeakerWindow | ChangeCandidate | ChangePeak]:
+        """The support peaks found, the windows [start, end) due and the candidates whose after span
+        is complete (all at the end of the stream), ordered by the frame that completed them; then
+        trims the buffer."""
+        # Support peaks first: they are known as soon as their look-ahead is (before any window that uses them).
+        ready = [(0, 0, peak) for peak in self._support_ready]
+        self._support_ready = []
+        ready += [(w_end, 0, self._window(start, w_end)) for start, w_end in windows]
         waiting = []
         for frame, probability in self._waiting:
             if final or frame + self._after <= end:
@@ -667,20 +690,23 @@ class StreamSpeakers:
     def turns(self) -> list[Turn]:
         return self.tracker.turns()
 
-    def _track(self, items: list[SpeakerWindow | ChangeCandidate]) -> list[SpeakerChange]:
+    def _track(self, items: list[SpeakerWindow | ChangeCandidate | ChangePeak]) -> list[SpeakerChange]:
         return [ev for item in items for ev in feed_tracker(self.tracker, item)]
 
 
-def feed_tracker(tracker: SpeakerTracker, item: SpeakerWindow | ChangeCandidate) -> list[SpeakerChange]:
-    """Hand one window or change candidate of a source to the tracker."""
+def feed_tracker(tracker: SpeakerTracker, item: SpeakerWindow | ChangeCandidate | ChangePeak) -> list[SpeakerChange]:
+    """Hand one window, change candidate or support peak of a source to the tracker."""
     if isinstance(item, ChangeCandidate):
         return tracker.push_candidate(item.time_s, item.before, item.after, item.probability)
+    if isinstance(item, ChangePeak):
+        tracker.push_detector_peak(item.time_s, item.probability)
+        return []
     return tracker.push(item.start_s, item.end_s, item.embedding, item.speech_fraction)
 
 
 def new_tracker(source: EmbeddingSource, config: SpeakerTrackerConfig) -> SpeakerTracker:
-    """The tracker for a source: with a change detector's candidates, window peaks are off."""
-    return SpeakerTracker(config, window_peaks=not getattr(source, "emits_candidates", False))
+    """The tracker for a source (told whether change candidates will come)."""
+    return SpeakerTracker(config, candidates=getattr(source, "emits_candidates", False))
 
 
 class SpeakerSourceFactory:

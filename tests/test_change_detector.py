@@ -5,6 +5,7 @@ checkpoint round trip and the training recipe's code."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig
 from model import WavLMConfig, build_model, load_model, save_model
 from model.heads import ChangeDetector
 from stream.change import ChangePeaks, StreamingChangeDetector
-from stream.speakers import BundledSpeakerHead, ChangeCandidate, SpeakerWindow, speaker_source_factory
+from stream.speakers import BundledSpeakerHead, ChangeCandidate, ChangePeak, SpeakerWindow, speaker_source_factory
 
 SR = 16000
 SPEC = {"channels": 6, "kernel_size": 3, "dilations": [1, 2, 4], "lookahead": 3}   # receptive field 15 frames
@@ -186,16 +187,23 @@ def test_bundled_head_emits_candidates_with_the_embeddings_around_them(bundled_w
                 expected = model.speaker_pool(feats[a:b][None], mask[None])[0].numpy()
             np.testing.assert_allclose(embedding, expected, rtol=0, atol=1e-5)
         previous = t
-    # Items come in the order their last frame arrived; a candidate waits for its after span.
-    ready = [(w.end_s if isinstance(w, SpeakerWindow) else min(10.0, w.time_s - 0.01 + 0.4)) for w in items]
+    # Windows and candidates come in the order their last frame arrived; a candidate waits for its after span.
+    ready = [(w.end_s if isinstance(w, SpeakerWindow) else min(10.0, w.time_s - 0.01 + 0.4)) for w in items
+             if not isinstance(w, ChangePeak)]
     assert ready == sorted(ready)
+    # The weaker peaks that support window peaks: picked on their own, above detector_support.
+    support = [round(p.time_s / 0.02 - 0.5) for p in items if isinstance(p, ChangePeak)]
+    assert support == peaks_at_once(probs, config.detector_support, 15) and len(support) >= len(candidates)
     # Splitting the frames differently changes nothing.
     _, again = run_head(model, feats, speech.numpy(), [1, 7, 64], config)
-    assert len(again) == len(items)
-    for x, y in zip(items, again):
+    main = [x for x in items if not isinstance(x, ChangePeak)]
+    main_again = [x for x in again if not isinstance(x, ChangePeak)]
+    assert len(main_again) == len(main)
+    for x, y in zip(main, main_again):
         assert type(x) is type(y)
         if isinstance(x, ChangeCandidate):
             assert x.time_s == y.time_s and x.probability == pytest.approx(y.probability, abs=1e-6)
+    assert [p.time_s for p in again if isinstance(p, ChangePeak)] == [p.time_s for p in items if isinstance(p, ChangePeak)]
 
 
 def test_windows_do_not_change_with_the_detector_on(bundled_with_detector):
@@ -210,11 +218,11 @@ def test_windows_do_not_change_with_the_detector_on(bundled_with_detector):
         np.testing.assert_allclose(a.embedding, b.embedding, rtol=0, atol=1e-6)
 
 
-def test_the_stream_glue_turns_window_peaks_off_when_candidates_come(bundled_with_detector):
+def test_the_stream_glue_tells_the_tracker_when_candidates_come(bundled_with_detector):
     model, _ = bundled_with_detector
     factory = speaker_source_factory(model)
-    assert factory.new_stream().tracker.window_peaks is False
-    assert factory.new_stream(SpeakerTrackerConfig(change_detector=False)).tracker.window_peaks is True
+    assert factory.new_stream().tracker.candidates is True
+    assert factory.new_stream(SpeakerTrackerConfig(change_detector=False)).tracker.candidates is False
 
 
 # ------------------------------------------------------------------ checkpoint
@@ -260,21 +268,71 @@ def unit(v):
 A, B, C = unit([1, 0, 0, 0]), unit([0, 1, 0, 0]), unit([0, 0, 1, 0])
 
 
-def tracker_after(voices, config=None):
-    """A detector-mode tracker that has heard windows of `voices` (one per 0.5 s hop)."""
-    tr = SpeakerTracker(config or SpeakerTrackerConfig(), window_peaks=False)
-    for i, v in enumerate(voices):
-        tr.push(i * 0.5, i * 0.5 + 1.5, v, 1.0)
+ONLY_CANDIDATES = SpeakerTrackerConfig(detector_window_gap_s=math.inf)
+
+
+def tracker_after(voices, config=ONLY_CANDIDATES, start: int = 0, tracker=None):
+    """A tracker fed by a change detector that has heard windows of `voices` (one per 0.5 s hop)."""
+    tr = tracker or SpeakerTracker(config, candidates=True)
+    events = []
+    for i, v in enumerate(voices, start):
+        events += tr.push(i * 0.5, i * 0.5 + 1.5, v, 1.0)
+    tr.events = events
     return tr
 
 
-def test_a_verified_candidate_is_a_change_at_its_time_and_window_jumps_are_not():
-    tr = tracker_after([A] * 4 + [B] * 4)             # window peaks off: the jump to B is no change
-    assert tr.current_label == "S1" and tr.num_speakers == 1
+def test_a_verified_candidate_is_a_change_at_its_time():
+    tr = tracker_after([A] * 4 + [B] * 4)             # gap inf: window peaks never change speakers
+    assert tr.current_label == "S1" and tr.num_speakers == 1 and len(tr.events) == 1
     events = tr.push_candidate(3.3, A, B, 0.99)
     assert [(e.time, e.from_speaker, e.to_speaker) for e in events] == [(3.3, "S1", "S2")]
     assert tr.push_candidate(3.3, A, B) == []         # not after the last change
     assert tr.label_at(3.0) == "S1" and tr.label_at(3.5) == "S2"
+
+
+def test_window_peaks_add_only_the_changes_the_detector_missed():
+    config = SpeakerTrackerConfig(detector_window_gap_s=1.5, detector_support=0.0)
+    tr = tracker_after([A] * 6, config)
+    assert [e.to_speaker for e in tr.push_candidate(3.4, A, B)] == ["S2"]
+    # The windows then see the same change (B's windows start at 4 s): not reported twice.
+    tracker_after([B] * 6, start=6, tracker=tr)
+    assert tr.events == [] and tr.current_label == "S2"
+    # A change the detector misses, later than the gap: the window peak reports it.
+    tracker_after([C] * 4, start=12, tracker=tr)
+    assert [(e.from_speaker, e.to_speaker) for e in tr.events] == [("S2", "S3")]
+
+
+def test_a_window_peak_needs_a_detector_peak_near_its_change_time():
+    config = SpeakerTrackerConfig(detector_support=0.2, detector_support_s=0.5)
+    quiet = tracker_after([A] * 6 + [B] * 4, config)          # the detector heard nothing: no change
+    assert [e.from_speaker for e in quiet.events] == [None]
+    heard = SpeakerTracker(config, candidates=True)
+    heard.push_detector_peak(3.3, 0.4)                         # a weak detector peak near the step to B
+    tracker_after([A] * 6 + [B] * 4, tracker=heard)
+    assert [(e.from_speaker, e.to_speaker) for e in heard.events] == [(None, "S1"), ("S1", "S2")]
+    assert abs(heard.events[1].time - 3.3) <= 0.5
+
+
+def test_a_candidates_label_is_confirmed_by_the_windows_after_it():
+    tr = tracker_after([A] * 4)
+    tr.push_candidate(3.0, A, B)                               # S2
+    tracker_after([B] * 4, start=6, tracker=tr)
+    tr.push_candidate(6.0, B, A)                               # S1 again
+    tracker_after([A] * 4, start=12, tracker=tr)
+    assert tr.num_speakers == 2 and tr.events == []
+    # Half a second of B that sounds like no one known: a new label at once ...
+    blurred = unit(B + 6 * C)                                 # cosine distance 0.84 to B
+    first = tr.push_candidate(9.0, A, blurred)
+    assert [(e.time, e.from_speaker, e.to_speaker) for e in first] == [(9.0, "S1", "S3")]
+    # ... restated at the same time once the first window after the change is heard (it is B: S2).
+    tracker_after([B] * 3, start=18, tracker=tr)
+    assert [(e.time, e.from_speaker, e.to_speaker) for e in tr.events] == [(9.0, "S1", "S2")]
+    assert tr.num_speakers == 2 and tr.label_at(9.5) == "S2"
+    assert tr.turns()[-1].label == "S2"
+    # A label that the windows agree with is not restated.
+    tr.push_candidate(12.0, B, A)
+    tracker_after([A] * 3, start=24, tracker=tr)
+    assert tr.events == [] and tr.current_label == "S1"
 
 
 def test_a_candidate_with_the_same_voice_on_both_sides_is_not_a_change():
@@ -286,7 +344,7 @@ def test_a_candidate_with_the_same_voice_on_both_sides_is_not_a_change():
 
 
 def test_a_returning_voice_gets_its_label_back_and_the_cap_holds():
-    tr = tracker_after([A] * 4, SpeakerTrackerConfig(max_speakers=2))
+    tr = tracker_after([A] * 4, SpeakerTrackerConfig(max_speakers=2, detector_window_gap_s=math.inf))
     labels = []
     for t, (before, after) in zip((3.0, 5.0, 7.0), ((A, B), (B, A), (A, C))):
         labels += [e.to_speaker for e in tr.push_candidate(t, before, after)]
@@ -295,7 +353,7 @@ def test_a_returning_voice_gets_its_label_back_and_the_cap_holds():
 
 
 def test_candidates_before_the_first_speaker_are_ignored():
-    tr = SpeakerTracker(SpeakerTrackerConfig(), window_peaks=False)
+    tr = SpeakerTracker(SpeakerTrackerConfig(), candidates=True)
     assert tr.push_candidate(1.0, A, B) == []
 
 
