@@ -138,7 +138,13 @@ class Final:
 
 @dataclass(frozen=True)
 class SpeakerChange:
-    """The active speaker changed at ``time``. JSON keys ``from`` / ``to`` (Python keywords here)."""
+    """The active speaker changed at ``time``. JSON keys ``from`` / ``to`` (Python keywords here).
+
+    A later event with the same ``time`` restates the label of that change: the tracker labels a
+    change found by the change detector from half a second of speech and confirms it with the
+    windows after it (decoders/speaker.py); from ``time`` on, the speaker is the last ``to``
+    (``to`` equal to ``from``: no change after all).
+    """
 
     type: ClassVar[str] = "speaker_change"
     time: float  # seconds

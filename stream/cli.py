@@ -36,12 +36,12 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-speakers", type=int, default=None, metavar="N",
                    help="cap on distinct speaker labels (default 8)")
     p.add_argument("--speaker-window", type=float, default=None, metavar="S",
-                   help="seconds of audio per speaker embedding (default 1.5)")
+                   help="seconds of audio per speaker embedding (default 1.28)")
     p.add_argument("--speaker-hop", type=float, default=None, metavar="S",
                    help="seconds between speaker embeddings (default 0.5; shorter reacts sooner)")
     p.add_argument("--speaker-peak-threshold", type=float, default=None, metavar="D",
                    help="cosine distance between neighbouring speaker embeddings that can be a change "
-                        "(default 0.2, tuned for the bundled model; bench/speaker_eval.py --tune finds "
+                        "(default 0.35, tuned for the bundled model; bench/speaker_eval.py --tune finds "
                         "one for other speaker models)")
     p.add_argument("--no-change-detector", action="store_true",
                    help="find speaker changes from the embedding windows alone, not with the bundled model's "
@@ -139,6 +139,7 @@ class CaptionPrinter:
         self.json_lines = json_lines
         self.live = not json_lines and self.out.isatty()
         self.last_speaker = None
+        self._last_change_time: float | None = None
         self._partial_shown = False
 
     def show(self, event: Event) -> None:
@@ -161,7 +162,10 @@ class CaptionPrinter:
             print(f"[{_clock(event.start)}{who}] {event.text}", file=self.out, flush=True)
         elif isinstance(event, SpeakerChange):
             self._clear_partial()
-            print(f"-- speaker {event.from_speaker or '-'} -> {event.to_speaker} at {_clock(event.time)}",
+            # The same time again restates the label of that change (the tracker's first guess was wrong).
+            note = " (label corrected)" if event.time == self._last_change_time else ""
+            self._last_change_time = event.time
+            print(f"-- speaker {event.from_speaker or '-'} -> {event.to_speaker} at {_clock(event.time)}{note}",
                   file=self.out, flush=True)
         elif isinstance(event, ErrorEvent):
             self._clear_partial()

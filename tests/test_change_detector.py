@@ -4,6 +4,7 @@ checkpoint round trip and the training recipe's code."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -333,6 +334,20 @@ def test_a_candidates_label_is_confirmed_by_the_windows_after_it():
     tr.push_candidate(12.0, B, A)
     tracker_after([A] * 3, start=24, tracker=tr)
     assert tr.events == [] and tr.current_label == "S1"
+
+
+def test_a_change_the_windows_after_it_do_not_hear_is_retracted():
+    tr = tracker_after([A] * 4, dataclasses.replace(ONLY_CANDIDATES, detector_retract=0.45))
+    noisy = unit(A + 0.1 * B + 6 * C)                         # half a second that sounded like someone new
+    assert [e.to_speaker for e in tr.push_candidate(3.0, A, noisy)] == ["S2"]
+    tracker_after([A] * 3, start=6, tracker=tr)                # ... but the windows after it are A again
+    assert [(e.time, e.from_speaker, e.to_speaker) for e in tr.events] == [(3.0, "S1", "S1")]
+    assert tr.num_speakers == 1 and tr.current_label == "S1" and {t.label for t in tr.turns()} == {"S1"}
+    # With retraction off, the (wrong) change stands.
+    kept = tracker_after([A] * 4, dataclasses.replace(ONLY_CANDIDATES, detector_retract=0.0))
+    kept.push_candidate(3.0, A, noisy)
+    tracker_after([A] * 3, start=6, tracker=kept)
+    assert kept.events == [] and kept.current_label == "S2"
 
 
 def test_a_candidate_with_the_same_voice_on_both_sides_is_not_a_change():
