@@ -220,19 +220,11 @@ class Recorded:
 
 
 @dataclass(frozen=True)
-class RecordedCandidate:
-    time: float
-    before: np.ndarray | None
-    after: np.ndarray | None
-    probability: float
-    emitted_at: float            # stream position (s) when the candidate reached the tracker
+class RecordedDetector:
+    """What the model's change detector gave the tracker: a stream.speakers.ChangeCandidate or ChangePeak."""
 
-
-@dataclass(frozen=True)
-class RecordedPeak:
-    time: float
-    probability: float
-    emitted_at: float
+    item: object
+    emitted_at: float            # stream position (s) when it reached the tracker
 
 
 @dataclass
@@ -258,16 +250,14 @@ def uses_detector(ex: Extracted, config: SpeakerTrackerConfig, model) -> bool:
     return ex.chunks is not None and config.change_detector and getattr(model, "change_detector", None) is not None
 
 
-def _recorded(item, emitted_at: float) -> Recorded | RecordedCandidate | RecordedPeak:
-    from stream.speakers import ChangeCandidate, ChangePeak
-    if isinstance(item, ChangeCandidate):
-        return RecordedCandidate(item.time_s, item.before, item.after, item.probability, emitted_at)
-    if isinstance(item, ChangePeak):
-        return RecordedPeak(item.time_s, item.probability, emitted_at)
+def _recorded(item, emitted_at: float) -> Recorded | RecordedDetector:
+    from stream.speakers import SpeakerWindow
+    if not isinstance(item, SpeakerWindow):
+        return RecordedDetector(item, emitted_at)
     return Recorded(item.start_s, item.end_s, item.embedding, item.speech_fraction, emitted_at)
 
 
-def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Recorded | RecordedCandidate | RecordedPeak]:
+def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Recorded | RecordedDetector]:
     """The windows (and change candidates) a tracker with `config` sees (pooled from the recorded
     chunks when possible)."""
     if ex.make_windows is not None:
@@ -436,18 +426,16 @@ class Result:
     turns: list[Turn]
 
 
-def run_tracker(windows: list[Recorded | RecordedCandidate | RecordedPeak], speech: np.ndarray, config: SpeakerTrackerConfig,
+def run_tracker(windows: list[Recorded | RecordedDetector], speech: np.ndarray, config: SpeakerTrackerConfig,
                 candidates: bool = False) -> Result:
+    from stream.speakers import feed_tracker
     tracker = SpeakerTracker(config, candidates=candidates)
     if len(speech):
         tracker.push_speech(0, 0.02, speech)
     changes = []
     for w in windows:
-        if isinstance(w, RecordedCandidate):
-            events = tracker.push_candidate(w.time, w.before, w.after, w.probability)
-        elif isinstance(w, RecordedPeak):
-            events = []
-            tracker.push_detector_peak(w.time, w.probability)
+        if isinstance(w, RecordedDetector):
+            events = feed_tracker(tracker, w.item)
         else:
             events = tracker.push(w.start, w.end, w.embedding, w.fraction)
         changes += [(ev.time, w.emitted_at) for ev in events if ev.from_speaker is not None]

@@ -204,7 +204,8 @@ def test_bundled_head_emits_candidates_with_the_embeddings_around_them(bundled_w
         assert type(x) is type(y)
         if isinstance(x, ChangeCandidate):
             assert x.time_s == y.time_s and x.probability == pytest.approx(y.probability, abs=1e-6)
-    assert [p.time_s for p in again if isinstance(p, ChangePeak)] == [p.time_s for p in items if isinstance(p, ChangePeak)]
+    peak_times = [p.time_s for p in items if isinstance(p, ChangePeak)]
+    assert [p.time_s for p in again if isinstance(p, ChangePeak)] == peak_times
 
 
 def test_windows_do_not_change_with_the_detector_on(bundled_with_detector):
@@ -391,7 +392,8 @@ def test_recipe_trains_a_detector_and_writes_it_into_the_model(bundled_with_dete
     meetings.mkdir()
     rng = np.random.default_rng(0)
     for i in range(2):
-        audio = np.concatenate([0.1 * rng.standard_normal(3 * SR), np.zeros(SR // 2), 0.3 * rng.standard_normal(3 * SR)])
+        audio = np.concatenate([0.1 * rng.standard_normal(3 * SR), np.zeros(SR // 2),
+                                0.3 * rng.standard_normal(3 * SR)])
         sf.write(meetings / f"m{i}.wav", audio.astype(np.float32), SR, subtype="PCM_16")
         (meetings / f"m{i}.rttm").write_text(f"SPEAKER m{i} 1 0.000 3.000 <NA> <NA> a <NA> <NA>\n"
                                              f"SPEAKER m{i} 1 3.500 3.000 <NA> <NA> b <NA> <NA>\n")
