@@ -294,7 +294,6 @@ def offline_speaker_features(model, audio: np.ndarray, block_s: float = 20.0, co
     return torch.cat(out)
 
 
-
 class BundledSpeakerHead(_AudioIntakeMixin):
     """Embeddings from the bundled model's speaker head over a rolling window of frames.
 

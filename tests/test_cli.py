@@ -131,3 +131,20 @@ def test_speaker_options_reach_the_tracker(tmp_path, capsys):
     assert "speaker tracking options" in err and "hop_s" in err
     code, out, err = _run(capsys, ["transcribe", example, "--speaker-peak-threshold", "3"])
     assert code == 2 and "peak_threshold" in err and "Traceback" not in err
+
+
+def test_no_change_detector_reaches_the_source_and_restated_labels_are_marked(capsys):
+    import io
+
+    from decoders.events import SpeakerChange
+    from stream.cli import CaptionPrinter, build_parser, speaker_tracker_config
+
+    args = build_parser().parse_args(["transcribe", "x.wav", "--no-change-detector"])
+    assert speaker_tracker_config(args).change_detector is False
+    assert speaker_tracker_config(build_parser().parse_args(["transcribe", "x.wav"])) is None
+    out = io.StringIO()
+    printer = CaptionPrinter(out)
+    printer.show(SpeakerChange(time=3.0, from_speaker="S1", to_speaker="S3", score=0.8))
+    printer.show(SpeakerChange(time=3.0, from_speaker="S1", to_speaker="S2", score=0.7))
+    first, second = out.getvalue().splitlines()
+    assert first.endswith("S1 -> S3 at 00:03.00") and second.endswith("S1 -> S2 at 00:03.00 (label corrected)")
