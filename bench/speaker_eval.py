@@ -269,7 +269,8 @@ def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Reco
         if ex.geometry != (config.window_s, config.hop_s):
             raise SystemExit("window geometry can only be varied for the bundled speaker head")
         return ex.windows
-    key = (config.window_s, config.hop_s, uses_detector(ex, config, model), config.detector_threshold,
+    key = (config.window_s, config.hop_s, uses_detector(ex, config, model),
+           min(config.detector_threshold, config.detector_weak_threshold),
            config.detector_min_gap_s, config.detector_before_s, config.detector_after_s, config.detector_support)
     if key not in ex._cache:
         from stream.speakers import BundledSpeakerHead
@@ -571,7 +572,8 @@ def _pick(trials: list[tuple[float, float, float, SpeakerTrackerConfig]]) -> Spe
 
 
 def _detector_settings(config: SpeakerTrackerConfig) -> str:
-    return (f"detector_threshold {config.detector_threshold:.2f}, detector_after_s {config.detector_after_s:.2f}, "
+    return (f"detector_threshold {config.detector_threshold:.2f}, detector_weak_threshold "
+            f"{config.detector_weak_threshold:.2f}, detector_after_s {config.detector_after_s:.2f}, "
             f"detector_verify {config.detector_verify:.2f}, detector_window_gap_s {config.detector_window_gap_s}, "
             f"detector_support {config.detector_support:.2f}")
 
@@ -623,9 +625,9 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
             windows_only = score([meetings[i] for i in dev], results(dataclasses.replace(config, change_detector=False),
                                                                     dev)).der.der
             trials = []
-            for thr, after, verify, gap, support in itertools.product((0.9, 0.95), (0.5, 0.75), (0.3, 0.4),
-                                                                       (1.5, math.inf), (0.0, 0.1, 0.3)):
-                cfg = dataclasses.replace(config, detector_threshold=thr, detector_after_s=after,
+            for weak, after, verify, gap, support in itertools.product((0.7, 0.8, 0.95), (0.5, 0.75), (0.3, 0.4),
+                                                                        (1.5, math.inf), (0.0, 0.1, 0.3)):
+                cfg = dataclasses.replace(config, detector_weak_threshold=weak, detector_after_s=after,
                                           detector_verify=verify, detector_window_gap_s=gap,
                                           detector_support=support)
                 sc = score([meetings[i] for i in dev], results(cfg, dev))
@@ -691,6 +693,7 @@ def main(argv=None) -> None:
     p.add_argument("--peak-ratio", type=float, default=SpeakerTrackerConfig.peak_ratio)
     p.add_argument("--no-change-detector", action="store_true", help="the windows alone, not the model's detector")
     p.add_argument("--detector-threshold", type=float, default=SpeakerTrackerConfig.detector_threshold)
+    p.add_argument("--detector-weak-threshold", type=float, default=SpeakerTrackerConfig.detector_weak_threshold)
     p.add_argument("--detector-after", type=float, default=SpeakerTrackerConfig.detector_after_s)
     p.add_argument("--detector-verify", type=float, default=SpeakerTrackerConfig.detector_verify)
     p.add_argument("--detector-gap", type=float, default=SpeakerTrackerConfig.detector_window_gap_s)
@@ -716,7 +719,9 @@ def main(argv=None) -> None:
                                   return_threshold=args.return_threshold, peak_ratio=args.peak_ratio,
                                   max_speakers=args.max_speakers, min_speech_fraction=args.min_speech,
                                   change_detector=not args.no_change_detector,
-                                  detector_threshold=args.detector_threshold, detector_after_s=args.detector_after,
+                                  detector_threshold=args.detector_threshold,
+                                  detector_weak_threshold=args.detector_weak_threshold,
+                                  detector_after_s=args.detector_after,
                                   detector_verify=args.detector_verify, detector_window_gap_s=args.detector_gap,
                                   detector_support=args.detector_support)
     groups = []

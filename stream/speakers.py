@@ -333,7 +333,7 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         self._detector = None if detector is None else StreamingChangeDetector(detector)
         frame_s = self.frame_samples / SAMPLE_RATE
         min_gap = round(self.config.detector_min_gap_s / frame_s)
-        self._peaks = ChangePeaks(self.config.detector_threshold, min_gap)
+        self._peaks = ChangePeaks(min(self.config.detector_threshold, self.config.detector_weak_threshold), min_gap)
         # Weaker peaks, picked on their own (a weak peak must not hide a strong one just after it).
         self._support = ChangePeaks(self.config.detector_support, min_gap) if self.config.detector_support > 0 else None
         self._support_ready: list[ChangePeak] = []

@@ -351,6 +351,22 @@ def test_a_change_the_windows_after_it_do_not_hear_is_retracted():
     assert kept.events == [] and kept.current_label == "S2"
 
 
+def test_a_weak_candidate_is_a_change_only_when_the_windows_after_it_confirm():
+    config = dataclasses.replace(ONLY_CANDIDATES, detector_threshold=0.95, detector_weak_threshold=0.8)
+    tr = tracker_after([A] * 4, config)
+    assert tr.push_candidate(3.0, A, B, probability=0.85) == []       # weak: nothing yet
+    tracker_after([B] * 2, start=6, tracker=tr)                        # the two windows after it: B
+    assert [(e.time, e.from_speaker, e.to_speaker) for e in tr.events] == [(3.0, "S1", "S2")]
+    # A weak candidate whose windows are the same voice as before it is dropped ...
+    tr.push_candidate(5.0, B, C, probability=0.85)
+    tracker_after([B] * 2, start=10, tracker=tr)
+    assert tr.events == [] and tr.current_label == "S2"
+    # ... and one below the weak threshold is not even a candidate.
+    tr.push_candidate(7.0, B, C, probability=0.5)
+    tracker_after([C] * 2, start=14, tracker=tr)
+    assert tr.events == [] and tr.current_label == "S2"
+
+
 def test_a_candidate_with_the_same_voice_on_both_sides_is_not_a_change():
     tr = tracker_after([A] * 4)
     near = unit(A + 0.2 * B)                          # cosine distance ~0.02
