@@ -456,20 +456,17 @@ class SpeakerTracker:
 
     def _confirm_weak(self, w: _SpeechWindow) -> list[SpeakerChange]:
         """A weak candidate's change: once `hysteresis` (at least one) windows after it are in, a
-        change at its time if they agree and differ from the speaker before it (as _decide)."""
+        change at its time if they agree on a voice other than the speaker before it (_other_voice)."""
         p = self._weak
         p.windows.append(w.e)
         if len(p.windows) < max(1, self.config.hysteresis):
             return []
         self._weak = None
-        c = self.config
-        mean = _mean_direction(p.windows)
-        if any(1.0 - float(e @ mean) > c.change_threshold for e in p.windows):
+        voice = self._other_voice(p.windows, self._clusters.centroid(p.previous))
+        if voice is None:
             return []
-        old = self._clusters.centroid(p.previous)
-        if 1.0 - float(old @ mean) <= c.change_threshold:
-            return []
-        return self._switch(p.time, mean, p.windows, float(np.clip(1.0 - float(old @ mean), 0.0, 1.0)))
+        mean, distance = voice
+        return self._switch(p.time, mean, p.windows, float(np.clip(distance, 0.0, 1.0)))
 
     def _confirm_label(self, w: _SpeechWindow) -> list[SpeakerChange]:
         """Collect the windows after a candidate's change; once `hysteresis` (at least one) are in,
@@ -570,23 +567,35 @@ class SpeakerTracker:
         """Who speaks in `run` (the windows after the peak at self._recent[peak])? A change
         event when it is someone other than the current speaker, else nothing."""
         c = self.config
-        mean = _mean_direction([p.e for p in run])
-        if any(1.0 - float(p.e @ mean) > c.change_threshold for p in run):
-            return []     # the windows after the peak disagree: no single voice to follow yet
         # Compare with the current speaker's recent voice, the windows before the peak since its
         # turn began: a centroid gathered over a whole meeting is blurred, the last seconds are not.
         since = self._change_times[-1] if self._change_times else 0.0
         before = [w.e for w in list(self._recent)[:peak] if w.start >= since]
         old = _mean_direction(before) if before else self._clusters.centroid(self._current)
-        if 1.0 - float(old @ mean) <= c.change_threshold:
-            return []     # the same voice on both sides of the peak: a noisy window, not a change
+        voice = self._other_voice([p.e for p in run], old)
+        if voice is None:
+            return []
+        mean, distance = voice
         time = self._change_time(peak, self._recent[peak])
         if self.candidates and self._change_times and time - self._change_times[-1] < c.detector_window_gap_s:
             return []     # the change the detector already reported (it reacts sooner), seen again by the windows
         if self.candidates and c.detector_support > 0 and c.detector_support_s > 0 and \
                 not any(abs(t - time) <= c.detector_support_s for t in self._detector_peaks):
             return []     # the detector heard nothing there: a change of what is said, not of who says it
-        return self._switch(time, mean, [p.e for p in run], float(np.clip(1.0 - float(old @ mean), 0.0, 1.0)))
+        return self._switch(time, mean, [p.e for p in run], float(np.clip(distance, 0.0, 1.0)))
+
+    def _other_voice(self, run: list[np.ndarray], old: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """The voice of the windows `run` (unit embeddings (E,)) after a possible change: (their unit
+        mean (E,), its cosine distance to the voice before, `old` (E,)) when they agree with each other
+        (each within change_threshold of their mean) and differ from `old` by more than change_threshold;
+        None when they disagree (no single voice to follow yet) or sound like `old` (a noisy window or
+        a false candidate, not a change)."""
+        c = self.config
+        mean = _mean_direction(run)
+        if any(1.0 - float(e @ mean) > c.change_threshold for e in run):
+            return None
+        distance = 1.0 - float(old @ mean)
+        return (mean, distance) if distance > c.change_threshold else None
 
     def _switch(self, time: float, mean: np.ndarray, embeddings: list[np.ndarray], score: float
                 ) -> list[SpeakerChange]:
