@@ -589,6 +589,11 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
                        else run_baseline(windows_for(extracted[i], cfg, model), extracted[i].speech, cfg, thr))
         return out
 
+    def trial(cfg, idx) -> tuple[float, float, float, SpeakerTrackerConfig]:
+        """(change F1, median latency, DER, cfg) of the tracker with `cfg` on meetings `idx`."""
+        sc = score([meetings[i] for i in idx], results(cfg, idx))
+        return sc.changes.f1, float(np.median(sc.latencies)) if sc.latencies else 9.9, sc.der.der, cfg
+
     everyone = list(range(len(meetings)))
     print(distance_report(meetings, [windows_for(e, config, model) for e in extracted], config))
     sets = [("all", everyone)]
@@ -608,9 +613,7 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
                                               peak_threshold=float(round(peak, 2)), hysteresis=hyst,
                                               change_threshold=change, new_speaker_threshold=new_thr,
                                               return_threshold=ret, peak_ratio=ratio)
-                    sc = score([meetings[i] for i in dev], results(cfg, dev))
-                    lat = float(np.median(sc.latencies)) if sc.latencies else 9.9
-                    trials.append((sc.changes.f1, lat, sc.der.der, cfg))
+                    trials.append(trial(cfg, dev))
         config = _pick(trials)
         print(f"tuned on dev ({len(dev)} meetings): window {config.window_s} s, hop {config.hop_s} s, "
               f"peak_threshold {config.peak_threshold:.2f}, hysteresis {config.hysteresis}, "
@@ -622,25 +625,22 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
             # the speakers and add the changes the detector misses), among those that keep the DER
             # within two points of the windows alone: the detector is there to react sooner, not to
             # buy change F1 with labels.
-            windows_only = score([meetings[i] for i in dev], results(dataclasses.replace(config, change_detector=False),
-                                                                    dev)).der.der
+            windows_only_der = trial(dataclasses.replace(config, change_detector=False), dev)[2]
             trials = []
             for weak, after, verify, gap, support in itertools.product((0.7, 0.8, 0.95), (0.5, 0.75), (0.3, 0.4),
                                                                         (1.5, math.inf), (0.0, 0.1, 0.3)):
                 cfg = dataclasses.replace(config, detector_weak_threshold=weak, detector_after_s=after,
                                           detector_verify=verify, detector_window_gap_s=gap,
                                           detector_support=support)
-                sc = score([meetings[i] for i in dev], results(cfg, dev))
-                trials.append((sc.changes.f1, float(np.median(sc.latencies)) if sc.latencies else 9.9,
-                               sc.der.der, cfg))
-            kept = [t for t in trials if t[2] <= windows_only + 0.02]
+                trials.append(trial(cfg, dev))
+            kept = [t for t in trials if t[2] <= windows_only_der + 0.02]
             if kept:
                 config = _pick(kept)
                 print(f"tuned the change detector on dev: {_detector_settings(config)}")
             else:
                 config = dataclasses.replace(config, change_detector=False)
                 print(f"no change detector setting keeps the DER within two points of the windows alone "
-                      f"({100 * windows_only:.1f} %): windows only")
+                      f"({100 * windows_only_der:.1f} %): windows only")
         sets = [("dev", dev), ("test", test)] if test else [("dev", dev)]
     # Baseline threshold: the best F1 over all meetings (optimistic for the baseline).
     thresholds = np.arange(0.01, 0.9, 0.01)
@@ -666,6 +666,19 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
     return config
 
 
+# Command-line options for SpeakerTrackerConfig fields (default: the field's default).
+TRACKER_OPTIONS = (
+    ("--window", "window_s"), ("--hop", "hop_s"), ("--peak-threshold", "peak_threshold"),
+    ("--change-threshold", "change_threshold"), ("--hysteresis", "hysteresis"),
+    ("--new-threshold", "new_speaker_threshold"), ("--return-threshold", "return_threshold"),
+    ("--peak-ratio", "peak_ratio"), ("--detector-threshold", "detector_threshold"),
+    ("--detector-weak-threshold", "detector_weak_threshold"), ("--detector-after", "detector_after_s"),
+    ("--detector-verify", "detector_verify"), ("--detector-gap", "detector_window_gap_s"),
+    ("--detector-support", "detector_support"), ("--max-speakers", "max_speakers"),
+    ("--min-speech", "min_speech_fraction"),
+)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="CTC checkpoint (default: the bundled model)")
@@ -683,23 +696,10 @@ def main(argv=None) -> None:
     p.add_argument("--chunk-ms", type=float, default=640.0)
     p.add_argument("--left-ms", type=float, default=2000.0)
     p.add_argument("--right-ms", type=float, default=320.0)
-    p.add_argument("--window", type=float, default=SpeakerTrackerConfig.window_s)
-    p.add_argument("--hop", type=float, default=SpeakerTrackerConfig.hop_s)
-    p.add_argument("--peak-threshold", type=float, default=SpeakerTrackerConfig.peak_threshold)
-    p.add_argument("--change-threshold", type=float, default=SpeakerTrackerConfig.change_threshold)
-    p.add_argument("--hysteresis", type=int, default=SpeakerTrackerConfig.hysteresis)
-    p.add_argument("--new-threshold", type=float, default=SpeakerTrackerConfig.new_speaker_threshold)
-    p.add_argument("--return-threshold", type=float, default=SpeakerTrackerConfig.return_threshold)
-    p.add_argument("--peak-ratio", type=float, default=SpeakerTrackerConfig.peak_ratio)
+    for flag, field in TRACKER_OPTIONS:
+        default = getattr(SpeakerTrackerConfig, field)
+        p.add_argument(flag, dest=field, type=type(default), default=default)
     p.add_argument("--no-change-detector", action="store_true", help="the windows alone, not the model's detector")
-    p.add_argument("--detector-threshold", type=float, default=SpeakerTrackerConfig.detector_threshold)
-    p.add_argument("--detector-weak-threshold", type=float, default=SpeakerTrackerConfig.detector_weak_threshold)
-    p.add_argument("--detector-after", type=float, default=SpeakerTrackerConfig.detector_after_s)
-    p.add_argument("--detector-verify", type=float, default=SpeakerTrackerConfig.detector_verify)
-    p.add_argument("--detector-gap", type=float, default=SpeakerTrackerConfig.detector_window_gap_s)
-    p.add_argument("--detector-support", type=float, default=SpeakerTrackerConfig.detector_support)
-    p.add_argument("--max-speakers", type=int, default=SpeakerTrackerConfig.max_speakers)
-    p.add_argument("--min-speech", type=float, default=SpeakerTrackerConfig.min_speech_fraction)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rttm-dir", default=None, help="write the tracker's RTTM per meeting here")
     p.add_argument("--oracle-noise", type=float, default=None, metavar="NOISE",
@@ -713,17 +713,8 @@ def main(argv=None) -> None:
     from model import load_model
     from stream.pipeline import DEFAULT_MODEL
     torch.set_num_threads(args.threads)
-    config = SpeakerTrackerConfig(window_s=args.window, hop_s=args.hop, peak_threshold=args.peak_threshold,
-                                  change_threshold=args.change_threshold,
-                                  hysteresis=args.hysteresis, new_speaker_threshold=args.new_threshold,
-                                  return_threshold=args.return_threshold, peak_ratio=args.peak_ratio,
-                                  max_speakers=args.max_speakers, min_speech_fraction=args.min_speech,
-                                  change_detector=not args.no_change_detector,
-                                  detector_threshold=args.detector_threshold,
-                                  detector_weak_threshold=args.detector_weak_threshold,
-                                  detector_after_s=args.detector_after,
-                                  detector_verify=args.detector_verify, detector_window_gap_s=args.detector_gap,
-                                  detector_support=args.detector_support)
+    config = SpeakerTrackerConfig(**{field: getattr(args, field) for _, field in TRACKER_OPTIONS},
+                                  change_detector=not args.no_change_detector)
     groups = []
     mdir = Path(args.meetings).expanduser()
     if mdir.is_dir():
