@@ -271,7 +271,8 @@ def windows_for(ex: Extracted, config: SpeakerTrackerConfig, model) -> list[Reco
         return ex.windows
     key = (config.window_s, config.hop_s, uses_detector(ex, config, model),
            min(config.detector_threshold, config.detector_weak_threshold),
-           config.detector_min_gap_s, config.detector_before_s, config.detector_after_s, config.detector_support)
+           config.detector_min_gap_s, config.detector_before_s, config.detector_after_s, config.detector_support,
+           config.detector_sure, config.detector_second_look_s)
     if key not in ex._cache:
         from stream.speakers import BundledSpeakerHead
         src = BundledSpeakerHead(model, config)
@@ -574,7 +575,9 @@ def _pick(trials: list[tuple[float, float, float, SpeakerTrackerConfig]]) -> Spe
 def _detector_settings(config: SpeakerTrackerConfig) -> str:
     return (f"detector_threshold {config.detector_threshold:.2f}, detector_weak_threshold "
             f"{config.detector_weak_threshold:.2f}, detector_after_s {config.detector_after_s:.2f}, "
-            f"detector_verify {config.detector_verify:.2f}, detector_window_gap_s {config.detector_window_gap_s}, "
+            f"detector_verify {config.detector_verify:.2f}, detector_sure {config.detector_sure:.2f}, "
+            f"detector_second_look_s {config.detector_second_look_s:.2f}, "
+            f"detector_window_gap_s {config.detector_window_gap_s}, "
             f"detector_support {config.detector_support:.2f}")
 
 
@@ -627,10 +630,10 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
             # buy change F1 with labels.
             windows_only_der = trial(dataclasses.replace(config, change_detector=False), dev)[2]
             trials = []
-            for weak, after, verify, gap, support in itertools.product((0.7, 0.8, 0.95), (0.5, 0.75), (0.3, 0.4),
-                                                                        (1.5, math.inf), (0.0, 0.1, 0.3)):
+            for weak, after, verify, sure, gap, support in itertools.product(
+                    (0.6, 0.8, 0.95), (0.5, 0.75), (0.3, 0.4), (0.0, 0.6), (1.5, math.inf), (0.0, 0.05, 0.1)):
                 cfg = dataclasses.replace(config, detector_weak_threshold=weak, detector_after_s=after,
-                                          detector_verify=verify, detector_window_gap_s=gap,
+                                          detector_verify=verify, detector_sure=sure, detector_window_gap_s=gap,
                                           detector_support=support)
                 trials.append(trial(cfg, dev))
             kept = [t for t in trials if t[2] <= windows_only_der + 0.02]
@@ -673,7 +676,8 @@ TRACKER_OPTIONS = (
     ("--new-threshold", "new_speaker_threshold"), ("--return-threshold", "return_threshold"),
     ("--peak-ratio", "peak_ratio"), ("--detector-threshold", "detector_threshold"),
     ("--detector-weak-threshold", "detector_weak_threshold"), ("--detector-after", "detector_after_s"),
-    ("--detector-verify", "detector_verify"), ("--detector-gap", "detector_window_gap_s"),
+    ("--detector-verify", "detector_verify"), ("--detector-sure", "detector_sure"),
+    ("--detector-second-look", "detector_second_look_s"), ("--detector-gap", "detector_window_gap_s"),
     ("--detector-support", "detector_support"), ("--max-speakers", "max_speakers"),
     ("--min-speech", "min_speech_fraction"),
 )

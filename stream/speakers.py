@@ -64,6 +64,7 @@ class ChangeCandidate(NamedTuple):
     before: np.ndarray | None           # (E,) embedding of the speech before it (None: too little speech)
     after: np.ndarray | None            # (E,) embedding of the speech just after it
     probability: float                  # the detector's change probability at the peak
+    second_look: bool = False           # the same candidate again, `after` from detector_second_look_s of frames
 
 
 class ChangePeak(NamedTuple):
@@ -309,7 +310,10 @@ class BundledSpeakerHead(_AudioIntakeMixin):
     :class:`ChangeCandidate` once ``detector_after_s`` of frames after it have arrived, with the
     embeddings of the speech before it (up to ``detector_before_s``, not before the previous
     candidate) and after it. ``push_frames`` and ``finish`` then return windows and candidates
-    in the order their last frame arrived.
+    in the order their last frame arrived. With ``detector_sure`` > 0 each candidate comes again
+    (``second_look``) once ``detector_second_look_s`` of frames after it have arrived, its
+    ``after`` embedding from all of them, for the tracker to decide the candidates that half a
+    second left unclear.
     """
 
     needs_hidden_states = True
@@ -341,6 +345,9 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         self._after = max(1, round(self.config.detector_after_s / frame_s))
         self.min_candidate_frames = min_candidate_frames
         self._waiting: list[tuple[int, float]] = []     # (peak frame, probability) waiting for their after span
+        self._second = max(self._after + 1, round(self.config.detector_second_look_s / frame_s))
+        # (peak frame, probability, before embedding) waiting for their second look
+        self._second_waiting: list[tuple[int, float, np.ndarray | None]] = []
         self._last_candidate = 0                        # frame of the previous candidate
 
     @property
@@ -404,7 +411,7 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         self._waiting += self._peaks.push(first, probs) + (self._peaks.finish() if final else [])
         if self._support is not None:
             peaks = self._support.push(first, probs) + (self._support.finish() if final else [])
-            self._support_ready += [ChangePeak((t + 0.5) * self.frame_samples / SAMPLE_RATE, p) for t, p in peaks]
+            self._support_ready += [ChangePeak(self._seconds(t), p) for t, p in peaks]
 
     def _frame_speech(self, start: int, end: int) -> np.ndarray:
         if len(self._speech):
@@ -440,7 +447,13 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         before = self._speech_embedding(max(self._last_candidate, frame - self._before, self._buf_start), frame)
         after = self._speech_embedding(frame, min(frame + self._after, end))
         self._last_candidate = frame
-        return ChangeCandidate((frame + 0.5) * self.frame_samples / SAMPLE_RATE, before, after, probability)
+        if self.config.detector_sure > 0:
+            self._second_waiting.append((frame, probability, before))
+        return ChangeCandidate(self._seconds(frame), before, after, probability)
+
+    def _seconds(self, frame: int) -> float:
+        """Centre of a frame, in seconds from stream start."""
+        return (frame + 0.5) * self.frame_samples / SAMPLE_RATE
 
     def _emit(self, windows: list[tuple[int, int]], end: int, final: bool = False
               ) -> list[SpeakerWindow | ChangeCandidate | ChangePeak]:
@@ -458,6 +471,15 @@ class BundledSpeakerHead(_AudioIntakeMixin):
             else:
                 waiting.append((frame, probability))
         self._waiting = waiting
+        waiting = []
+        for frame, probability, before in self._second_waiting:
+            last = min(frame + self._second, end)
+            if final or frame + self._second <= end:
+                after = self._speech_embedding(frame, last)
+                ready.append((last, 1, ChangeCandidate(self._seconds(frame), before, after, probability, True)))
+            else:
+                waiting.append((frame, probability, before))
+        self._second_waiting = waiting
         ready.sort(key=lambda r: (r[0], r[1]))
         # Keep only the frames that the next window (or the last window's worth, for finish()) and the
         # next candidates still need.
@@ -465,7 +487,8 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         keep_from = min(self._grid.next_end, buffered_end) - self._grid.window
         if self._detector is not None:
             keep_from = min([keep_from, self._peaks.decided_until - self._before]
-                            + [frame - self._before for frame, _ in self._waiting])
+                            + [frame - self._before for frame, _ in self._waiting]
+                            + [frame for frame, _, _ in self._second_waiting])
         keep_from = max(self._buf_start, keep_from)
         if self._buf is not None and keep_from > self._buf_start:
             drop = keep_from - self._buf_start
@@ -696,7 +719,7 @@ class StreamSpeakers:
 def feed_tracker(tracker: SpeakerTracker, item: SpeakerWindow | ChangeCandidate | ChangePeak) -> list[SpeakerChange]:
     """Hand one window, change candidate or support peak of a source to the tracker."""
     if isinstance(item, ChangeCandidate):
-        return tracker.push_candidate(item.time_s, item.before, item.after, item.probability)
+        return tracker.push_candidate(item.time_s, item.before, item.after, item.probability, item.second_look)
     if isinstance(item, ChangePeak):
         tracker.push_detector_peak(item.time_s, item.probability)
         return []

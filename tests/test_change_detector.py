@@ -164,12 +164,13 @@ def run_head(model, feats, speech, sizes, config):
 def test_bundled_head_emits_candidates_with_the_embeddings_around_them(bundled_with_detector):
     model, _ = bundled_with_detector
     config = SpeakerTrackerConfig(detector_threshold=0.5, detector_min_gap_s=0.3, detector_before_s=1.0,
-                                  detector_after_s=0.4)
+                                  detector_after_s=0.4, detector_second_look_s=1.0)
     feats, speech = frames(500, seed=4)
     feats[250:] = feats[250:] * 0.2 + 2.0           # another "voice" from frame 250
     src, items = run_head(model, feats, speech.numpy(), [32], config)
     assert src.emits_candidates
-    candidates = [c for c in items if isinstance(c, ChangeCandidate)]
+    candidates = [c for c in items if isinstance(c, ChangeCandidate) and not c.second_look]
+    second_looks = [c for c in items if isinstance(c, ChangeCandidate) and c.second_look]
     windows = [w for w in items if isinstance(w, SpeakerWindow)]
     assert candidates and windows
     with torch.inference_mode():
@@ -188,10 +189,25 @@ def test_bundled_head_emits_candidates_with_the_embeddings_around_them(bundled_w
                 expected = model.speaker_pool(feats[a:b][None], mask[None])[0].numpy()
             np.testing.assert_allclose(embedding, expected, rtol=0, atol=1e-5)
         previous = t
+    # Each candidate comes again with the speech of its second look (1 s) after it, the same `before`.
+    assert [(c.time_s, c.probability) for c in second_looks] == [(c.time_s, c.probability) for c in candidates]
+    for first, again in zip(candidates, second_looks):
+        t = round(first.time_s / 0.02 - 0.5)
+        mask = speech[t:t + 50] >= 0.5
+        with torch.inference_mode():
+            expected = model.speaker_pool(feats[t:t + 50][None], mask[None])[0].numpy()
+        np.testing.assert_allclose(again.after, expected, rtol=0, atol=1e-5)
+        assert (again.before is None and first.before is None) or np.array_equal(again.before, first.before)
     # Windows and candidates come in the order their last frame arrived; a candidate waits for its after span.
-    ready = [(w.end_s if isinstance(w, SpeakerWindow) else min(10.0, w.time_s - 0.01 + 0.4)) for w in items
-             if not isinstance(w, ChangePeak)]
+    def ready_at(w):
+        if isinstance(w, SpeakerWindow):
+            return w.end_s
+        return min(10.0, w.time_s - 0.01 + (1.0 if w.second_look else 0.4))
+    ready = [ready_at(w) for w in items if not isinstance(w, ChangePeak)]
     assert ready == sorted(ready)
+    # No second look when every candidate is decided at once.
+    _, once = run_head(model, feats, speech.numpy(), [32], dataclasses.replace(config, detector_sure=0.0))
+    assert [c.time_s for c in once if isinstance(c, ChangeCandidate)] == [c.time_s for c in candidates]
     # The weaker peaks that support window peaks: picked on their own, above detector_support.
     support = [round(p.time_s / 0.02 - 0.5) for p in items if isinstance(p, ChangePeak)]
     assert support == peaks_at_once(probs, config.detector_support, 15) and len(support) >= len(candidates)
@@ -365,6 +381,24 @@ def test_a_weak_candidate_is_a_change_only_when_the_windows_after_it_confirm():
     tr.push_candidate(7.0, B, C, probability=0.5)
     tracker_after([C] * 2, start=14, tracker=tr)
     assert tr.events == [] and tr.current_label == "S2"
+
+
+def test_an_unclear_candidate_is_decided_on_its_second_look():
+    tr = tracker_after([A] * 4, dataclasses.replace(ONLY_CANDIDATES, detector_sure=0.6, detector_verify=0.4))
+    unclear = unit(A + 1.2 * B)                       # half a second after it: cosine distance ~0.36 from A
+    assert tr.push_candidate(3.0, A, unclear) == []   # not sure yet: waits
+    events = tr.push_candidate(3.0, A, B, second_look=True)
+    assert [(e.time, e.from_speaker, e.to_speaker) for e in events] == [(3.0, "S1", "S2")]
+    # A clear candidate is a change at once, and its second look adds nothing.
+    assert [e.to_speaker for e in tr.push_candidate(5.0, B, A)] == ["S1"]
+    assert tr.push_candidate(5.0, B, A, second_look=True) == []
+    # An unclear one whose second look is the same voice is no change; nor is one with too little speech yet.
+    assert tr.push_candidate(7.0, A, unclear) == [] and tr.push_candidate(7.0, A, A, second_look=True) == []
+    assert tr.push_candidate(8.0, A, None) == [] and tr.push_candidate(8.0, A, C, second_look=True) != []
+    assert tr.current_label == "S3"
+    # With detector_sure 0 every candidate is decided at its first look.
+    at_once = tracker_after([A] * 4, dataclasses.replace(ONLY_CANDIDATES, detector_sure=0.0, detector_verify=0.3))
+    assert [e.to_speaker for e in at_once.push_candidate(3.0, A, unclear)] == ["S2"]
 
 
 def test_a_candidate_with_the_same_voice_on_both_sides_is_not_a_change():
