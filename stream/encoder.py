@@ -59,7 +59,8 @@ class GroupNormStats:
 class ConvEncoderState:
     """Per-stream state of the incremental conv encoder.
 
-    tails: for each conv layer, its input not yet fully consumed, shape (1, C_in, T_tail).
+    tails: for each conv layer, its input not yet fully consumed: (1, T_tail, C_in) for a
+        time-major (layer-norm) encoder, else (1, C_in, T_tail).
     frames_out: number of final-layer frames emitted so far.
     group_stats: running statistics for the ``group`` norm rule, or None.
     """
@@ -73,8 +74,8 @@ class IncrementalConvEncoder:
     """Runs a model's conv feature encoder over audio that arrives in pieces.
 
     ``feature_extractor`` is the model's ``wavlm.feature_extractor`` (its ``conv_layers``
-    each have ``conv``, ``kernel_size``, ``stride``, ``norm`` ("group", "layer" or None),
-    ``layer_norm`` (the norm module) and ``activation``).
+    are model.conv.ConvLayer: ``conv_frames``, ``norm_and_activation``, ``kernel_size``,
+    ``stride``, ``norm`` ("group", "layer" or None), ``layer_norm`` and ``activation``).
     """
 
     def __init__(self, feature_extractor: nn.Module, norm_kind: str,
@@ -83,6 +84,8 @@ class IncrementalConvEncoder:
             raise ValueError(f"feat_extract_norm must be 'layer' or 'group', got {norm_kind!r}")
         self.layers = list(feature_extractor.conv_layers)
         self.norm_kind = norm_kind
+        self.time_major = bool(feature_extractor.time_major)    # the layout the offline encoder uses
+        self._time_dim = 1 if self.time_major else 2
         self.warmup_frames = warmup_frames
         # Group-norm rule spans, in conv-0 frames: output frame 0 completes after `first`, each
         # later one after `per_frame` more; the warm-up span ends at the first such boundary at
@@ -117,8 +120,8 @@ class IncrementalConvEncoder:
 
     def init_state(self, dtype: torch.dtype = torch.float32,
                    device: torch.device | str = "cpu") -> ConvEncoderState:
-        tails = tuple(torch.zeros(1, layer.conv.in_channels, 0, dtype=dtype, device=device)
-                      for layer in self.layers)
+        tails = tuple(torch.zeros((1, 0, c) if self.time_major else (1, c, 0), dtype=dtype, device=device)
+                      for c in (layer.conv.in_channels for layer in self.layers))
         stats = None
         if self.norm_kind == "group":
             channels = self.layers[0].conv.out_channels
@@ -133,7 +136,7 @@ class IncrementalConvEncoder:
         samples : torch.Tensor, shape = (n_samples,), float32 16 kHz mono
         returns : (frames, new_state); frames has shape (n_new_frames, C_last)
         """
-        x = samples.reshape(1, 1, -1).to(state.tails[0].dtype)
+        x = samples.reshape((1, -1, 1) if self.time_major else (1, 1, -1)).to(state.tails[0].dtype)
         return self._advance(x, state, end_of_stream=False)
 
     def flush(self, state: ConvEncoderState) -> tuple[torch.Tensor, ConvEncoderState]:
@@ -141,19 +144,24 @@ class IncrementalConvEncoder:
 
         A stream shorter than the warm-up is normalised over what it has, like offline.
         """
-        x = state.tails[0][..., :0]
+        x = state.tails[0].narrow(self._time_dim, 0, 0)
         return self._advance(x, state, end_of_stream=True)
 
     def _advance(self, x: torch.Tensor, state: ConvEncoderState, end_of_stream: bool,
                  ) -> tuple[torch.Tensor, ConvEncoderState]:
-        """Push x (1, 1, n) through every layer, each keeping the input tail it still needs."""
+        """Push x ((1, n, 1) time-major, else (1, 1, n)) through every layer, each keeping the input
+        tail it still needs."""
         tails = list(state.tails)
         stats = state.group_stats
+        dim = self._time_dim
         for i, layer in enumerate(self.layers):
-            buf = torch.cat([tails[i], x], dim=-1)
+            buf = torch.cat([tails[i], x], dim=dim)
             k, s = layer.kernel_size, layer.stride
-            n_out = (buf.shape[-1] - k) // s + 1 if buf.shape[-1] >= k else 0
-            tails[i] = buf[..., n_out * s:]
+            n_out = (buf.shape[dim] - k) // s + 1 if buf.shape[dim] >= k else 0
+            tails[i] = buf.narrow(dim, n_out * s, buf.shape[dim] - n_out * s)
+            if self.time_major:
+                x = layer.frames(buf)                                   # (1, n_out, C_out)
+                continue
             if n_out:
                 y = layer.conv(buf[..., : (n_out - 1) * s + k])
             else:
@@ -162,8 +170,8 @@ class IncrementalConvEncoder:
                 y, stats = self._group_norm_stream(y, stats, end_of_stream)
                 x = layer.activation(y)
             else:
-                x = _apply_norm_and_activation(layer, y)
-        frames = x[0].transpose(0, 1)                                  # (T_new, C_last)
+                x = layer.norm_and_activation(y.transpose(1, 2)).transpose(1, 2)
+        frames = x[0] if self.time_major else x[0].transpose(0, 1)     # (T_new, C_last)
         return frames, ConvEncoderState(tuple(tails), state.frames_out + frames.shape[0], stats)
 
     def _group_norm_stream(self, y: torch.Tensor, stats: GroupNormStats, end_of_stream: bool,
@@ -229,11 +237,3 @@ class IncrementalConvEncoder:
         shape = (-1,) + (1,) * (y.dim() - 1)
         return (y - mean.to(y.dtype)) * (scale * norm.weight.view(shape)) + norm.bias.view(shape)
 
-
-def _apply_norm_and_activation(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """Per-frame norm (LayerNorm over channels, or none) then activation; y: (1, C, T)."""
-    if layer.norm == "layer":
-        y = layer.layer_norm(y.transpose(-2, -1)).transpose(-2, -1)
-    elif layer.norm is not None:
-        raise ValueError(f"conv layer norm {layer.norm!r} cannot be streamed per frame")
-    return layer.activation(y)
