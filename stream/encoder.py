@@ -74,8 +74,9 @@ class IncrementalConvEncoder:
     """Runs a model's conv feature encoder over audio that arrives in pieces.
 
     ``feature_extractor`` is the model's ``wavlm.feature_extractor`` (its ``conv_layers``
-    are model.conv.ConvLayer: ``conv_frames``, ``norm_and_activation``, ``kernel_size``,
-    ``stride``, ``norm`` ("group", "layer" or None), ``layer_norm`` and ``activation``).
+    are model.conv.ConvLayer: ``conv`` and ``frames`` (channels-first and time-major),
+    ``norm_and_activation``, ``kernel_size``, ``stride``, ``norm`` ("group", "layer" or None),
+    ``layer_norm`` and ``activation``).
     """
 
     def __init__(self, feature_extractor: nn.Module, norm_kind: str,
