@@ -364,22 +364,20 @@ class SpeakerTracker:
             return []
         if probability < min(self.config.detector_threshold, self.config.detector_weak_threshold):
             return []
-        if not second_look and self.config.detector_sure > 0:
-            if after is None or 1.0 - float(unit(before) @ unit(after)) < self.config.detector_sure:
-                self._second_look = time_s
-                return []
-        if after is None:
+        a = None if after is None else unit(after)
+        distance = None if a is None else 1.0 - float(unit(before) @ a)
+        if not second_look and self.config.detector_sure > 0 and (distance is None
+                                                                   or distance < self.config.detector_sure):
+            self._second_look = time_s
             return []
-        b, a = unit(before), unit(after)
-        distance = 1.0 - float(b @ a)
-        if distance <= self.config.detector_verify:
+        if distance is None or distance <= self.config.detector_verify:
             return []
         if probability < self.config.detector_threshold:
             # Weak: a change only if the windows after it confirm (_confirm_weak), like a window peak.
             self._weak = _Provisional(time_s, self._current, False, self._current, [])
             return []
         previous, known = self._current, len(self._clusters)
-        events = self._switch(time_s, a, [a], float(np.clip(distance, 0.0, 1.0)))
+        events = self._switch(time_s, a, [a], distance)
         if events:
             self._provisional = _Provisional(time_s, self._current, len(self._clusters) > known, previous, [])
         return events
@@ -496,7 +494,7 @@ class SpeakerTracker:
         if voice is None:
             return []
         mean, distance = voice
-        return self._switch(p.time, mean, p.windows, float(np.clip(distance, 0.0, 1.0)))
+        return self._switch(p.time, mean, p.windows, distance)
 
     def _confirm_label(self, w: _SpeechWindow) -> list[SpeakerChange]:
         """Collect the windows after a candidate's change; once `hysteresis` (at least one) are in,
@@ -612,7 +610,7 @@ class SpeakerTracker:
         if self.candidates and c.detector_support > 0 and c.detector_support_s > 0 and \
                 not any(abs(t - time) <= c.detector_support_s for t in self._detector_peaks):
             return []     # the detector heard nothing there: a change of what is said, not of who says it
-        return self._switch(time, mean, [p.e for p in run], float(np.clip(distance, 0.0, 1.0)))
+        return self._switch(time, mean, [p.e for p in run], distance)
 
     def _other_voice(self, run: list[np.ndarray], old: np.ndarray) -> tuple[np.ndarray, float] | None:
         """The voice of the windows `run` (unit embeddings (E,)) after a possible change: (their unit
@@ -627,11 +625,13 @@ class SpeakerTracker:
         distance = 1.0 - float(old @ mean)
         return (mean, distance) if distance > c.change_threshold else None
 
-    def _switch(self, time: float, mean: np.ndarray, embeddings: list[np.ndarray], score: float
+    def _switch(self, time: float, mean: np.ndarray, embeddings: list[np.ndarray], change_distance: float
                 ) -> list[SpeakerChange]:
         """Change at `time` to the voice with unit mean `mean` (E,) of `embeddings`: the closest other
-        known speaker within new_speaker_threshold, else a new label (at the cap: the closest one)."""
+        known speaker within new_speaker_threshold, else a new label (at the cap: the closest one).
+        `change_distance` (cosine, from the voice before) is the event's score, clipped to [0, 1]."""
         c = self.config
+        score = float(np.clip(change_distance, 0.0, 1.0))
         target, distance = self._closest_other(mean)
         if target is not None and distance > c.new_speaker_threshold and not self._clusters.full:
             target = None
