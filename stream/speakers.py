@@ -67,6 +67,16 @@ class ChangeCandidate(NamedTuple):
     second_look: bool = False           # the same candidate again, `after` from detector_second_look_s of frames
 
 
+class _Look(NamedTuple):
+    """A detector peak waiting for `span` frames of speech after it, to become a ChangeCandidate."""
+
+    frame: int
+    probability: float
+    span: int                           # frames after the peak that this look pools
+    second_look: bool = False
+    before: np.ndarray | None = None    # the second look reuses the first look's `before`
+
+
 class ChangePeak(NamedTuple):
     """A weaker peak of the change detector's probability (above ``detector_support``), for
     ``SpeakerTracker.push_detector_peak``: not a change by itself, but support for a window peak."""
@@ -344,10 +354,8 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         self._before = max(1, round(self.config.detector_before_s / frame_s))
         self._after = max(1, round(self.config.detector_after_s / frame_s))
         self.min_candidate_frames = min_candidate_frames
-        self._waiting: list[tuple[int, float]] = []     # (peak frame, probability) waiting for their after span
         self._second = max(self._after + 1, round(self.config.detector_second_look_s / frame_s))
-        # (peak frame, probability, before embedding) waiting for their second look
-        self._second_waiting: list[tuple[int, float, np.ndarray | None]] = []
+        self._looks: list[_Look] = []                   # peaks waiting for the speech after them
         self._last_candidate = 0                        # frame of the previous candidate
 
     @property
@@ -408,7 +416,8 @@ class BundledSpeakerHead(_AudioIntakeMixin):
 
     def _detect(self, first: int, probs: np.ndarray, final: bool = False) -> None:
         """Peak-pick the detector's probabilities of frames [first, first + len(probs))."""
-        self._waiting += self._peaks.push(first, probs) + (self._peaks.finish() if final else [])
+        peaks = self._peaks.push(first, probs) + (self._peaks.finish() if final else [])
+        self._looks += [_Look(t, p, self._after) for t, p in peaks]
         if self._support is not None:
             peaks = self._support.push(first, probs) + (self._support.finish() if final else [])
             self._support_ready += [ChangePeak(self._seconds(t), p) for t, p in peaks]
@@ -443,13 +452,14 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         mask = self._frame_speech(start, end) >= 0.5
         return self._pool(start, end, mask) if mask.sum() >= self.min_candidate_frames else None
 
-    def _candidate(self, frame: int, probability: float, end: int) -> ChangeCandidate:
-        before = self._speech_embedding(max(self._last_candidate, frame - self._before, self._buf_start), frame)
-        after = self._speech_embedding(frame, min(frame + self._after, end))
-        self._last_candidate = frame
-        if self.config.detector_sure > 0:
-            self._second_waiting.append((frame, probability, before))
-        return ChangeCandidate(self._seconds(frame), before, after, probability)
+    def _candidate(self, look: _Look, end: int) -> ChangeCandidate:
+        frame = look.frame
+        before = look.before
+        if not look.second_look:
+            before = self._speech_embedding(max(self._last_candidate, frame - self._before, self._buf_start), frame)
+            self._last_candidate = frame
+        after = self._speech_embedding(frame, min(frame + look.span, end))
+        return ChangeCandidate(self._seconds(frame), before, after, look.probability, look.second_look)
 
     def _seconds(self, frame: int) -> float:
         """Centre of a frame, in seconds from stream start."""
@@ -464,22 +474,16 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         ready = [(0, 0, peak) for peak in self._support_ready]
         self._support_ready = []
         ready += [(w_end, 0, self._window(start, w_end)) for start, w_end in windows]
-        waiting = []
-        for frame, probability in self._waiting:
-            if final or frame + self._after <= end:
-                ready.append((min(frame + self._after, end), 1, self._candidate(frame, probability, end)))
-            else:
-                waiting.append((frame, probability))
-        self._waiting = waiting
-        waiting = []
-        for frame, probability, before in self._second_waiting:
-            last = min(frame + self._second, end)
-            if final or frame + self._second <= end:
-                after = self._speech_embedding(frame, last)
-                ready.append((last, 1, ChangeCandidate(self._seconds(frame), before, after, probability, True)))
-            else:
-                waiting.append((frame, probability, before))
-        self._second_waiting = waiting
+        looks, self._looks = self._looks, []
+        for look in looks:      # a first look due now appends its second look to `looks`
+            if not (final or look.frame + look.span <= end):
+                self._looks.append(look)
+                continue
+            candidate = self._candidate(look, end)
+            # Completed on the same frame: first looks before second looks.
+            ready.append((min(look.frame + look.span, end), 1 + look.second_look, candidate))
+            if not look.second_look and self.config.detector_sure > 0:
+                looks.append(look._replace(span=self._second, second_look=True, before=candidate.before))
         ready.sort(key=lambda r: (r[0], r[1]))
         # Keep only the frames that the next window (or the last window's worth, for finish()) and the
         # next candidates still need.
@@ -487,8 +491,7 @@ class BundledSpeakerHead(_AudioIntakeMixin):
         keep_from = min(self._grid.next_end, buffered_end) - self._grid.window
         if self._detector is not None:
             keep_from = min([keep_from, self._peaks.decided_until - self._before]
-                            + [frame - self._before for frame, _ in self._waiting]
-                            + [frame for frame, _, _ in self._second_waiting])
+                            + [look.frame - (0 if look.second_look else self._before) for look in self._looks])
         keep_from = max(self._buf_start, keep_from)
         if self._buf is not None and keep_from > self._buf_start:
             drop = keep_from - self._buf_start
