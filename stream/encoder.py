@@ -171,7 +171,7 @@ class IncrementalConvEncoder:
                 y, stats = self._group_norm_stream(y, stats, end_of_stream)
                 x = layer.activation(y)
             else:
-                x = layer.norm_and_activation(y.transpose(1, 2)).transpose(1, 2)
+                x = _apply_norm_and_activation(layer, y)
         frames = x[0] if self.time_major else x[0].transpose(0, 1)     # (T_new, C_last)
         return frames, ConvEncoderState(tuple(tails), state.frames_out + frames.shape[0], stats)
 
@@ -238,3 +238,12 @@ class IncrementalConvEncoder:
         shape = (-1,) + (1,) * (y.dim() - 1)
         return (y - mean.to(y.dtype)) * (scale * norm.weight.view(shape)) + norm.bias.view(shape)
 
+
+def _apply_norm_and_activation(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """Per-frame norm (LayerNorm over channels, or none) then activation, channels-first y: (1, C, T),
+    with the same operations as ConvLayer.forward (so the values are those of the offline encoder)."""
+    if layer.norm == "layer":
+        y = layer.layer_norm(y.transpose(-2, -1)).transpose(-2, -1)
+    elif layer.norm is not None:
+        raise ValueError(f"conv layer norm {layer.norm!r} cannot be streamed per frame")
+    return layer.activation(y)
