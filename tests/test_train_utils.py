@@ -6,7 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from train.data import Clip, bucket_batches
+import soundfile as sf
+
+from train.data import Clip, bucket_batches, collate, random_equalizer, speed_perturb
 from train.export import VOCAB, encode_text
 from train.metrics import edit_distance, equal_error_rate, error_rates, greedy_decode
 from train.text import normalise
@@ -64,6 +66,43 @@ def test_bucket_batches_have_fixed_shapes_and_cover_all_clips():
         assert all(c.duration <= k for c in members)
         seen.update(c.path for c in members)
     assert seen == {c.path for c in clips}
+
+
+def test_speed_perturb_scales_length_and_pitch():
+    t = np.arange(16000) / 16000
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    fast = speed_perturb(tone, 1.1)
+    assert fast.dtype == np.float32 and abs(len(fast) - 16000 / 1.1) <= 2
+    peak_hz = np.argmax(np.abs(np.fft.rfft(fast))) * 16000 / len(fast)
+    assert abs(peak_hz - 484) < 3   # the tone moved up with the speed
+
+
+def test_random_equalizer_changes_colour_within_its_bounds():
+    x = np.random.default_rng(0).standard_normal(32000).astype(np.float32)
+    y = random_equalizer(x, np.random.default_rng(1), max_db=8.0)
+    assert y.shape == x.shape and y.dtype == np.float32
+    ratio_db = 20 * np.log10(np.abs(np.fft.rfft(y))[40:] / np.abs(np.fft.rfft(x))[40:])
+    assert ratio_db.max() <= 8.0 + 1e-3 and ratio_db.min() >= -8.0 - 1e-3
+    assert ratio_db.max() - ratio_db.min() > 3.0   # not a plain gain
+
+
+def test_collate_speed_perturbed_clips_fit_their_bucket_and_lose_their_speaker(tmp_path):
+    clips = []
+    for i, seconds in enumerate((1.0, 0.5, 0.7)):
+        path = tmp_path / f"{i}.wav"
+        sf.write(path, np.random.default_rng(i).uniform(-0.5, 0.5, int(seconds * 16000)).astype(np.float32), 16000)
+        clips.append(Clip(str(path), "a b", "s1", "v", seconds))
+    plain = collate(clips, {"s1": 0}, np.random.default_rng(0), pad_to=16000)
+    assert plain.speakers.tolist() == [0, 0, 0]
+    b = collate(clips, {"s1": 0}, np.random.default_rng(0), pad_to=16000, speed_prob=1.0, speed_range=(0.8, 1.2))
+    assert b.audio.shape == (3, 16000)
+    assert b.speakers.tolist() == [-1, -1, -1]
+    for n, c in zip(b.lengths.tolist(), clips):
+        factor = c.duration * 16000 / n
+        assert 0.8 - 0.01 <= factor <= 1.2 + 0.01 and n <= 16000
+    assert 16000 / b.lengths[0] >= 1.0 - 1e-3   # the clip that fills its bucket can only be sped up
+    equalized = collate(clips, {"s1": 0}, np.random.default_rng(0), pad_to=16000, eq_prob=1.0)
+    assert equalized.speakers.tolist() == [-1, -1, -1] and equalized.lengths.tolist() == plain.lengths.tolist()
 
 
 def test_speaker_crops_are_spans_inside_each_clip():

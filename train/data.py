@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 
 from train.export import encode_text
@@ -68,6 +69,32 @@ def load_audio(path: str) -> np.ndarray:
     return x
 
 
+def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
+    """Play 16 kHz audio `factor` times faster: (N,) -> (~N / factor,).
+
+    Pitch, formants and tempo all scale by `factor` (resampling, as a tape played fast or
+    slow), so the voice is no longer the labelled speaker: callers drop such clips from
+    the speaker loss. Synthesis varies tempo and pitch in steps; this fills the gaps with a
+    continuous shift of the whole spectrum.
+    """
+    return soxr.resample(x, 16000 * factor, 16000).astype(np.float32)
+
+
+def random_equalizer(x: np.ndarray, rng: np.random.Generator, max_db: float = 8.0, bands: int = 8) -> np.ndarray:
+    """Multiply the spectrum by a smooth random curve: (N,) -> (N,).
+
+    Gains uniform in +-max_db at `bands` points spaced evenly in log frequency (60 Hz to
+    8 kHz), interpolated between them: a different microphone, room or vocal tract colour,
+    which the few synthetic engines do not vary. A voice's colour is part of what tells
+    speakers apart, so callers drop such clips from the speaker loss too.
+    """
+    spec = np.fft.rfft(x)
+    freqs = np.fft.rfftfreq(len(x), 1 / 16000)
+    anchors = np.linspace(np.log(60.0), np.log(8000.0), bands)
+    gains_db = np.interp(np.log(np.maximum(freqs, 60.0)), anchors, rng.uniform(-max_db, max_db, bands))
+    return np.fft.irfft(spec * 10 ** (gains_db / 20), n=len(x)).astype(np.float32)
+
+
 def augment(x: np.ndarray, rng: np.random.Generator, noise_prob: float = 0.0) -> np.ndarray:
     """Random gain (-15..0 dB) and, on noise_prob of clips, white or pink-ish noise at 10-40 dB SNR.
 
@@ -101,11 +128,25 @@ class Batch:
 
 
 def collate(clips: list[Clip], speaker_index: dict[str, int], rng: np.random.Generator | None,
-            pad_to: int | None = None, noise_prob: float = 0.0) -> Batch:
-    """Load, optionally augment (rng given), pad (to pad_to samples, if given) and encode a list of clips."""
+            pad_to: int | None = None, noise_prob: float = 0.0, eq_prob: float = 0.0, speed_prob: float = 0.0,
+            speed_range: tuple[float, float] = (0.9, 1.1)) -> Batch:
+    """Load, optionally augment (rng given), pad (to pad_to samples, if given) and encode a list of clips.
+
+    A speed-perturbed (speed_prob) or equalized (eq_prob) clip gets speaker -1: its voice
+    is not its speaker's any more. A speed factor is drawn so that the clip still fits
+    pad_to (a clip that fills its bucket can only be sped up).
+    """
     waves = [load_audio(c.path) for c in clips]
+    perturbed = [False] * len(waves)
     if rng is not None:
-        waves = [augment(w, rng, noise_prob) for w in waves]
+        for i, w in enumerate(waves):
+            if speed_prob and rng.random() < speed_prob:
+                low = max(speed_range[0], len(w) / pad_to if pad_to else 0.0)
+                if low < speed_range[1]:
+                    w, perturbed[i] = speed_perturb(w, rng.uniform(low, speed_range[1])), True
+            if eq_prob and rng.random() < eq_prob:
+                w, perturbed[i] = random_equalizer(w, rng), True
+            waves[i] = augment(w, rng, noise_prob)
     waves = [w[:pad_to] for w in waves] if pad_to else waves
     n = max([len(w) for w in waves] + ([pad_to] if pad_to else []))
     audio = torch.zeros(len(waves), n)
@@ -121,6 +162,6 @@ def collate(clips: list[Clip], speaker_index: dict[str, int], rng: np.random.Gen
     return Batch(
         audio=audio, attention_mask=mask, lengths=mask.sum(-1), labels=labels,
         label_lengths=torch.tensor([len(t) for t in ids]),
-        speakers=torch.tensor([speaker_index.get(c.speaker, -1) for c in clips]),
+        speakers=torch.tensor([-1 if p else speaker_index.get(c.speaker, -1) for c, p in zip(clips, perturbed)]),
         texts=tuple(c.text for c in clips), seconds=sum(len(w) for w in waves) / 16000,
     )
