@@ -86,7 +86,8 @@ class WavLMAttention(nn.Module):
         """Attend the Tq positions of x to past keys/values (if any) followed by their own.
 
         x: (B, Tq, H); position_bias: ungated (heads, Tq, Tk) or (B*heads, Tq, Tk), Tk = past length + Tq;
-        key_padding_mask: (B, Tk) bool, True = padding; past: KeyValue of the earlier positions.
+        key_padding_mask: (B, Tk) bool, True = padding, or (B, Tq, Tk) bool, True = this query may not see
+        this key; past: KeyValue of the earlier positions.
         Returns (output (B, Tq, H), KeyValue with all Tk keys/values).
         """
         B, Tq, H = x.shape
@@ -109,7 +110,8 @@ class WavLMAttention(nn.Module):
         else:
             # one (B, nh, Tq, Tk) allocation: -inf on padded keys + gate * bias
             pad = torch.zeros(key_padding_mask.shape, dtype=bias.dtype, device=bias.device)
-            pad = pad.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+            pad = pad.masked_fill(key_padding_mask, float("-inf"))
+            pad = pad[:, None, None, :] if pad.dim() == 2 else pad[:, None]
             mask = torch.addcmul(pad, gate, bias)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype),
                                              dropout_p=self.dropout if self.training else 0.0)

@@ -50,7 +50,8 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, position_bias: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
                 past: KeyValue | None = None) -> tuple[torch.Tensor, KeyValue]:
         """x: (B, Tq, H); position_bias: ungated (heads, Tq, Tk) or (B*heads, Tq, Tk);
-        key_padding_mask: (B, Tk) bool, True = padding; past: earlier keys/values (Tk = past + Tq).
+        key_padding_mask: (B, Tk) bool, True = padding, or (B, Tq, Tk), True = not visible to that query;
+        past: earlier keys/values (Tk = past + Tq).
         Returns (y (B, Tq, H), KeyValue of all Tk positions).
         """
         if self.stable_layer_norm:
@@ -62,11 +63,29 @@ class EncoderLayer(nn.Module):
         return self.final_layer_norm(x + self.feed_forward(x)), kv
 
 
+def streaming_attention_blocked(frames: int, left: int, chunk: int, right: int,
+                                device: torch.device | str = "cpu") -> torch.Tensor:
+    """(frames, frames) bool, True where a query may not see a key in a streaming window.
+
+    A query in chunk k (frames [k * chunk, (k + 1) * chunk)) sees keys from ``left`` frames
+    before its chunk to ``right`` frames after it, as stream.window's windows give it.
+    """
+    pos = torch.arange(frames, device=device)
+    chunk_start = (pos // chunk * chunk)[:, None]
+    return (pos[None, :] < chunk_start - left) | (pos[None, :] >= chunk_start + chunk + right)
+
+
 class Encoder(nn.Module):
     """Positional convolution, then the layers; `layer_norm` placement depends on `stable_layer_norm`.
 
     post-LN: layer_norm after adding the positional embedding, before layer 0.
     pre-LN:  layer_norm after the last layer.
+
+    ``attention_window`` (left, chunk, right) in frames, None by default, limits every query
+    to the keys its streaming window would give it (``streaming_attention_blocked``): for
+    streaming-aware training and for measuring that part of the stream's drift offline. The
+    stream computes a right-context frame's keys inside the earlier window, so this is close
+    to the stream, not equal to it.
     """
 
     def __init__(self, config: WavLMConfig):
@@ -80,6 +99,7 @@ class Encoder(nn.Module):
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(EncoderLayer(config, i == 0) for i in range(config.num_hidden_layers))
+        self.attention_window: tuple[int, int, int] | None = None
 
     def embed(self, hidden: torch.Tensor, first_row: int = 0) -> torch.Tensor:
         """Add positional embeddings (and post-LN's input layer_norm) to rows [first_row, T):
@@ -104,6 +124,9 @@ class Encoder(nn.Module):
         T = hidden.shape[1]
         position_bias = self.layers[0].attention.compute_bias(T, T)  # shared by all layers, each gates it
         key_padding_mask = None if frame_mask is None else ~frame_mask
+        if self.attention_window is not None:
+            blocked = streaming_attention_blocked(T, *self.attention_window, device=hidden.device)[None]
+            key_padding_mask = blocked if key_padding_mask is None else blocked | key_padding_mask[:, None, :]
         states = [hidden] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             # LayerDrop (never layer 0); a dropped layer repeats its input in hidden_states so

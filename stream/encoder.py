@@ -98,6 +98,13 @@ class IncrementalConvEncoder:
                                                                      // self._conv0_per_frame))
 
     @property
+    def group_norm_spans(self) -> tuple[int, int]:
+        """(seed, per_frame) of the ``group`` rule, in conv-0 frames: the first ``seed`` share one
+        set of statistics; after them, each run of ``per_frame`` is normalised with the
+        statistics of everything up to its end."""
+        return self._seed_frames, self._conv0_per_frame
+
+    @property
     def receptive_field(self) -> int:
         """Samples that make up one frame (400 for the standard kernels)."""
         field, jump = 1, 1

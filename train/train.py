@@ -31,10 +31,12 @@ import torch
 
 from model import WavLMConfig, WavLMForCTCWithSpeaker
 from model.losses import ctc_loss
+from stream.window import WindowConfig
 from train import export as export_mod
 from train.data import Batch, Clip, bucket_batches, collate, read_manifest
 from train.evaluate import transcribe_clips
 from train.metrics import error_rates
+from train.streaming_aware import StreamingAware
 
 CACHE = Path.home() / ".cache" / "wavlm-stream"
 
@@ -201,6 +203,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="bf16 autocast (about 1.5-2x faster on this CPU, but runs with it never left the CTC blank "
                          "plateau here; float32 is the default)")
     ap.add_argument("--noise-prob", type=float, default=0.0, help="share of training clips with added noise")
+    ap.add_argument("--eq-prob", type=float, default=0.0,
+                    help="share of training clips through a random equalizer (+-8 dB, smooth in log frequency); "
+                         "they are left out of the speaker loss")
+    ap.add_argument("--speed-prob", type=float, default=0.0,
+                    help="share of training clips played faster or slower (pitch, formants and tempo together); "
+                         "they are left out of the speaker loss")
+    ap.add_argument("--speed-range", type=float, nargs=2, default=(0.9, 1.1), metavar=("LOW", "HIGH"))
+    ap.add_argument("--streaming-prob", type=float, default=0.0,
+                    help="share of batches run as the stream sees them (train/streaming_aware.py): the front "
+                         "end's causal statistics and the attention windows of --streaming-window")
+    ap.add_argument("--streaming-window", type=float, nargs=3, default=(2000.0, 640.0, 320.0),
+                    metavar=("LEFT_MS", "CHUNK_MS", "RIGHT_MS"), help="the stream's geometry for those batches")
     ap.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -234,6 +248,11 @@ def main(argv: list[str] | None = None) -> dict:
     train_clips = [c for c in train_clips if c.speaker in speaker_index]
     torch.manual_seed(args.seed)
     model = WavLMForCTCWithSpeaker(config).to(device)
+    aware = None
+    if args.streaming_prob > 0:
+        left_ms, chunk_ms, right_ms = args.streaming_window
+        w = WindowConfig.from_ms(chunk_ms, left_ms, right_ms)
+        aware = StreamingAware(model, (w.left, w.chunk, w.right))
     speaker_params = [p for n, p in model.named_parameters() if n.startswith("speaker_head.")]
     backbone_params = [p for n, p in model.named_parameters() if not n.startswith("speaker_head.")]
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -271,6 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
     crop_frames = tuple(max(1, round(x / frame_s)) for x in args.speaker_crop_seconds)
     if crop_frames[0] > crop_frames[1]:
         raise SystemExit(f"--speaker-crop-seconds: MIN {args.speaker_crop_seconds[0]} > MAX {args.speaker_crop_seconds[1]}")
+    low, high = args.speed_range
+    if not 0.5 <= low <= high <= 2.0:
+        raise SystemExit(f"--speed-range: need 0.5 <= LOW <= HIGH <= 2.0, got {low} {high}")
     losses: list[float] = []
     last_eval = last_save = last_export = time.time()
     step_in_run, dev_cer = 0, math.nan
@@ -311,7 +333,10 @@ def main(argv: list[str] | None = None) -> dict:
             lr = lr_at(step_in_run, elapsed / budget, args.lr, warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
-            b: Batch = collate(batch_clips, speaker_index, np_rng, pad_to, args.noise_prob)
+            if aware is not None:
+                aware.set(rng.random() < args.streaming_prob)
+            b: Batch = collate(batch_clips, speaker_index, np_rng, pad_to, args.noise_prob, args.eq_prob,
+                               args.speed_prob, tuple(args.speed_range))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 out = model(b.audio.to(device), b.attention_mask.to(device), output_hidden_states=True)
                 hidden = out.hidden_states
@@ -324,7 +349,10 @@ def main(argv: list[str] | None = None) -> dict:
             frames = model.wavlm.feat_extract_output_lengths(b.lengths.to(device))
             ctc = ctc_loss(out.logits.float(), frames, b.labels.to(device), b.label_lengths.to(device),
                            blank=config.pad_token_id, zero_infinity=True)
-            spk = model.speaker_head.objective(embeddings.float(), b.speakers.to(device)[rows])
+            labels = b.speakers.to(device)[rows]
+            known = labels >= 0   # speed-perturbed and equalized clips have no speaker label
+            spk = (model.speaker_head.objective(embeddings[known].float(), labels[known]) if bool(known.any())
+                   else embeddings.sum() * 0.0)
             spk_weight = args.speaker_weight * min(1.0, step / max(1, args.speaker_ramp))
             loss = ctc + spk_weight * spk
             opt.zero_grad(set_to_none=True)
@@ -348,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{rate:.1f} audio-h/h | dev CER {dev_cer:.3f} (best {best_cer:.3f}) | ETA {left:.0f} min", log_file)
                 win_loss, win_ctc, win_spk, win_secs, win_t = 0.0, 0.0, 0.0, 0.0, time.time()
             now = time.time()
+            if aware is not None:
+                aware.set(False)   # dev CER, checkpoints' front-end check: offline
             if now - last_eval > args.eval_every * 60:
                 dev_cer = _eval_and_keep_best(model, dev_clips, device, False, args, log_file, step, state)
                 best_cer = min(best_cer, dev_cer)
