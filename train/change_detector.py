@@ -21,6 +21,7 @@ Usage: python -m train.change_detector [--model model/default] [--meetings DIR] 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -45,6 +46,16 @@ def change_targets(turns, frames: int, width_s: float = 0.15) -> np.ndarray:
     return y
 
 
+def backbone_fingerprint(model) -> str:
+    """sha256 of every weight except the change detector's: what the speaker features depend on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not name.startswith("speaker_head.change_detector."):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def meeting_features(model, meetings: Path, cache: Path | None = None) -> list[tuple[torch.Tensor, ...]]:
     """[(features (T, P), speech (T,), targets (T,)), ...] for every NAME.wav + NAME.rttm in `meetings`."""
     from decoders.speaker import read_rttm
@@ -54,9 +65,11 @@ def meeting_features(model, meetings: Path, cache: Path | None = None) -> list[t
     wavs = sorted(p for p in meetings.glob("*.wav") if p.with_suffix(".rttm").exists())
     if not wavs:
         raise SystemExit(f"{meetings}: no meetings (NAME.wav + NAME.rttm); make them with train.meetings")
+    fingerprint = backbone_fingerprint(model)
     if cache is not None and cache.exists():
         saved = torch.load(cache)
-        if saved["names"] == [p.stem for p in wavs]:
+        # Features of another export (a retrained backbone or speaker head) must not be reused.
+        if saved["names"] == [p.stem for p in wavs] and saved.get("model") == fingerprint:
             return saved["items"]
     items, t0 = [], time.time()
     for n, wav in enumerate(wavs, 1):
@@ -72,7 +85,7 @@ def meeting_features(model, meetings: Path, cache: Path | None = None) -> list[t
         if n % 20 == 0 or n == len(wavs):
             print(f"features: {n}/{len(wavs)} meetings, {time.time() - t0:.0f} s", flush=True)
     if cache is not None:
-        torch.save({"names": [p.stem for p in wavs], "items": items}, cache)
+        torch.save({"names": [p.stem for p in wavs], "model": fingerprint, "items": items}, cache)
     return items
 
 
