@@ -69,9 +69,13 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
     with torch.no_grad():
         assert torch.allclose(hf(x).logits, m(x).logits, atol=1e-4)
 
-    # A second run resumes from last.pt: the global step carries on.
-    second = train.main(common + ["--max-steps", "3"])
-    assert second["step"] == 43
+    # A second run resumes from last.pt: the global step carries on. It runs every clip speed-perturbed (so
+    # no speaker labels) and every batch stream-like; the checkpoint keeps its parameter names.
+    keys = set(torch.load(work / "last.pt", weights_only=False)["model"])
+    second = train.main(common + ["--max-steps", "3", "--speed-prob", "1", "--eq-prob", "0.5",
+                                  "--streaming-prob", "1"])
+    assert second["step"] == 43 and all(np.isfinite(second["losses"]))
+    assert set(torch.load(work / "last.pt", weights_only=False)["model"]) == keys
 
 
 def test_front_end_variation_is_zero_for_a_collapsed_front_end_only():
