@@ -44,7 +44,8 @@ class CausalStatsGroupNorm(nn.GroupNorm):
             return super().forward(x)
         T = x.shape[-1]
         t = torch.arange(T, device=x.device)
-        end = torch.where(t < self.seed, self.seed, self.seed + ((t - self.seed) // self.per_frame + 1) * self.per_frame)
+        run_end = self.seed + ((t - self.seed) // self.per_frame + 1) * self.per_frame
+        end = torch.where(t < self.seed, self.seed, run_end)
         last = end.clamp(max=T) - 1                                       # (T,) last frame in each statistic
         x64 = x.to(torch.float64)
         count = (last + 1).to(torch.float64)
