@@ -4,7 +4,9 @@ In the main run the speaker head already learns on detached hidden states; while
 backbone is still changing (and early on, before CTC leaves its blank plateau, nearly
 input-independent) it has little to learn from. This pass fits the head to the final
 backbone: the backbone runs once per batch without gradients (eval mode, no SpecAugment),
-only the speaker head's parameters move. Reports the speaker EER on the dev set (held-out
+only the speaker head's parameters move. Like the main run's speaker loss, it sees each clip
+whole and as random 1-2 s spans (`--speaker-crops`, `--speaker-crop-seconds`: what the
+tracker pools at run time). Reports the speaker EER on the dev set (held-out
 voices) before and after; the checkpoint is replaced only if the EER improved.
 
 Usage: python -m train.speaker_probe [--checkpoint ~/.cache/wavlm-stream/train/best.pt] [--minutes 6]
@@ -23,7 +25,7 @@ import torch
 from model import WavLMConfig, WavLMForCTCWithSpeaker
 from train.data import bucket_batches, collate, read_manifest
 from train.evaluate import speaker_eer
-from train.train import CACHE, log
+from train.train import CACHE, log, speaker_crops
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-seconds", type=float, default=48.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--speaker-crops", type=int, default=2, help="random spans per clip besides the whole clip")
+    ap.add_argument("--speaker-crop-seconds", type=float, nargs=2, default=(1.0, 2.0), metavar=("MIN", "MAX"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     log_file = args.checkpoint.parent / "log.txt"
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> float:
     head = model.speaker_head
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.01)
     rng, np_rng = random.Random(1), np.random.default_rng(1)
+    frame_s = float(np.prod(config.conv_stride)) / 16000
+    crop_frames = tuple(max(1, round(x / frame_s)) for x in args.speaker_crop_seconds)
     t0, step, losses = time.time(), 0, []
     while time.time() - t0 < args.minutes * 60:
         for clips, pad in bucket_batches(train, args.batch_seconds, rng):
@@ -58,8 +64,9 @@ def main(argv: list[str] | None = None) -> float:
             b = collate(clips, index, np_rng, pad)
             with torch.no_grad():
                 out = model.wavlm(b.audio, b.attention_mask, output_hidden_states=True)
-            emb = model.speaker_pool(model.speaker_frame_features(out.hidden_states), out.frame_mask)
-            loss = head.objective(emb, b.speakers)
+            rows, masks = speaker_crops(out.frame_mask, np_rng, *crop_frames, args.speaker_crops)
+            emb = model.speaker_pool(model.speaker_frame_features(out.hidden_states)[rows], masks)
+            loss = head.objective(emb, b.speakers[rows])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(head.parameters(), 5.0)
