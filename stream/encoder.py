@@ -233,17 +233,24 @@ class IncrementalConvEncoder:
         return self._normalise(y, total[:, None], total_sq[:, None], count), total, total_sq, count
 
     def _normalise(self, y: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor, count) -> torch.Tensor:
-        """(y - mean) / std * weight + bias, statistics from float64 sums over ``count`` frames.
+        """Layer 0's GroupNorm of y (C, ...) from running sums (group_norm_from_sums)."""
+        return group_norm_from_sums(self.layers[0].layer_norm, y, total, total_sq, count)
 
-        y (C, ...) float; total, total_sq broadcast against y with float64 values; count a
-        number or a float64 tensor broadcasting the same way. The per-frame work stays in y's dtype.
-        """
-        norm: nn.GroupNorm = self.layers[0].layer_norm
-        mean = total / count
-        var = (total_sq / count - mean * mean).clamp_min(0.0)
-        scale = torch.rsqrt(var + norm.eps).to(y.dtype)
-        shape = (-1,) + (1,) * (y.dim() - 1)
-        return (y - mean.to(y.dtype)) * (scale * norm.weight.view(shape)) + norm.bias.view(shape)
+
+def group_norm_from_sums(norm: nn.GroupNorm, y: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor, count,
+                         channel_dim: int = 0) -> torch.Tensor:
+    """(y - mean) / std * weight + bias of a GroupNorm(C, C), statistics from float64 sums over ``count`` frames.
+
+    y float with channels at ``channel_dim`` ((C, ...) or (B, C, ...)); total, total_sq broadcast
+    against y with float64 values; count a number or a float64 tensor broadcasting the same way.
+    The per-frame work stays in y's dtype. Shared by the stream's group-norm rule and the
+    training-time copy of it (train/streaming_aware.py), so both compute the same values.
+    """
+    mean = total / count
+    var = (total_sq / count - mean * mean).clamp_min(0.0)
+    scale = torch.rsqrt(var + norm.eps).to(y.dtype)
+    shape = (-1,) + (1,) * (y.dim() - channel_dim - 1)
+    return (y - mean.to(y.dtype)) * (scale * norm.weight.view(shape)) + norm.bias.view(shape)
 
 
 def _apply_norm_and_activation(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stream.encoder import IncrementalConvEncoder
+from stream.encoder import IncrementalConvEncoder, group_norm_from_sums
 
 
 class CausalStatsGroupNorm(nn.GroupNorm):
@@ -48,11 +48,8 @@ class CausalStatsGroupNorm(nn.GroupNorm):
         end = torch.where(t < self.seed, self.seed, run_end)
         last = end.clamp(max=T) - 1                                       # (T,) last frame in each statistic
         x64 = x.to(torch.float64)
-        count = (last + 1).to(torch.float64)
-        mean = torch.cumsum(x64, -1)[..., last] / count
-        var = (torch.cumsum(x64 * x64, -1)[..., last] / count - mean * mean).clamp_min(0.0)
-        scale = torch.rsqrt(var + self.eps).to(x.dtype)
-        return (x - mean.to(x.dtype)) * scale * self.weight[:, None] + self.bias[:, None]
+        total, total_sq = torch.cumsum(x64, -1)[..., last], torch.cumsum(x64 * x64, -1)[..., last]
+        return group_norm_from_sums(self, x, total, total_sq, (last + 1).to(torch.float64), channel_dim=1)
 
 
 class StreamingAware:
