@@ -25,7 +25,7 @@ import torch
 from model import WavLMConfig, WavLMForCTCWithSpeaker
 from train.data import bucket_batches, collate, read_manifest
 from train.evaluate import speaker_eer
-from train.train import CACHE, log, speaker_crops
+from train.train import CACHE, add_speaker_crop_args, log, speaker_crop_frames, speaker_crops
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-seconds", type=float, default=48.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--speaker-crops", type=int, default=2, help="random spans per clip besides the whole clip")
-    ap.add_argument("--speaker-crop-seconds", type=float, nargs=2, default=(1.0, 2.0), metavar=("MIN", "MAX"))
+    add_speaker_crop_args(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     log_file = args.checkpoint.parent / "log.txt"
@@ -54,8 +53,7 @@ def main(argv: list[str] | None = None) -> float:
     head = model.speaker_head
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.01)
     rng, np_rng = random.Random(1), np.random.default_rng(1)
-    frame_s = float(np.prod(config.conv_stride)) / 16000
-    crop_frames = tuple(max(1, round(x / frame_s)) for x in args.speaker_crop_seconds)
+    crop_frames = speaker_crop_frames(config, args.speaker_crop_seconds)
     t0, step, losses = time.time(), 0, []
     while time.time() - t0 < args.minutes * 60:
         for clips, pad in bucket_batches(train, args.batch_seconds, rng):

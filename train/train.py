@@ -87,6 +87,23 @@ def lr_at(step_in_run: int, elapsed_frac: float, peak: float, warmup: int) -> fl
     return lr
 
 
+def add_speaker_crop_args(ap: argparse.ArgumentParser) -> None:
+    """--speaker-crops and --speaker-crop-seconds, for the main run and the speaker probe."""
+    ap.add_argument("--speaker-crops", type=int, default=2,
+                    help="random spans per clip for the speaker loss besides the whole clip (the tracker "
+                         "pools 1-1.5 s windows, so the head learns on spans of that length too)")
+    ap.add_argument("--speaker-crop-seconds", type=float, nargs=2, default=(1.0, 2.0), metavar=("MIN", "MAX"))
+
+
+def speaker_crop_frames(config: WavLMConfig, seconds: tuple[float, float]) -> tuple[int, int]:
+    """--speaker-crop-seconds (MIN, MAX) in frames of this model (at least 1); SystemExit if MIN > MAX."""
+    frame_s = float(np.prod(config.conv_stride)) / 16000
+    low, high = (max(1, round(x / frame_s)) for x in seconds)
+    if low > high:
+        raise SystemExit(f"--speaker-crop-seconds: MIN {seconds[0]} > MAX {seconds[1]}")
+    return low, high
+
+
 def speaker_crops(frame_mask: torch.Tensor, rng: np.random.Generator, min_frames: int, max_frames: int,
                   crops: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random spans of each clip for the speaker loss, the length the tracker pools at run time.
@@ -182,10 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "hidden states, so the backbone is shaped by CTC alone)")
     ap.add_argument("--speaker-ramp", type=int, default=600,
                     help="global steps over which the speaker weight ramps up from 0 (CTC leaves its blank plateau first)")
-    ap.add_argument("--speaker-crops", type=int, default=2,
-                    help="random spans per clip for the speaker loss besides the whole clip (the tracker "
-                         "pools 1-1.5 s windows, so the head learns on spans of that length too)")
-    ap.add_argument("--speaker-crop-seconds", type=float, nargs=2, default=(1.0, 2.0), metavar=("MIN", "MAX"))
+    add_speaker_crop_args(ap)
     ap.add_argument("--curriculum-steps", type=int, default=1500,
                     help="global steps on the easy subset first (short clips of --curriculum-voices); 0: none")
     ap.add_argument("--curriculum-voices", default=",".join(CURRICULUM_VOICES),
@@ -286,10 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     budget = args.max_minutes * 60
     rng = random.Random(args.seed * 1000 + runs)
     np_rng = np.random.default_rng(args.seed * 1000 + runs)
-    frame_s = float(np.prod(config.conv_stride)) / 16000
-    crop_frames = tuple(max(1, round(x / frame_s)) for x in args.speaker_crop_seconds)
-    if crop_frames[0] > crop_frames[1]:
-        raise SystemExit(f"--speaker-crop-seconds: MIN {args.speaker_crop_seconds[0]} > MAX {args.speaker_crop_seconds[1]}")
+    crop_frames = speaker_crop_frames(config, args.speaker_crop_seconds)
     low, high = args.speed_range
     if not 0.5 <= low <= high <= 2.0:
         raise SystemExit(f"--speed-range: need 0.5 <= LOW <= HIGH <= 2.0, got {low} {high}")
