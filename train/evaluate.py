@@ -112,13 +112,14 @@ def speaker_eer(model, clips: list[Clip]) -> dict[str, float]:
             "trials": int(len(s)), "speakers": int(len(set(spk)))}
 
 
-def stream_transcripts(model_path: str, waves: list[np.ndarray], beam: bool = True) -> list[str] | None:
-    """Finals of each wave streamed through stream.Pipeline at its default latency (None if not importable)."""
+def stream_transcripts(model, waves: list[np.ndarray], beam: bool = True) -> list[str] | None:
+    """Finals of each wave streamed through a stream.Pipeline of `model` (loaded CTC model) at the
+    default latency, no speaker tracking (None if stream is not importable)."""
     try:
-        from stream import Pipeline
+        from stream.pipeline import Pipeline, StreamConfig
     except ImportError:
         return None
-    return pipeline_transcripts(Pipeline.from_pretrained(model_path, speakers=False, beam=beam), waves)
+    return pipeline_transcripts(Pipeline(model, StreamConfig(beam=beam)), waves)
 
 
 def pipeline_transcripts(pipe, waves: list[np.ndarray]) -> list[str]:
@@ -213,13 +214,13 @@ def main(argv: list[str] | None = None) -> dict:
                 sc = clips[: args.stream_clips]
                 t = time.time()
                 waves = [np.asarray(_load(c.path)) for c in sc]
-                beam_hyps = stream_transcripts(args.model, waves)
+                beam_hyps = stream_transcripts(model, waves)
                 if beam_hyps is None:
                     print("streaming: stream.Pipeline not importable, skipped")
                 else:
                     refs = [c.text for c in sc]
                     oc, ow = error_rates(refs, hyps[: len(sc)])
-                    gcer, gwer = error_rates(refs, stream_transcripts(args.model, waves, beam=False))
+                    gcer, gwer = error_rates(refs, stream_transcripts(model, waves, beam=False))
                     scer, swer = error_rates(refs, beam_hyps)
                     results["test_streaming"] = {"cer": scer, "wer": swer, "greedy_cer": gcer, "greedy_wer": gwer,
                                                  "offline_cer_same_clips": oc, "clips": len(sc)}
