@@ -77,6 +77,25 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
     assert second["step"] == 43 and all(np.isfinite(second["losses"]))
     assert set(torch.load(work / "last.pt", weights_only=False)["model"]) == keys
 
+    # A new work directory started from the export (--init): its weights, so the loss starts where the
+    # first run ended; the curriculum and the speaker-loss ramp are skipped, and a resume remembers that.
+    init_work = tmp_path / "from_export"
+    init_common = [str(init_work) if a == str(work) else a for a in common]
+    third = train.main(init_common + ["--max-steps", "4", "--init", str(export_dir), "--lr", "1e-9"])
+    assert third["step"] == 4
+    assert np.mean(third["losses"]) < 0.8 * np.mean(losses[:4]), (third["losses"], losses[:4])
+    init_log = (init_work / "log.txt").read_text()
+    assert f"(from {export_dir})" in init_log and "curriculum" not in init_log
+    assert torch.load(init_work / "last.pt", weights_only=False)["past_ramps"] is True
+    with pytest.raises(SystemExit, match="not a model with a speaker head"):
+        train.main(init_common + ["--max-steps", "1", "--fresh", "--init", str(plain_ctc_checkpoint(tmp_path))])
+
+
+def plain_ctc_checkpoint(tmp_path):
+    from tests.checkpoints import write_ctc_checkpoint
+
+    return write_ctc_checkpoint(tmp_path / "plain_ctc")
+
 
 def test_front_end_variation_is_zero_for_a_collapsed_front_end_only():
     from model import WavLMForCTCWithSpeaker

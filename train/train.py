@@ -230,6 +230,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--streaming-window", type=float, nargs=3, default=(2000.0, 640.0, 320.0),
                     metavar=("LEFT_MS", "CHUNK_MS", "RIGHT_MS"), help="the stream's geometry for those batches")
     ap.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
+    ap.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
+                    help="with no last.pt in --work: start from an exported model (e.g. model/default) instead of "
+                         "random weights; a new optimizer, no curriculum and no speaker-loss ramp")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -252,8 +255,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     last = args.work / "last.pt"
     ckpt = None if args.fresh or not last.exists() else torch.load(last, map_location="cpu", weights_only=False)
+    initial_state = None
     if ckpt is not None:
         config = WavLMConfig.from_dict(ckpt["config"])
+        speakers = list(config.speaker_head["speakers"])
+    elif args.init is not None:
+        config, initial_state = exported_start(args.init)
         speakers = list(config.speaker_head["speakers"])
     else:
         speakers = sorted({c.speaker for c in train_clips})
@@ -274,20 +281,27 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
     step, hours_seen, best_cer, runs = 0, 0.0, math.inf, 0
+    # A model started from an export is past the curriculum and the speaker-loss ramp.
+    past_ramps = initial_state is not None
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, hours_seen, best_cer, runs = ckpt["step"], ckpt["hours_seen"], ckpt["best_cer"], ckpt["runs"]
+        past_ramps = ckpt.get("past_ramps", False)
     runs += 1
     warmup = args.warmup if ckpt is None else 100
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"run {runs} ({'resumed at step %d' % step if ckpt else 'fresh'}): {n_params / 1e6:.2f} M parameters, "
+    start = "resumed at step %d" % step if ckpt else ("from %s" % args.init if past_ramps else "fresh")
+    log(f"run {runs} ({start}): {n_params / 1e6:.2f} M parameters, "
         f"{len(train_clips)} train clips ({train_hours:.2f} h, {len(speakers)} speakers), {len(dev_clips)} dev clips, "
         f"device {device}, bf16 {use_bf16}, budget {args.max_minutes:.0f} min", log_file)
 
     def state() -> dict:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": config.to_dict(),
-                "step": step, "hours_seen": hours_seen, "best_cer": best_cer, "runs": runs}
+                "step": step, "hours_seen": hours_seen, "best_cer": best_cer, "runs": runs,
+                "past_ramps": past_ramps}
 
     def do_export(tag: str) -> None:
         best = args.work / "best.pt"
@@ -320,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
                            if c.speaker in speaker_index]
             train_hours = sum(c.duration for c in train_clips) / 3600
             log(f"re-read train.jsonl: {len(train_clips)} clips, {train_hours:.2f} h", log_file)
-        in_curriculum = step < args.curriculum_steps
+        in_curriculum = not past_ramps and step < args.curriculum_steps
         pool = train_clips
         if in_curriculum:
             easy_voices = set(args.curriculum_voices.split(","))
@@ -364,7 +378,8 @@ def main(argv: list[str] | None = None) -> dict:
             known = labels >= 0   # speed-perturbed and equalized clips have no speaker label
             spk = (model.speaker_head.objective(embeddings[known].float(), labels[known]) if bool(known.any())
                    else embeddings.sum() * 0.0)
-            spk_weight = args.speaker_weight * min(1.0, step / max(1, args.speaker_ramp))
+            ramp = 1.0 if past_ramps else min(1.0, step / max(1, args.speaker_ramp))
+            spk_weight = args.speaker_weight * ramp
             loss = ctc + spk_weight * spk
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -407,6 +422,24 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"run {runs} done: step {step}, {hours_seen:.2f} audio-h seen, dev CER {dev_cer:.3f} (best {best_cer:.3f}), "
         f"{(time.time() - t_start) / 60:.1f} min", log_file)
     return {"losses": losses, "dev_cer": dev_cer, "step": step}
+
+
+def exported_start(model_dir: Path) -> tuple[WavLMConfig, dict[str, torch.Tensor]]:
+    """Config and weights to train on from an exported bundled-style model (Hugging Face layout).
+
+    The change detector is left out of both: it is trained afterwards on the frozen backbone
+    (train/change_detector.py), and the export does not carry it.
+    """
+    from model import load_model
+
+    model = load_model(model_dir)
+    if not isinstance(model, WavLMForCTCWithSpeaker):
+        raise SystemExit(f"--init {model_dir}: not a model with a speaker head (config.json has no speaker_head "
+                         f"block); the recipe trains CTC and speaker heads together")
+    head = {k: v for k, v in model.config.speaker_head.items() if k != "change_detector"}
+    config = WavLMConfig.from_dict({**model.config.to_dict(), "speaker_head": head})
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("speaker_head.change_detector.")}
+    return config, state
 
 
 def _eval_and_keep_best(model, dev_clips, device, use_bf16, args, log_file, step, state) -> float:
