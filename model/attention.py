@@ -82,17 +82,19 @@ class WavLMAttention(nn.Module):
         return (gate_a * (gate_b * self.gru_rel_pos_const[..., 0] - 1.0) + 2.0)[..., None]
 
     def forward(self, x: torch.Tensor, position_bias: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                past: KeyValue | None = None) -> tuple[torch.Tensor, KeyValue]:
+                past: KeyValue | None = None, rows: slice | None = None) -> tuple[torch.Tensor, KeyValue]:
         """Attend the Tq positions of x to past keys/values (if any) followed by their own.
 
         x: (B, Tq, H); position_bias: ungated (heads, Tq, Tk) or (B*heads, Tq, Tk), Tk = past length + Tq;
         key_padding_mask: (B, Tk) bool, True = padding, or (B, Tq, Tk) bool, True = this query may not see
-        this key; past: KeyValue of the earlier positions.
-        Returns (output (B, Tq, H), KeyValue with all Tk keys/values).
+        this key; past: KeyValue of the earlier positions; rows: only these of the Tq positions query
+        (all of them give keys and values), for a stream's last layer, whose other rows are not kept.
+        Returns (output (B, Tq, H), or (B, len(rows), H) with rows, KeyValue with all Tk keys/values).
         """
         B, Tq, H = x.shape
         nh, hd = self.num_heads, self.head_dim
-        q = self.q_proj(x).view(B, Tq, nh, hd).transpose(1, 2)  # (B, nh, Tq, hd)
+        queries = x if rows is None else x[:, rows]
+        q = self.q_proj(queries).view(B, queries.shape[1], nh, hd).transpose(1, 2)  # (B, nh, Tq', hd)
         k = self.k_proj(x).view(B, Tq, nh, hd).transpose(1, 2)
         v = self.v_proj(x).view(B, Tq, nh, hd).transpose(1, 2)
         if past is not None:
@@ -104,7 +106,11 @@ class WavLMAttention(nn.Module):
                 f"position_bias must be (heads, {Tq}, {Tk}) or (B*heads, {Tq}, {Tk}), got {tuple(position_bias.shape)}"
             )
         bias = position_bias.view(-1, nh, Tq, Tk)  # (1 or B, nh, Tq, Tk)
-        gate = self.gate(x)  # (B, nh, Tq, 1)
+        if rows is not None:
+            bias = bias[:, :, rows]
+            if key_padding_mask is not None and key_padding_mask.dim() == 3:
+                key_padding_mask = key_padding_mask[:, rows]
+        gate = self.gate(queries)  # (B, nh, Tq', 1)
         if key_padding_mask is None:
             mask = gate * bias  # (B, nh, Tq, Tk)
         else:
@@ -115,5 +121,5 @@ class WavLMAttention(nn.Module):
             mask = torch.addcmul(pad, gate, bias)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype),
                                              dropout_p=self.dropout if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, Tq, H)
+        out = out.transpose(1, 2).reshape(B, queries.shape[1], H)
         return self.out_proj(out), KeyValue(k, v)

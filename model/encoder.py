@@ -48,18 +48,20 @@ class EncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, position_bias: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                past: KeyValue | None = None) -> tuple[torch.Tensor, KeyValue]:
+                past: KeyValue | None = None, rows: slice | None = None) -> tuple[torch.Tensor, KeyValue]:
         """x: (B, Tq, H); position_bias: ungated (heads, Tq, Tk) or (B*heads, Tq, Tk);
         key_padding_mask: (B, Tk) bool, True = padding, or (B, Tq, Tk), True = not visible to that query;
-        past: earlier keys/values (Tk = past + Tq).
-        Returns (y (B, Tq, H), KeyValue of all Tk positions).
+        past: earlier keys/values (Tk = past + Tq); rows: compute the output of only these of the Tq
+        positions (every position still gives its key and value).
+        Returns (y (B, Tq, H), or (B, len(rows), H) with rows, KeyValue of all Tk positions).
         """
+        residual = x if rows is None else x[:, rows]
         if self.stable_layer_norm:
-            attn, kv = self.attention(self.layer_norm(x), position_bias, key_padding_mask, past)
-            x = x + self.dropout(attn)
+            attn, kv = self.attention(self.layer_norm(x), position_bias, key_padding_mask, past, rows)
+            x = residual + self.dropout(attn)
             return x + self.feed_forward(self.final_layer_norm(x)), kv
-        attn, kv = self.attention(x, position_bias, key_padding_mask, past)
-        x = self.layer_norm(x + self.dropout(attn))
+        attn, kv = self.attention(x, position_bias, key_padding_mask, past, rows)
+        x = self.layer_norm(residual + self.dropout(attn))
         return self.final_layer_norm(x + self.feed_forward(x)), kv
 
 

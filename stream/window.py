@@ -205,15 +205,17 @@ class WindowRunner:
         h = self._embed(x)
         hidden = [h] if need_hidden_states else None
         bias = self.bias.get(width, width)
-        for layer in self.encoder.layers:
-            h, _ = layer(h, bias, None, None)
+        emit_rows = [slice(w.emit_start - w.start, w.emit_end - w.start) for w in windows]
+        last_rows = emit_rows[0] if len(set((r.start, r.stop) for r in emit_rows)) == 1 else None
+        h, hidden = self._layers(h, bias, None, hidden, last_rows)
+        if last_rows is not None:
+            # The last layer computed only the emitted rows: cut the others' states to them as well.
             if hidden is not None:
-                hidden.append(h)
-        h = self._finish(h, hidden)
+                hidden = [t[:, last_rows] for t in hidden[:-1]] + hidden[-1:]
+            emit_rows = [slice(0, last_rows.stop - last_rows.start)] * len(windows)
         results = []
         for i, (state, window) in enumerate(zip(states, windows)):
-            rows = slice(window.emit_start - window.start, window.emit_end - window.start)
-            out = _window_output(window, h[i], hidden, i, rows)
+            out = _window_output(window, h[i], hidden, i, emit_rows[i])
             results.append((out, self._advance(state, window, None)))
         return results
 
@@ -230,26 +232,37 @@ class WindowRunner:
         hidden = [h] if need_hidden_states else None
         cache_len = 0 if states[0].cache is None else states[0].cache[0].key.shape[2]
         bias = self.bias.get(n_query, cache_len + n_query)
-        new_kv = []
-        for i, layer in enumerate(self.encoder.layers):
-            past = None
-            if cache_len:
-                past = _stack_kv([s.cache[i] for s in states])
-            h, kv = layer(h, bias, None, past)
-            new_kv.append(kv)
-            if hidden is not None:
-                hidden.append(h)
-        h = self._finish(h, hidden)
+        pasts = [_stack_kv([s.cache[i] for s in states]) if cache_len else None
+                 for i in range(len(self.encoder.layers))]
+        # Equal shape keys give equal chunks: min(chunk, n_query) (see next_window).
+        chunk_rows = slice(0, windows[0].emit_end - windows[0].emit_start)
+        h, hidden, new_kv = self._layers(h, bias, pasts, hidden, chunk_rows)
         results = []
         for b, (state, window) in enumerate(zip(states, windows)):
-            rows = slice(0, window.emit_end - window.emit_start)
-            out = _window_output(window, h[b], hidden, b, rows)
+            out = _window_output(window, h[b], hidden, b, chunk_rows)
             # Keep keys/values of frames that are now final (not right context), last `left`.
             keep_end = cache_len + (window.emit_end - window.emit_start)
             keep_start = max(0, keep_end - self.config.left)
             cache = tuple(_slice_kv(kv, b, keep_start, keep_end) for kv in new_kv)
             results.append((out, self._advance(state, window, cache)))
         return results
+
+    def _layers(self, h: torch.Tensor, bias: torch.Tensor, pasts: list | None, hidden: list | None,
+                last_rows: slice | None):
+        """Run every layer on h (B, Tq, H); the last one computes only ``last_rows`` (None: all), since
+        no later layer reads the others and only those rows are kept: that saves its queries,
+        output projection and feed-forward for the rows not kept (the right context; in recompute
+        mode the left context too). Returns (h after the
+        final norm, hidden), plus the keys/values of every layer when ``pasts`` is given (cached mode)."""
+        new_kv = []
+        last = len(self.encoder.layers) - 1
+        for i, layer in enumerate(self.encoder.layers):
+            h, kv = layer(h, bias, None, None if pasts is None else pasts[i], last_rows if i == last else None)
+            new_kv.append(kv)
+            if hidden is not None:
+                hidden.append(h)
+        h = self._finish(h, hidden)
+        return (h, hidden) if pasts is None else (h, hidden, new_kv)
 
     def _embed(self, x: torch.Tensor, first_row: int = 0) -> torch.Tensor:
         """Positional conv (+ the post-LN encoder's input layer norm) of rows [first_row, T):

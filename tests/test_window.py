@@ -197,3 +197,67 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline_module, "_cpu_has_bf16", lambda: False)
     with pytest.warns(UserWarning, match="no BF16 instructions"):
         pipeline_module.Pipeline.from_pretrained(ckpt, bf16=True, speakers=False, beam=False)
+
+
+@pytest.mark.parametrize("mode", ["cached", "recompute"])
+def test_last_layer_computing_only_kept_rows_changes_no_output(ctc_model, mode, monkeypatch):
+    # The runner's last layer computes queries and feed-forward only for the rows it keeps; every
+    # output and hidden state must be what computing all rows gives.
+    from stream.window import WindowRunner
+
+    frames = torch.randn(60, ctc_model.config.hidden_size)
+    runner = WindowRunner(ctc_model.wavlm, WindowConfig(8, 20, 4, mode))
+
+    def outputs():
+        state = runner.append(runner.initial_state(frames.shape[1]), frames)
+        got = []
+        while (window := next_window(runner.config, state, end_of_stream=True)) is not None:
+            [(out, state)] = runner.run([state], [window], need_hidden_states=True)
+            got.append(torch.cat([out.last_hidden_state, *out.hidden_states], 1))
+        return torch.cat(got)
+
+    kept_rows_only = outputs()
+    from model.encoder import EncoderLayer
+
+    forward = EncoderLayer.forward
+
+    def all_rows_then_cut(self, x, bias, mask=None, past=None, rows=None):
+        y, kv = forward(self, x, bias, mask, past)
+        return (y if rows is None else y[:, rows]), kv
+
+    monkeypatch.setattr(EncoderLayer, "forward", all_rows_then_cut)
+    assert kept_rows_only.shape == (60, (ctc_model.config.num_hidden_layers + 2) * frames.shape[1])
+    torch.testing.assert_close(kept_rows_only, outputs(), atol=1e-5, rtol=0)
+
+
+def test_each_recompute_window_is_the_offline_encoder_on_its_frames(ctc_model):
+    from stream.window import WindowRunner
+
+    frames = torch.randn(60, ctc_model.config.hidden_size)
+    runner = WindowRunner(ctc_model.wavlm, WindowConfig(8, 20, 4, "recompute"))
+    state = runner.append(runner.initial_state(frames.shape[1]), frames)
+    while (window := next_window(runner.config, state, end_of_stream=True)) is not None:
+        [(out, state)] = runner.run([state], [window], need_hidden_states=True)
+        with torch.inference_mode():
+            last, hidden = ctc_model.wavlm.encoder(frames[None, window.start:window.end], output_hidden_states=True)
+        rows = slice(window.emit_start - window.start, window.emit_end - window.start)
+        torch.testing.assert_close(out.last_hidden_state, last[0, rows], atol=1e-5, rtol=0)
+        for got, want in zip(out.hidden_states, hidden, strict=True):
+            torch.testing.assert_close(got, want[0, rows], atol=1e-5, rtol=0)
+
+
+def test_recompute_batch_of_windows_emitting_different_rows(ctc_model):
+    # Windows of one shape but different emitted rows (possible at the ends of streams) run in one
+    # batch with every row computed; each gets what it gets alone.
+    from stream.window import WindowRunner
+
+    runner = WindowRunner(ctc_model.wavlm, WindowConfig(8, 20, 4, "recompute"))
+    state = runner.append(runner.initial_state(ctc_model.config.hidden_size),
+                          torch.randn(40, ctc_model.config.hidden_size))
+    windows = [Window(0, 20, 28, 32), Window(0, 24, 28, 32)]
+    together = runner.run([state, state], windows, need_hidden_states=True)
+    for (out, _), window in zip(together, windows):
+        [(alone, _)] = runner.run([state], [window], need_hidden_states=True)
+        torch.testing.assert_close(out.last_hidden_state, alone.last_hidden_state, atol=1e-5, rtol=0)
+        for a, b in zip(out.hidden_states, alone.hidden_states):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
