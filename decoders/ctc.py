@@ -157,6 +157,22 @@ def collapse(ids: np.ndarray, prev: int, blank: int) -> np.ndarray:
     return (ids != before) & (ids != blank)
 
 
+def greedy_runs(log_probs: np.ndarray, vocab: Vocabulary, first_frame: int) -> list[TokenRun]:
+    """The token runs of the greedy path of log_probs (T, V), absolute frames from ``first_frame``:
+    each emitted token with the frames its repeats cover (as the incremental transcriber builds them)."""
+    ids = vocab.blank_map()[np.asarray(log_probs).argmax(axis=-1)]
+    runs: list[TokenRun] = []
+    prev = vocab.blank_id
+    for k, i in enumerate(ids.tolist()):
+        if i != vocab.blank_id:
+            if i != prev:
+                runs.append(TokenRun(i, first_frame + k, first_frame + k + 1))
+            else:
+                runs[-1].end = first_frame + k + 1
+        prev = i
+    return runs
+
+
 def greedy_decode(log_probs: np.ndarray, vocab: Vocabulary) -> str:
     """Offline greedy CTC text of log_probs (T, V): words separated by single spaces."""
     ids = vocab.blank_map()[np.asarray(log_probs).argmax(axis=-1)]

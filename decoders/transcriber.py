@@ -7,7 +7,9 @@ encoder and emits events:
   frame, so the sequence of events does not depend on how frames were split between
   pushes; ``end`` is the end of the frame at which the text changed);
 * ``Final`` at each endpoint (see ``decoders.endpoint``), from the beam finaliser when one
-  is given, else from the greedy path; ``finish()`` closes the open segment.
+  is given, else from the greedy path; ``finish()`` closes the open segment. With a
+  ``final_pass``, the final decodes that second pass's log-probs of the segment (the
+  pipeline runs the model offline over the segment's audio) instead of the streamed ones.
 
 Every segment that produced a Partial gets exactly one Final with the same id; ids start
 at 0 and increase by one per segment.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .beam import BeamFinaliser
-from .ctc import TokenRun, Vocabulary, collapse, frame_time, runs_to_words
+from .ctc import TokenRun, Vocabulary, collapse, frame_time, greedy_runs, runs_to_words
 from .endpoint import EndpointConfig, forced_cut
 from .events import Event, Final, Partial
 
@@ -89,7 +91,10 @@ class SegmentTranscriber:
     """Incremental CTC transcription of one stream (cheap to create; one per stream).
 
     vocab: the CTC vocabulary. endpoint: endpointing rule. finaliser: shared beam-search
-    finaliser; None makes finals from the greedy path.
+    finaliser; None makes finals from the greedy path. final_pass: ``(first, stop, streamed)
+    -> (stop - first, V)`` log-probs of absolute frames [first, stop) from a second pass over a
+    closing segment, given the streamed ones (``streamed``, same shape); None decodes finals
+    from the streamed log-probs.
     """
 
     def __init__(
@@ -97,10 +102,12 @@ class SegmentTranscriber:
         vocab: Vocabulary,
         endpoint: EndpointConfig | None = None,
         finaliser: BeamFinaliser | None = None,
+        final_pass=None,
     ) -> None:
         self.vocab = vocab
         self.endpoint = endpoint or EndpointConfig()
         self.finaliser = finaliser
+        self.final_pass = final_pass
         self._blank_map = vocab.blank_map()
         self._nonspeech = vocab.nonspeech_mask()
         self._min_sil = self.endpoint.min_silence_frames
@@ -132,10 +139,18 @@ class SegmentTranscriber:
         """Final for the open segment, which owns frames [buf.start, stop)."""
         seg_first = self._buf.start
         lp = self._buf.lp(seg_first, stop)
+        if self.final_pass is not None:
+            lp = np.asarray(self.final_pass(seg_first, stop, lp), dtype=np.float32)
+            if lp.shape != (stop - seg_first, len(self.vocab)):
+                want = (stop - seg_first, len(self.vocab))
+                raise ValueError(f"final_pass returned shape {lp.shape}, expected {want}")
         if self.finaliser is not None:
             text, words = self.finaliser.decode(lp, seg_first)
         else:
-            runs = [r for r in self._runs if r.start < stop]  # a forced cut leaves later runs to the next segment
+            if self.final_pass is not None:
+                runs = greedy_runs(lp, self.vocab, seg_first)
+            else:
+                runs = [r for r in self._runs if r.start < stop]  # a forced cut leaves later runs to the next segment
             words = runs_to_words(runs, self.vocab, lp, seg_first)
             text = " ".join(w.word for w in words)
         if words:
@@ -148,6 +163,11 @@ class SegmentTranscriber:
         return " ".join(self._words + [self._word]) if self._word else " ".join(self._words)
 
     # -- public API ----------------------------------------------------------------
+
+    @property
+    def oldest_needed_frame(self) -> int:
+        """The first frame a later Final may still cover (the open segment's start, with its pre-roll)."""
+        return self._buf.start
 
     def push(self, log_probs: np.ndarray, first_frame: int) -> list[Event]:
         """Consume frames and return the events they cause.

@@ -125,6 +125,8 @@ class WavLMModel(nn.Module):
         frame_mask = None if attention_mask is None else self.frame_mask(attention_mask, T)
         hidden = self.feature_projection(features)
         hidden = self.apply_spec_augment(hidden, frame_mask, mask_time_indices)
+        # The encoder may run in another precision than the front end (stream.pipeline.bf16_transformer).
+        hidden = hidden.to(self.encoder.layer_norm.weight.dtype)
         hidden, states = self.encoder(hidden, frame_mask, output_hidden_states)
         if self.adapter is not None:
             hidden = self.adapter(hidden)

@@ -56,6 +56,9 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--word-bonus", type=float, default=1.0,
                    help="score bonus per word with --kenlm (pyctcdecode's beta, default 1.0)")
     p.add_argument("--no-beam", action="store_true", help="finalise segments greedily, without beam search")
+    p.add_argument("--no-final-pass", action="store_true",
+                   help="decode finals from the streamed log-probs instead of running the model again over each "
+                        "finished segment (faster; finals then drift from offline as partials do)")
     p.add_argument("--int8", action="store_true",
                    help="int8 dynamic quantization of the Linear layers (faster on CPU, slightly less accurate)")
     p.add_argument("--bf16", action="store_true",
@@ -102,7 +105,7 @@ def load_pipeline(args):
             speaker_tracker_config=tracker,
             chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms, mode=args.mode,
             beam=not args.no_beam, hotwords=tuple(args.hotword), kenlm_path=args.kenlm, int8=args.int8, bf16=args.bf16,
-            lm_weight=args.lm_weight, word_bonus=args.word_bonus)
+            lm_weight=args.lm_weight, word_bonus=args.word_bonus, final_pass=not args.no_final_pass)
     except (FileNotFoundError, ValueError, KeyError, OSError, ImportError, RuntimeError) as exc:
         raise UserError(f"cannot load the model: {exc}") from None
 

@@ -36,6 +36,7 @@ from decoders.transcriber import SegmentTranscriber, coalesce_partials
 from model import load_model
 from stream.audio import AudioIntake
 from stream.encoder import IncrementalConvEncoder
+from stream.final_pass import FinalPass
 from stream.window import TransformerState, WindowConfig, WindowRunner, next_window
 
 SAMPLE_RATE = 16000
@@ -63,6 +64,8 @@ class StreamConfig:
     kenlm_path: str | None = None
     lm_weight: float = 0.5           # KenLM weight in the beam search (pyctcdecode's alpha)
     word_bonus: float = 1.0          # per-word score bonus with KenLM (pyctcdecode's beta)
+    final_pass: bool = True          # finals from the model run offline over each closed segment
+                                     # (stream/final_pass.py); False: from the streamed log-probs
 
     def window(self) -> WindowConfig:
         return WindowConfig.from_ms(self.chunk_ms, self.left_ms, self.right_ms, self.mode)
@@ -168,6 +171,13 @@ class Pipeline:
         (``Stream.log_probs``), for measuring the stream against the offline model."""
         return Stream(self, keep_log_probs)
 
+    @torch.inference_mode()
+    def offline_log_probs(self, audio: np.ndarray) -> np.ndarray:
+        """CTC log-probs (T, V) of the model run offline over 16 kHz float audio (N,): the finals' second pass."""
+        x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(self._device)
+        hidden = self.model.wavlm(x).last_hidden_state[0]
+        return torch.log_softmax(self.model.lm_head(hidden.float()).float(), dim=-1).cpu().numpy()
+
     def streaming_log_probs(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
                             block: int = 1600) -> np.ndarray:
         """CTC log-probs (T, V) of ``audio`` fed through a fresh stream in blocks of ``block`` samples."""
@@ -217,8 +227,12 @@ class Stream:
         hidden = pipeline.model.wavlm.config.hidden_size
         self._tf: TransformerState = pipeline.runner.initial_state(hidden, pipeline.runner.dtype,
                                                                     pipeline._device)
+        self._final_pass = None
+        if pipeline.config.final_pass:
+            self._final_pass = FinalPass(pipeline.offline_log_probs, pipeline.window_config.left,
+                                         pipeline.conv.total_stride, pipeline.conv.receptive_field)
         self._transcriber = SegmentTranscriber(pipeline.vocabulary, pipeline.endpoint,
-                                               pipeline.finaliser)
+                                               pipeline.finaliser, self._final_pass)
         self._speakers = None
         if pipeline.speaker_source_factory is not None:
             self._speakers = pipeline.speaker_source_factory.new_stream(pipeline.speaker_tracker_config)
@@ -255,6 +269,8 @@ class Stream:
             # Events only refer to recent audio: keep memory flat on hours-long streams.
             del self._arrivals[:-ARRIVALS_KEPT]
         self._unencoded.append(x)
+        if self._final_pass is not None:
+            self._final_pass.push(audio16)
         # The conv encoder runs once the audio completes the next window's frames: its frames
         # are of no use earlier, and one call over 640 ms costs much less than six over 100 ms
         # (the output is the same: the encoder is chunking-independent).
@@ -331,6 +347,8 @@ class Stream:
             self._kept.append(log_probs)
         # One partial per chunk: the newest text of each segment.
         events = coalesce_partials(self._transcriber.push(log_probs, window.emit_start))
+        if self._final_pass is not None:
+            self._final_pass.keep_from_frame(self._transcriber.oldest_needed_frame)
         if self._speakers is not None:
             events = events + self._speakers.push_window(output, log_probs)
         return self._stamp(events)

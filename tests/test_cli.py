@@ -148,3 +148,13 @@ def test_no_change_detector_reaches_the_source_and_restated_labels_are_marked(ca
     printer.show(SpeakerChange(time=3.0, from_speaker="S1", to_speaker="S2", score=0.7))
     first, second = out.getvalue().splitlines()
     assert first.endswith("S1 -> S3 at 00:03.00") and second.endswith("S1 -> S2 at 00:03.00 (label corrected)")
+
+
+@pytest.mark.parametrize("command", ["transcribe", "serve"])
+def test_no_final_pass_reaches_the_pipeline(ckpt, command):
+    from stream.cli import build_parser, load_pipeline
+
+    extra = ["x.wav"] if command == "transcribe" else []
+    for flags, want in (([], True), (["--no-final-pass"], False)):
+        args = build_parser().parse_args([command, *extra, "--model", ckpt, "--no-speakers", *flags])
+        assert load_pipeline(args).config.final_pass is want

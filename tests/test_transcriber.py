@@ -174,3 +174,41 @@ def test_coalesce_partials_keeps_last_per_run():
     assert [(type(e).__name__, e.text) for e in co] == [
         ("Partial", "AB"), ("Final", "AB"), ("Partial", "CD"), ("Final", "CD")
     ]
+
+
+def test_final_pass_log_probs_make_the_final_and_partials_stay_streamed():
+    # The stream spells HELLO; the second pass over the segment's frames says HALLO: the final
+    # decodes the pass (greedy words and times from its frames), partials are the stream's.
+    streamed = log_probs("__HH_E_LL_L_OO" + "_" * 6)
+    second = log_probs("__HH_A_LL_L_OO" + "_" * 6)
+    calls = []
+
+    def final_pass(first, stop, lp):
+        calls.append((first, stop))
+        np.testing.assert_array_equal(lp, streamed[first - 100:stop - 100])
+        return second[first - 100:stop - 100]
+
+    tr = SegmentTranscriber(VOCAB, EndpointConfig(), None, final_pass)
+    events = tr.push(streamed[:10], 100) + tr.push(streamed[10:], 110) + tr.finish()
+    assert texts(events, Partial)[-1] == (0, "HELLO")
+    assert texts(events, Final) == [(0, "HALLO")]
+    assert calls == [(100, 120)]
+    word = events[-1].words[0]
+    assert word.start == pytest.approx((100 + 2) * 0.02) and word.end == pytest.approx((100 + 14) * 0.02)
+
+
+def test_final_pass_of_the_wrong_shape_is_an_error():
+    tr = SegmentTranscriber(VOCAB, EndpointConfig(), None, lambda first, stop, lp: lp[:-1])
+    tr.push(log_probs("_AB__"), 0)
+    with pytest.raises(ValueError, match="final_pass returned shape"):
+        tr.finish()
+
+
+def test_oldest_needed_frame_follows_the_open_segment():
+    tr = SegmentTranscriber(VOCAB, SHORT)
+    tr.push(log_probs("_" * 30), 0)
+    assert tr.oldest_needed_frame == 30 - 8          # silence: only the pre-roll is kept
+    tr.push(log_probs("AB" + "_" * 2), 30)
+    assert tr.oldest_needed_frame == 30 - 8          # the open segment starts after that pre-roll
+    tr.push(log_probs("_" * 10), 34)
+    assert tr.oldest_needed_frame > 34               # segment closed

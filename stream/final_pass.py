@@ -1,0 +1,97 @@
+"""Finals from a second pass: the model run offline over each closing segment's audio.
+
+The stream's windows see at most ``right_ms`` of the future, and a group-norm front end
+normalises with running statistics (stream/encoder.py), so the streamed log-probs drift
+from what the model gives offline. Partials must come from the stream, but a final is
+only due once its segment has ended: by then the whole segment has arrived, and one
+offline forward over its audio (with up to ``context_frames`` of audio either side, the
+window's left context) gives finals as accurate as transcribing the segment offline, for
+the cost of one offline pass over the speech (silence between segments is not run again).
+
+:class:`FinalPass` is per-stream state: the audio a later final may still need (the open
+segment and its context, trimmed as segments close) and the callable the stream's
+``SegmentTranscriber`` calls when it closes a segment.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Samples per encoder frame and samples one frame reads, for the standard conv strides and kernels;
+#: the pipeline passes the model's own.
+FRAME_SAMPLES = 320
+RECEPTIVE_FIELD = 400
+
+
+class AudioTail:
+    """The most recent 16 kHz samples of a stream, addressed by absolute sample index."""
+
+    def __init__(self) -> None:
+        self._pieces: list[np.ndarray] = []
+        self.start = 0          # absolute index of the first kept sample
+        self.stop = 0           # absolute index one past the last sample
+
+    def append(self, samples: np.ndarray) -> None:
+        if samples.size:
+            self._pieces.append(np.asarray(samples, dtype=np.float32))
+            self.stop += samples.shape[0]
+
+    def trim(self, before: int) -> None:
+        """Forget samples before absolute index ``before``."""
+        while self._pieces and self.start + self._pieces[0].shape[0] <= before:
+            self.start += self._pieces.pop(0).shape[0]
+        if self._pieces and self.start < before:
+            cut = before - self.start
+            self._pieces[0] = self._pieces[0][cut:]
+            self.start = before
+
+    def get(self, a: int, b: int) -> np.ndarray:
+        """Samples [a, b) (clipped to what is kept), as one array."""
+        a, b = max(a, self.start), min(b, self.stop)
+        if b <= a:
+            return np.zeros(0, dtype=np.float32)
+        whole = self._pieces[0] if len(self._pieces) == 1 else np.concatenate(self._pieces)
+        self._pieces = [whole]
+        return whole[a - self.start:b - self.start]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+class FinalPass:
+    """One stream's second pass. ``log_probs_of`` maps 16 kHz audio (N,) to the model's
+    offline CTC log-probs (T, V) (``Pipeline.offline_log_probs``)."""
+
+    def __init__(self, log_probs_of, context_frames: int, frame_samples: int = FRAME_SAMPLES,
+                 receptive_field: int = RECEPTIVE_FIELD):
+        self.log_probs_of = log_probs_of
+        self.context_frames = context_frames
+        self.frame_samples = frame_samples
+        self.receptive_field = receptive_field
+        self.audio = AudioTail()
+
+    def push(self, samples: np.ndarray) -> None:
+        """Audio as accepted by the stream (16 kHz float32, contiguous with the last push)."""
+        self.audio.append(samples)
+
+    def keep_from_frame(self, frame: int) -> None:
+        """No final will need frames before ``frame``: drop the audio only they (and their context) read."""
+        self.audio.trim(max(0, frame - self.context_frames) * self.frame_samples)
+
+    def __call__(self, first: int, stop: int, streamed: np.ndarray) -> np.ndarray:
+        """Log-probs (stop - first, V) of frames [first, stop) from the model over the segment's audio.
+
+        Frame f reads samples [f * 320, f * 320 + 400). Rows the kept audio cannot give (a tail
+        the streaming encoder flushed with padding, audio shorter than one frame) keep their
+        streamed values (``streamed``).
+        """
+        hop = self.frame_samples
+        first_ctx = max(first - self.context_frames, -(-self.audio.start // hop))
+        last_sample = (stop + self.context_frames - 1) * hop + self.receptive_field
+        audio = self.audio.get(first_ctx * hop, last_sample)
+        if audio.shape[0] < self.receptive_field or first_ctx > first:
+            return streamed
+        lp = self.log_probs_of(audio)[first - first_ctx:stop - first_ctx]
+        if lp.shape[0] < stop - first:
+            lp = np.concatenate([lp, streamed[lp.shape[0]:]])
+        return lp

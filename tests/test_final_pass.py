@@ -1,0 +1,100 @@
+"""stream/final_pass.py and the pipeline's finals from a second, offline pass over each segment."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from decoders.ctc import greedy_decode
+from stream.final_pass import AudioTail, FinalPass
+from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig
+
+EXAMPLES = DEFAULT_MODEL.parent.parent / "examples"
+
+
+def test_audio_tail_keeps_absolute_indices_across_pieces_and_trims():
+    tail = AudioTail()
+    for piece in np.split(np.arange(100, dtype=np.float32), [7, 30, 31, 64]):
+        tail.append(piece)
+    assert (tail.start, tail.stop, len(tail)) == (0, 100, 100)
+    np.testing.assert_array_equal(tail.get(25, 70), np.arange(25, 70))
+    tail.trim(40)
+    assert tail.start == 40 and len(tail) == 60
+    np.testing.assert_array_equal(tail.get(0, 45), np.arange(40, 45))   # clipped to what is kept
+    tail.append(np.arange(100, 110, dtype=np.float32))
+    np.testing.assert_array_equal(tail.get(95, 200), np.arange(95, 110))
+    assert tail.get(300, 400).shape == (0,)
+
+
+def test_final_pass_returns_the_rows_of_the_segment_frames_with_context_around():
+    seen = []
+    fp = FinalPass(lambda audio: (seen.append(len(audio)),
+                                  np.repeat(np.arange((len(audio) - 400) // 320 + 1, dtype=np.float32)[:, None],
+                                            3, axis=1))[1], context_frames=10)
+    fp.push(np.zeros(320 * 200, dtype=np.float32))
+    streamed = np.full((30, 3), -1.0, dtype=np.float32)
+    rows = fp(50, 80, streamed)
+    # audio from frame 40 (10 frames of context) to frame 90's end: row k is frame 40 + k
+    assert seen == [(89 - 40) * 320 + 400]
+    np.testing.assert_array_equal(rows[:, 0], np.arange(50, 80) - 40)
+    # At the start of the stream the context is what exists.
+    np.testing.assert_array_equal(fp(3, 8, streamed[:5])[:, 0], np.arange(3, 8))
+
+
+def test_final_pass_keeps_streamed_rows_it_cannot_compute():
+    fp = FinalPass(lambda audio: np.zeros(((len(audio) - 400) // 320 + 1, 3), dtype=np.float32), context_frames=4)
+    fp.push(np.zeros(320 * 10 + 80, dtype=np.float32))              # frames 0..9 exist
+    streamed = np.full((4, 3), -1.0, dtype=np.float32)
+    rows = fp(8, 12, streamed)                                      # frames 10, 11: a padded tail
+    np.testing.assert_array_equal(rows[:, 0], [0, 0, -1, -1])
+    fp.keep_from_frame(9)                                           # keeps frames 5.. (4 of context)
+    assert fp.audio.start == 5 * 320
+    np.testing.assert_array_equal(fp(2, 4, streamed[:2]), streamed[:2])   # audio already dropped
+
+
+def _stream_finals(pipe, audio, block=3200):
+    s = pipe.new_stream()
+    events = []
+    for i in range(0, len(audio), block):
+        events += s.feed(audio[i:i + block], 16000)
+    events += s.finish()
+    return [e for e in events if e.type == "final"], [e for e in events if e.type == "partial"]
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from model import load_model
+
+    return load_model(DEFAULT_MODEL)
+
+
+def test_finals_with_whole_file_context_are_the_offline_transcript(bundled):
+    # The whole file arrives in one piece and the context covers it, so every segment's pass is the
+    # offline forward over the file: the (greedy) finals spell what offline greedy decoding spells
+    # (letter for letter: a segment boundary also ends a word, where offline may run two together).
+    audio, sr = sf.read(EXAMPLES / "single_speaker.wav", dtype="float32")
+    assert sr == 16000
+    pipe = Pipeline(bundled, StreamConfig(beam=False, left_ms=60000))
+    offline = greedy_decode(pipe.offline_log_probs(audio), pipe.vocabulary)
+    finals, partials = _stream_finals(pipe, audio, block=len(audio))
+    assert len(finals) >= 2 and partials
+    def letters(text):
+        return text.replace(" ", "")
+
+    assert letters("".join(f.text for f in finals)) == letters(offline)
+    # The streamed log-probs (no final pass) spell something else here: the pass is what made them equal.
+    streamed, _ = _stream_finals(Pipeline(bundled, StreamConfig(beam=False, left_ms=60000, final_pass=False)),
+                                 audio, block=len(audio))
+    assert [f.segment for f in streamed] == [f.segment for f in finals]
+    assert letters("".join(f.text for f in streamed)) != letters(offline)
+
+
+def test_final_pass_with_default_settings_and_beam_keeps_the_stream_working(bundled):
+    audio, _ = sf.read(EXAMPLES / "two_speakers.wav", dtype="float32")
+    pipe = Pipeline(bundled, StreamConfig())
+    s = pipe.new_stream()
+    events = s.feed(audio, 16000) + s.finish()
+    finals = [e for e in events if e.type == "final"]
+    assert finals and all(f.text for f in finals)
+    assert sorted({e.segment for e in events if e.type == "partial"}) == [f.segment for f in finals]
+    # The audio kept for later finals stays bounded by the open segment and its context.
+    assert len(s._final_pass.audio) <= (pipe.window_config.left + pipe.endpoint.max_segment_frames + 200) * 320
