@@ -11,11 +11,13 @@ the tiny random-weight model by default, ``--model bundled`` for model/default) 
    for one hour in all).
 
 The server's RSS (from /proc, the server process only) is sampled every ``--rss-every-s``
-seconds (0.5). Growth of each phase = its last sample minus its baseline, taken once every
-session of the phase has streamed ``--warmup-minutes`` (10) minutes (or a quarter of its
-audio if that is less): allocator pools, caches and the streams' own bounded state are then
-in the baseline, so growth is what accumulates with the audio (a leak). RSS after all
-sessions closed is printed too.
+seconds (0.5). Growth of each phase = its floor at the end minus its floor after warm-up:
+the lowest sample over the last tenth of the phase's audio minus the lowest over the tenth
+after every session of the phase has streamed ``--warmup-minutes`` (10) minutes (or a quarter
+of its audio if that is less). Allocator pools, caches and the streams' own bounded state are
+then in the baseline, and memory held only while a final's second pass runs (tens of MB for
+a long segment, returned when it ends) does not count, so growth is what accumulates with
+the audio (a leak). RSS after all sessions closed is printed too.
 Also printed: speed (x real time) of each phase, open sessions and worker jobs at the end
 (must be 0), close codes and error events (must be 1000 and none), and, with ``--verify``
 (default), whether each session's finals equal those of the same audio run alone through
@@ -156,11 +158,15 @@ class Sample:
 
 
 def growth(samples: list[Sample], phase: int, warm_audio_s: float) -> tuple[Sample, Sample] | None:
-    """(baseline, last) of a phase: the first sample once warm_audio_s of audio was sent in
-    the phase, and the phase's last sample."""
+    """(baseline, end) of a phase: its lowest sample over the tenth of its audio after warm_audio_s
+    was sent, and its lowest over the last tenth (transient buffers lift single samples, not floors)."""
     mine = [s for s in samples if s.phase == phase]
-    warm = [s for s in mine if s.audio_s >= warm_audio_s]
-    return (warm[0], mine[-1]) if warm else None
+    if not mine or not any(s.audio_s >= warm_audio_s for s in mine):
+        return None
+    tenth = max(s.audio_s for s in mine) / 10
+    after_warm = [s for s in mine if warm_audio_s <= s.audio_s <= warm_audio_s + tenth]
+    last = [s for s in mine if s.audio_s >= mine[-1].audio_s - tenth]
+    return min(after_warm, key=lambda s: s.rss_mb), min(last, key=lambda s: s.rss_mb)
 
 
 async def sample_rss(server: ServerProcess, progress: Progress, every_s: float, print_every_s: float,
@@ -306,7 +312,7 @@ def main(argv=None) -> int:
         if g is None:
             print(f"RSS growth {name}: not measured (the phase had less audio than its warm-up)")
         else:
-            print(f"RSS growth {name}: {g[1].rss_mb - g[0].rss_mb:+.1f} MB ({g[0].rss_mb:.1f} MB after "
+            print(f"RSS growth {name}: {g[1].rss_mb - g[0].rss_mb:+.1f} MB (floor {g[0].rss_mb:.1f} MB after "
                   f"{warm:g} min of audio per session -> {g[1].rss_mb:.1f} MB at the end of the phase); "
                   f"limit {args.max_growth_mb:g} MB")
     for phase, per_session in ((1, args.minutes), (2, multi_minutes)):

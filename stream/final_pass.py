@@ -15,12 +15,44 @@ segment and its context, trimmed as segments close) and the callable the stream'
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+
 import numpy as np
 
 #: Samples per encoder frame and samples one frame reads, for the standard conv strides and kernels;
 #: the pipeline passes the model's own.
 FRAME_SAMPLES = 320
 RECEPTIVE_FIELD = 400
+
+#: Each pass covers a multiple of this many frames where the audio allows (more context, else less),
+#: so the passes of a long stream come in a few lengths: with every segment a new length, freed
+#: buffers of all sizes fragmented the allocator and RSS kept creeping up (bench/soak.py).
+BUCKET_FRAMES = 32
+
+
+#: Buffers at least this large come straight from the OS and go back to it when freed (glibc).
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+@functools.cache
+def return_large_buffers_to_the_os() -> bool:
+    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD_BYTES``, once per process; False where not glibc.
+
+    glibc raises the threshold to the size of each large buffer freed (up to 32 MB), after
+    which buffers of that size come from the heap and stay there when freed. A pass over a
+    15 s segment frees tens of MB of activations of a size the next segment does not reuse,
+    so with several streams the heap kept growing (bench/soak.py: +90 MB over 20 sessions).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    M_MMAP_THRESHOLD = -3
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 class AudioTail:
@@ -69,6 +101,7 @@ class FinalPass:
         self.frame_samples = frame_samples
         self.receptive_field = receptive_field
         self.audio = AudioTail()
+        return_large_buffers_to_the_os()
 
     def push(self, samples: np.ndarray) -> None:
         """Audio as accepted by the stream (16 kHz float32, contiguous with the last push)."""
@@ -78,6 +111,25 @@ class FinalPass:
         """No final will need frames before ``frame``: drop the audio only they (and their context) read."""
         self.audio.trim(max(0, frame - self.context_frames) * self.frame_samples)
 
+    def span(self, first: int, stop: int) -> tuple[int, int]:
+        """Frames [lo, hi) the pass over segment frames [first, stop) runs on: ``context_frames``
+        either side where the kept audio has them, rounded to a multiple of ``BUCKET_FRAMES``
+        (by taking more context if the audio has it, else less). hi may fall short of stop
+        where the audio ends before the stream's last (padded) frames."""
+        hop = self.frame_samples
+        have_lo = -(-self.audio.start // hop)                            # first frame whose samples are kept
+        have_hi = max(0, (self.audio.stop - self.receptive_field) // hop + 1)   # frames the audio completes
+        lo = min(first, max(first - self.context_frames, have_lo))
+        hi = max(lo, min(stop + self.context_frames, have_hi))
+        more, less = (lo - hi) % BUCKET_FRAMES, (hi - lo) % BUCKET_FRAMES
+        if more <= (lo - have_lo) + (have_hi - hi):
+            grow = min(more, lo - have_lo)
+            lo, hi = lo - grow, hi + more - grow
+        elif less <= (first - lo) + max(0, hi - stop):
+            shrink = min(less, first - lo)
+            lo, hi = lo + shrink, hi - (less - shrink)
+        return lo, hi
+
     def __call__(self, first: int, stop: int, streamed: np.ndarray) -> np.ndarray:
         """Log-probs (stop - first, V) of frames [first, stop) from the model over the segment's audio.
 
@@ -85,13 +137,11 @@ class FinalPass:
         the streaming encoder flushed with padding, audio shorter than one frame) keep their
         streamed values (``streamed``).
         """
-        hop = self.frame_samples
-        first_ctx = max(first - self.context_frames, -(-self.audio.start // hop))
-        last_sample = (stop + self.context_frames - 1) * hop + self.receptive_field
-        audio = self.audio.get(first_ctx * hop, last_sample)
-        if audio.shape[0] < self.receptive_field or first_ctx > first:
+        lo, hi = self.span(first, stop)
+        if hi <= first or lo * self.frame_samples < self.audio.start:
             return streamed
-        lp = self.log_probs_of(audio)[first - first_ctx:stop - first_ctx]
+        audio = self.audio.get(lo * self.frame_samples, (hi - 1) * self.frame_samples + self.receptive_field)
+        lp = self.log_probs_of(audio)[first - lo:stop - lo]
         if lp.shape[0] < stop - first:
             lp = np.concatenate([lp, streamed[lp.shape[0]:]])
         return lp

@@ -173,9 +173,20 @@ class Pipeline:
 
     @torch.inference_mode()
     def offline_log_probs(self, audio: np.ndarray) -> np.ndarray:
-        """CTC log-probs (T, V) of the model run offline over 16 kHz float audio (N,): the finals' second pass."""
+        """CTC log-probs (T, V) of the model run offline over 16 kHz float audio (N,): the finals' second pass.
+
+        oneDNN is off for it: every segment has another length, and oneDNN's convolutions keep
+        per-shape state, so a stream's memory grew with each new segment length (200 lengths of
+        1-19 s: RSS 253 -> 955 MB with it, 253 -> 315-356 MB without; the conv front end runs
+        about a third slower). The streaming windows keep oneDNN: their shapes repeat.
+        """
         x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(self._device)
-        hidden = self.model.wavlm(x).last_hidden_state[0]
+        onednn = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            hidden = self.model.wavlm(x).last_hidden_state[0]
+        finally:
+            torch.backends.mkldnn.enabled = onednn
         return torch.log_softmax(self.model.lm_head(hidden.float()).float(), dim=-1).cpu().numpy()
 
     def streaming_log_probs(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,

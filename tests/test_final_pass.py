@@ -25,19 +25,37 @@ def test_audio_tail_keeps_absolute_indices_across_pieces_and_trims():
     assert tail.get(300, 400).shape == (0,)
 
 
-def test_final_pass_returns_the_rows_of_the_segment_frames_with_context_around():
-    seen = []
-    fp = FinalPass(lambda audio: (seen.append(len(audio)),
-                                  np.repeat(np.arange((len(audio) - 400) // 320 + 1, dtype=np.float32)[:, None],
-                                            3, axis=1))[1], context_frames=10)
-    fp.push(np.zeros(320 * 200, dtype=np.float32))
+def _frame_numbering_model(lengths):
+    """A stand-in for the model over audio whose sample values are their absolute indices: row k
+    holds the absolute frame it stands for (the sample its window starts at / 320)."""
+    def log_probs_of(audio):
+        lengths.append(len(audio))
+        frames = (len(audio) - 400) // 320 + 1
+        return np.repeat(audio[::320][:frames, None] / 320, 3, axis=1)
+    return log_probs_of
+
+
+def test_final_pass_rows_are_the_segment_frames_in_a_bucketed_span_of_context():
+    lengths = []
+    fp = FinalPass(_frame_numbering_model(lengths), context_frames=10)
+    fp.push(np.arange(320 * 200, dtype=np.float32))                  # frames 0..198 complete
     streamed = np.full((30, 3), -1.0, dtype=np.float32)
-    rows = fp(50, 80, streamed)
-    # audio from frame 40 (10 frames of context) to frame 90's end: row k is frame 40 + k
-    assert seen == [(89 - 40) * 320 + 400]
-    np.testing.assert_array_equal(rows[:, 0], np.arange(50, 80) - 40)
-    # At the start of the stream the context is what exists.
+    np.testing.assert_array_equal(fp(50, 80, streamed)[:, 0], np.arange(50, 80))
+    # 10 frames of context either side (40..90) make 50 frames: 14 more on the left give 64.
+    assert fp.span(50, 80) == (26, 90) and lengths[-1] == (64 - 1) * 320 + 400
+    # At the start of the stream the left context is what exists; the right grows instead.
     np.testing.assert_array_equal(fp(3, 8, streamed[:5])[:, 0], np.arange(3, 8))
+    assert fp.span(3, 8) == (0, 32)
+
+
+def test_final_pass_takes_less_context_where_the_audio_has_no_more():
+    fp = FinalPass(_frame_numbering_model([]), context_frames=10)
+    fp.push(np.arange(320 * 40 + 80, dtype=np.float32))              # frames 0..39
+    assert fp.span(5, 30) == (5, 37)                                 # 40 frames -> 32: 5 on the left, 3 on the right
+    np.testing.assert_array_equal(fp(5, 30, np.zeros((25, 3), np.float32))[:, 0], np.arange(5, 30))
+    assert fp.span(0, 10) == (0, 32)                                 # no room on the left: the right grows
+    fp.keep_from_frame(20)                                           # audio from frame 10 on
+    assert fp.span(12, 30) == (10, 40)                               # 30 frames, and neither 32 nor 0 within reach
 
 
 def test_final_pass_keeps_streamed_rows_it_cannot_compute():
@@ -67,10 +85,12 @@ def bundled():
     return load_model(DEFAULT_MODEL)
 
 
-def test_finals_with_whole_file_context_are_the_offline_transcript(bundled):
-    # The whole file arrives in one piece and the context covers it, so every segment's pass is the
-    # offline forward over the file: the (greedy) finals spell what offline greedy decoding spells
-    # (letter for letter: a segment boundary also ends a word, where offline may run two together).
+def test_finals_with_whole_file_context_are_the_offline_transcript(bundled, monkeypatch):
+    # The whole file arrives in one piece and the context covers it (and passes are not cut to a
+    # multiple of frames), so every segment's pass is the offline forward over the file: the (greedy)
+    # finals spell what offline greedy decoding spells (letter for letter: a segment boundary also
+    # ends a word, where offline may run two together).
+    monkeypatch.setattr("stream.final_pass.BUCKET_FRAMES", 1)
     audio, sr = sf.read(EXAMPLES / "single_speaker.wav", dtype="float32")
     assert sr == 16000
     pipe = Pipeline(bundled, StreamConfig(beam=False, left_ms=60000))
