@@ -39,10 +39,12 @@ def main() -> None:
     parser.add_argument("--mode", default="cached")
     parser.add_argument("--block-ms", type=float, default=20, help="audio block size of the source")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-final-pass", action="store_true",
+                        help="finals from the streamed log-probs (without the second pass over each segment)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = Pipeline.from_pretrained(args.model, chunk_ms=args.chunk_ms, left_ms=args.left_ms,
-                                    right_ms=args.right_ms, mode=args.mode)
+                                    right_ms=args.right_ms, mode=args.mode, final_pass=not args.no_final_pass)
     by_type: dict[str, list[float]] = {}
     for path in args.files:
         for event in asyncio.run(collect(pipe, path, args.block_ms)):
