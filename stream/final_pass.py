@@ -101,6 +101,10 @@ class FinalPass:
         self.frame_samples = frame_samples
         self.receptive_field = receptive_field
         self.audio = AudioTail()
+        # Frames at or after this are not used even where their audio has arrived (the stream sets
+        # it to the end of the window being decoded; None at the end of the stream), so a final
+        # depends on the audio only, not on how it was cut into messages.
+        self.frame_limit: int | None = None
         return_large_buffers_to_the_os()
 
     def push(self, samples: np.ndarray) -> None:
@@ -119,6 +123,8 @@ class FinalPass:
         hop = self.frame_samples
         have_lo = -(-self.audio.start // hop)                            # first frame whose samples are kept
         have_hi = max(0, (self.audio.stop - self.receptive_field) // hop + 1)   # frames the audio completes
+        if self.frame_limit is not None:
+            have_hi = min(have_hi, self.frame_limit)
         lo = min(first, max(first - self.context_frames, have_lo))
         hi = max(lo, min(stop + self.context_frames, have_hi))
         more, less = (lo - hi) % BUCKET_FRAMES, (hi - lo) % BUCKET_FRAMES

@@ -335,6 +335,8 @@ class Stream:
             self._add_frames(frames)
         self._end_of_stream = True
         events = self.pipeline.run_pending([self])[0]
+        if self._final_pass is not None:
+            self._final_pass.frame_limit = None            # all the audio is there
         events += self._stamp(self._transcriber.finish())
         if self._speakers is not None:
             events += self._stamp(self._speakers.finish())
@@ -357,6 +359,8 @@ class Stream:
         if self._kept is not None:
             self._kept.append(log_probs)
         # One partial per chunk: the newest text of each segment.
+        if self._final_pass is not None:
+            self._final_pass.frame_limit = window.end
         events = coalesce_partials(self._transcriber.push(log_probs, window.emit_start))
         if self._final_pass is not None:
             self._final_pass.keep_from_frame(self._transcriber.oldest_needed_frame)

@@ -86,26 +86,22 @@ def bundled():
 
 
 def test_finals_with_whole_file_context_are_the_offline_transcript(bundled, monkeypatch):
-    # The whole file arrives in one piece and the context covers it (and passes are not cut to a
-    # multiple of frames), so every segment's pass is the offline forward over the file: the (greedy)
-    # finals spell what offline greedy decoding spells (letter for letter: a segment boundary also
-    # ends a word, where offline may run two together).
+    # With left and right context covering the file, every window, and so every segment's pass,
+    # sees all of it (and passes are not cut to a multiple of frames here): the pass is the offline
+    # forward over the file, and the (greedy) finals spell what offline greedy decoding spells
+    # (letter for letter: a segment boundary also ends a word, where offline may run two together).
     monkeypatch.setattr("stream.final_pass.BUCKET_FRAMES", 1)
     audio, sr = sf.read(EXAMPLES / "single_speaker.wav", dtype="float32")
     assert sr == 16000
-    pipe = Pipeline(bundled, StreamConfig(beam=False, left_ms=60000))
+    pipe = Pipeline(bundled, StreamConfig(beam=False, left_ms=60000, right_ms=60000))
     offline = greedy_decode(pipe.offline_log_probs(audio), pipe.vocabulary)
-    finals, partials = _stream_finals(pipe, audio, block=len(audio))
+    finals, partials = _stream_finals(pipe, audio)
     assert len(finals) >= 2 and partials
+
     def letters(text):
         return text.replace(" ", "")
 
     assert letters("".join(f.text for f in finals)) == letters(offline)
-    # The streamed log-probs (no final pass) spell something else here: the pass is what made them equal.
-    streamed, _ = _stream_finals(Pipeline(bundled, StreamConfig(beam=False, left_ms=60000, final_pass=False)),
-                                 audio, block=len(audio))
-    assert [f.segment for f in streamed] == [f.segment for f in finals]
-    assert letters("".join(f.text for f in streamed)) != letters(offline)
 
 
 def test_final_pass_with_default_settings_and_beam_keeps_the_stream_working(bundled):
@@ -118,3 +114,13 @@ def test_final_pass_with_default_settings_and_beam_keeps_the_stream_working(bund
     assert sorted({e.segment for e in events if e.type == "partial"}) == [f.segment for f in finals]
     # The audio kept for later finals stays bounded by the open segment and its context.
     assert len(s._final_pass.audio) <= (pipe.window_config.left + pipe.endpoint.max_segment_frames + 200) * 320
+
+
+@pytest.mark.parametrize("block", [320, 1234, 16000])
+def test_finals_do_not_depend_on_how_the_audio_was_cut(bundled, block):
+    # The pass uses audio up to the end of the window being decoded, not whatever has arrived.
+    audio, _ = sf.read(EXAMPLES / "two_speakers.wav", dtype="float32")
+    pipe = Pipeline(bundled, StreamConfig(beam=False))
+    want, _ = _stream_finals(pipe, audio, block=len(audio))
+    got, _ = _stream_finals(pipe, audio, block=block)
+    assert [(f.segment, f.text, f.start, f.end) for f in got] == [(f.segment, f.text, f.start, f.end) for f in want]
