@@ -207,7 +207,7 @@ class WindowRunner:
         bias = self.bias.get(width, width)
         emit_rows = [slice(w.emit_start - w.start, w.emit_end - w.start) for w in windows]
         last_rows = emit_rows[0] if len(set((r.start, r.stop) for r in emit_rows)) == 1 else None
-        h, hidden = self._layers(h, bias, None, hidden, last_rows)
+        h, hidden, _ = self._layers(h, bias, None, hidden, last_rows)
         if last_rows is not None:
             # The last layer computed only the emitted rows: cut the others' states to them as well.
             if hidden is not None:
@@ -252,8 +252,8 @@ class WindowRunner:
         """Run every layer on h (B, Tq, H); the last one computes only ``last_rows`` (None: all), since
         no later layer reads the others and only those rows are kept: that saves its queries,
         output projection and feed-forward for the rows not kept (the right context; in recompute
-        mode the left context too). Returns (h after the
-        final norm, hidden), plus the keys/values of every layer when ``pasts`` is given (cached mode)."""
+        mode the left context too). ``pasts``: each layer's cached keys/values (cached mode) or None.
+        Returns (h after the final norm, hidden, every layer's keys/values)."""
         new_kv = []
         last = len(self.encoder.layers) - 1
         for i, layer in enumerate(self.encoder.layers):
@@ -262,7 +262,7 @@ class WindowRunner:
             if hidden is not None:
                 hidden.append(h)
         h = self._finish(h, hidden)
-        return (h, hidden) if pasts is None else (h, hidden, new_kv)
+        return h, hidden, new_kv
 
     def _embed(self, x: torch.Tensor, first_row: int = 0) -> torch.Tensor:
         """Positional conv (+ the post-LN encoder's input layer norm) of rows [first_row, T):
