@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .linear import Linear
+
 
 @dataclass(frozen=True)
 class KeyValue:
@@ -51,10 +53,10 @@ class WavLMAttention(nn.Module):
         self.num_buckets = num_buckets
         self.max_distance = max_distance
         self.dropout = dropout
-        self.q_proj = nn.Linear(hidden_size, hidden_size)
-        self.k_proj = nn.Linear(hidden_size, hidden_size)
-        self.v_proj = nn.Linear(hidden_size, hidden_size)
-        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.q_proj = Linear(hidden_size, hidden_size)
+        self.k_proj = Linear(hidden_size, hidden_size)
+        self.v_proj = Linear(hidden_size, hidden_size)
+        self.out_proj = Linear(hidden_size, hidden_size)
         self.gru_rel_pos_const = nn.Parameter(torch.ones(1, num_heads, 1, 1))
         self.gru_rel_pos_linear = nn.Linear(self.head_dim, 8)
         self.rel_attn_embed = nn.Embedding(num_buckets, num_heads) if has_relative_position_bias else None

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from .activations import get_activation
 from .config import WavLMConfig
+from .linear import Linear
 
 
 def conv_output_lengths(lengths: torch.Tensor, kernels: tuple[int, ...], strides: tuple[int, ...]) -> torch.Tensor:
@@ -121,7 +122,7 @@ class FeatureProjection(nn.Module):
     def __init__(self, in_dim: int, hidden_size: int, eps: float, dropout: float = 0.0):
         super().__init__()
         self.layer_norm = nn.LayerNorm(in_dim, eps=eps)
-        self.projection = nn.Linear(in_dim, hidden_size)
+        self.projection = Linear(in_dim, hidden_size)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -9,16 +9,17 @@ from .activations import get_activation
 from .attention import KeyValue, WavLMAttention
 from .config import WavLMConfig
 from .conv import PositionalConvEmbedding
+from .linear import Linear
 
 
 class FeedForward(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, activation: str,
                  activation_dropout: float = 0.0, hidden_dropout: float = 0.0):
         super().__init__()
-        self.intermediate_dense = nn.Linear(hidden_size, intermediate_size)
+        self.intermediate_dense = Linear(hidden_size, intermediate_size)
         self.activation = get_activation(activation)
         self.intermediate_dropout = nn.Dropout(activation_dropout)
-        self.output_dense = nn.Linear(intermediate_size, hidden_size)
+        self.output_dense = Linear(intermediate_size, hidden_size)
         self.output_dropout = nn.Dropout(hidden_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

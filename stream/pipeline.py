@@ -18,6 +18,7 @@ given, speaker tracking (speaker_change events, labels on finals).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from bisect import bisect_left
@@ -34,6 +35,7 @@ from decoders.endpoint import EndpointConfig
 from decoders.events import Event, Final
 from decoders.transcriber import SegmentTranscriber, coalesce_partials
 from model import load_model
+from model.linear import to_plain_linear
 from stream.audio import AudioIntake
 from stream.encoder import IncrementalConvEncoder
 from stream.final_pass import FinalPass
@@ -79,7 +81,9 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
         # torch.ao's eager quantization is deprecated in favour of torchao, which is not a
         # dependency here; it still works on the CPU build we pin.
         warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        # Exact-type matching: our oneDNN Linear (model.linear) goes back to nn.Linear first.
+        quantized = torch.ao.quantization.quantize_dynamic(to_plain_linear(copy.deepcopy(model)), {torch.nn.Linear},
+                                                           dtype=torch.qint8, inplace=True)
     quantized.vocab = getattr(model, "vocab", None)
     return quantized
 

@@ -1,0 +1,60 @@
+"""The transformer's Linear layer: oneDNN's matrix product at inference on the CPU.
+
+``torch.nn.Linear`` on the CPU calls a BLAS product that runs the stream's small products (48
+rows: a 0.64 s chunk plus its 0.32 s look-ahead) well below the machine's peak. oneDNN's
+linear primitive (``torch.ops.mkldnn._linear_pointwise``, what torch's own compiler emits for
+CPU inference) runs the same products 1.2-1.5x faster on the 2-core AVX-512 machine we measure
+on (``bench/rtf.py``; a base-size stream 1.4x overall), from the same weight tensor, so it
+costs no memory. Results differ from ``F.linear`` by float rounding only (a different
+summation order: ~2e-6 on unit-scale outputs).
+
+``Linear`` is a drop-in ``nn.Linear``: same parameters and state-dict names, the same
+``F.linear`` whenever autograd needs the graph (training) or the product is not one oneDNN
+serves here (another device or dtype, or oneDNN switched off with ``torch.backends.mkldnn``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _onednn_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+_AVAILABLE = _onednn_linear_available()
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` whose inference forward on the CPU is oneDNN's linear primitive.
+
+    x: (..., in_features) -> (..., out_features).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._use_onednn(x):
+            return F.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+    def _use_onednn(self, x: torch.Tensor) -> bool:
+        if not _AVAILABLE or not torch.backends.mkldnn.enabled:
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return False  # the oneDNN op has no backward
+        return (x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and x.dtype == self.weight.dtype
+                and x.dim() >= 2 and x.numel() > 0)
+
+
+def to_plain_linear(model: nn.Module) -> nn.Module:
+    """Turn every ``Linear`` of ``model`` back into ``nn.Linear``, in place (same parameters).
+
+    For code that matches module types exactly, like torch.ao's dynamic quantization.
+    """
+    for module in model.modules():
+        if type(module) is Linear:
+            module.__class__ = nn.Linear
+    return model

@@ -1,0 +1,84 @@
+"""model/linear.py: oneDNN's product at inference, nn.Linear's everywhere else, same parameters."""
+
+import pytest
+import torch
+
+from model.linear import Linear, to_plain_linear
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+def _pair(in_features=48, out_features=96, bias=True):
+    torch.manual_seed(0)
+    ours = Linear(in_features, out_features, bias=bias)
+    plain = torch.nn.Linear(in_features, out_features, bias=bias)
+    plain.load_state_dict(ours.state_dict())
+    return ours, plain
+
+
+def test_same_parameters_and_state_dict_as_nn_linear():
+    ours, plain = _pair()
+    assert isinstance(ours, torch.nn.Linear)
+    assert list(ours.state_dict()) == list(plain.state_dict()) == ["weight", "bias"]
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(48, 48), (2, 48, 48), (1, 3, 7, 48), (3, 0, 48)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_inference_takes_onednn_and_matches_nn_linear(shape, bias):
+    ours, plain = _pair(bias=bias)
+    x = torch.randn(shape)
+    with torch.inference_mode():
+        if x.numel():
+            assert ours._use_onednn(x)
+        torch.testing.assert_close(ours(x), plain(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():                      # parameters still require grad, but no graph is built
+        assert ours._use_onednn(x) == bool(x.numel())
+        torch.testing.assert_close(ours(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_bfloat16_inference_takes_onednn():
+    ours, plain = _pair()
+    ours.to(torch.bfloat16), plain.to(torch.bfloat16)
+    x = torch.randn(5, 48, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert ours._use_onednn(x)
+        assert not ours._use_onednn(x.float())          # dtype mismatch: F.linear raises its own error
+        torch.testing.assert_close(ours(x).float(), plain(x).float(), rtol=2e-2, atol=2e-2)
+
+
+def test_training_uses_f_linear_and_its_gradients():
+    ours, plain = _pair()
+    x = torch.randn(4, 48)
+    assert not ours._use_onednn(x)
+    y = ours(x)
+    torch.testing.assert_close(y, plain(x), rtol=0, atol=0)
+    y.square().sum().backward()
+    plain(x).square().sum().backward()
+    torch.testing.assert_close(ours.weight.grad, plain.weight.grad)
+    torch.testing.assert_close(ours.bias.grad, plain.bias.grad)
+
+
+def test_switched_off_onednn_falls_back_exactly():
+    ours, plain = _pair()
+    x = torch.randn(4, 48)
+    with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):
+        assert not ours._use_onednn(x)
+        torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
+
+
+def test_to_plain_linear_and_int8_quantize_every_transformer_linear(tmp_path):
+    from model import load_model
+    from stream.pipeline import quantize_int8
+    from tests.checkpoints import write_ctc_checkpoint
+
+    model = load_model(write_ctc_checkpoint(tmp_path / "ckpt"))
+    ours = [name for name, m in model.named_modules() if type(m) is Linear]
+    assert any(".attention.q_proj" in name for name in ours) and any("feed_forward" in name for name in ours)
+    quantized = quantize_int8(model)
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    assert all(isinstance(quantized.get_submodule(name), dynamic) for name in ours)
+    assert type(model.get_submodule(ours[0])) is Linear          # the original model is left as it was
+    plain = to_plain_linear(model)
+    assert plain is model and not any(type(m) is Linear for m in model.modules())
