@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .activations import get_activation
 from .config import WavLMConfig
-from .linear import Linear
+from .linear import Linear, linear
 
 
 def conv_output_lengths(lengths: torch.Tensor, kernels: tuple[int, ...], strides: tuple[int, ...]) -> torch.Tensor:
@@ -66,8 +66,7 @@ class ConvLayer(nn.Module):
         windows = x.unfold(1, self.kernel_size, self.stride)                   # (B, T', C_in, kernel)
         n = windows.shape[1]
         weight = self.conv.weight.reshape(self.conv.out_channels, -1)           # (C_out, C_in * kernel)
-        y = windows.reshape(x.shape[0], n, -1) @ weight.T                       # (B, T', C_out)
-        return y if self.conv.bias is None else y + self.conv.bias
+        return linear(windows.reshape(x.shape[0], n, -1), weight, self.conv.bias)  # (B, T', C_out)
 
     def norm_and_activation(self, y: torch.Tensor) -> torch.Tensor:
         """Per-frame norm (LayerNorm over channels, or none) then activation, time-major (B, T, C)."""

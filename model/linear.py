@@ -8,7 +8,8 @@ on (``bench/rtf.py``; a base-size stream 1.4x overall), from the same weight ten
 costs no memory. Results differ from ``F.linear`` by float rounding only (a different
 summation order: ~2e-6 on unit-scale outputs).
 
-``Linear`` is a drop-in ``nn.Linear``: same parameters and state-dict names, the same
+``Linear`` is a drop-in ``nn.Linear`` (and ``linear`` the function, for the time-major conv
+front end's products of strided windows with its weight): same parameters and state-dict names, the same
 ``F.linear`` whenever autograd needs the graph (training) or the product is not one oneDNN
 serves here (another device or dtype, or oneDNN switched off with ``torch.backends.mkldnn``).
 """
@@ -29,6 +30,22 @@ def _onednn_linear_available() -> bool:
 _AVAILABLE = _onednn_linear_available()
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` through oneDNN where it serves: x (..., in) @ weight (out, in).T + bias -> (..., out)."""
+    if not _use_onednn(x, weight):
+        return F.linear(x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if not _AVAILABLE or not torch.backends.mkldnn.enabled:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False  # the oneDNN op has no backward
+    return (x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and x.dtype == weight.dtype
+            and x.dim() >= 2 and x.numel() > 0)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` whose inference forward on the CPU is oneDNN's linear primitive.
 
@@ -36,17 +53,7 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._use_onednn(x):
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-
-    def _use_onednn(self, x: torch.Tensor) -> bool:
-        if not _AVAILABLE or not torch.backends.mkldnn.enabled:
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return False  # the oneDNN op has no backward
-        return (x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and x.dtype == self.weight.dtype
-                and x.dim() >= 2 and x.numel() > 0)
+        return linear(x, self.weight, self.bias)
 
 
 def to_plain_linear(model: nn.Module) -> nn.Module:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model.linear import Linear, to_plain_linear
+from model.linear import Linear, _use_onednn, to_plain_linear
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
@@ -30,10 +30,10 @@ def test_inference_takes_onednn_and_matches_nn_linear(shape, bias):
     x = torch.randn(shape)
     with torch.inference_mode():
         if x.numel():
-            assert ours._use_onednn(x)
+            assert _use_onednn(x, ours.weight)
         torch.testing.assert_close(ours(x), plain(x), rtol=1e-5, atol=1e-5)
     with torch.no_grad():                      # parameters still require grad, but no graph is built
-        assert ours._use_onednn(x) == bool(x.numel())
+        assert _use_onednn(x, ours.weight) == bool(x.numel())
         torch.testing.assert_close(ours(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
@@ -43,15 +43,15 @@ def test_bfloat16_inference_takes_onednn():
     ours.to(torch.bfloat16), plain.to(torch.bfloat16)
     x = torch.randn(5, 48, dtype=torch.bfloat16)
     with torch.inference_mode():
-        assert ours._use_onednn(x)
-        assert not ours._use_onednn(x.float())          # dtype mismatch: F.linear raises its own error
+        assert _use_onednn(x, ours.weight)
+        assert not _use_onednn(x.float(), ours.weight)          # dtype mismatch: F.linear raises its own error
         torch.testing.assert_close(ours(x).float(), plain(x).float(), rtol=2e-2, atol=2e-2)
 
 
 def test_training_uses_f_linear_and_its_gradients():
     ours, plain = _pair()
     x = torch.randn(4, 48)
-    assert not ours._use_onednn(x)
+    assert not _use_onednn(x, ours.weight)
     y = ours(x)
     torch.testing.assert_close(y, plain(x), rtol=0, atol=0)
     y.square().sum().backward()
@@ -64,7 +64,7 @@ def test_switched_off_onednn_falls_back_exactly():
     ours, plain = _pair()
     x = torch.randn(4, 48)
     with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):
-        assert not ours._use_onednn(x)
+        assert not _use_onednn(x, ours.weight)
         torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
 
 
