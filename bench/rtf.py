@@ -10,9 +10,9 @@ Rows:
   stream cached / recompute   our engine at the given latency (default left 2 s, chunk 0.64 s, right 0.32 s)
   stream cached int8          the same with int8 dynamic quantization of the Linear layers
   stream cached bf16          the same with the transformer in bfloat16 (bench/geometry.py: its CER)
-  stream cached nn.Linear     the same with torch's nn.Linear instead of model.linear's oneDNN product
+  stream cached F.linear      the same with torch's F.linear instead of model.linear's oneDNN product
   ours offline                our model's offline forward
-  ours offline nn.Linear      the same with torch's nn.Linear
+  ours offline F.linear       the same with torch's F.linear
   hf offline                  transformers WavLMForCTC, one forward over the whole input
   hf pipeline chunked         transformers' ASR pipeline, chunk_length_s=10, stride_length_s=(4, 2)
   naive 4s/1s                 our offline forward on the last 4 s, once per second of audio
@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model import load_model  # noqa: E402
-from model.linear import to_plain_linear  # noqa: E402
+from model.linear import onednn_linear  # noqa: E402
 from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig, bf16_transformer, quantize_int8  # noqa: E402
 
 
@@ -83,6 +83,12 @@ def naive(model, audio: np.ndarray, window_s: float, hop_s: float) -> None:
                 model(torch.from_numpy(chunk)[None])
 
 
+def plain_linear(fn) -> None:
+    """Run fn with torch's F.linear instead of model.linear's oneDNN product (the lever's A/B)."""
+    with onednn_linear(False):
+        fn()
+
+
 def hf_models(checkpoint: Path):
     from transformers import (Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, WavLMForCTC,
                               pipeline)
@@ -96,7 +102,6 @@ def hf_models(checkpoint: Path):
 
 def table(name: str, checkpoint: Path, seconds: list[float], args) -> None:
     ours = load_model(checkpoint)
-    plain = to_plain_linear(load_model(checkpoint))  # the A/B of model.linear's oneDNN product
     hf, asr = hf_models(checkpoint)
     # The streaming pass alone: the finals' second pass (stream/final_pass.py) runs once per segment
     # of speech, which this noise does not have; bench/geometry.py --final-pass measures it on speech.
@@ -107,7 +112,6 @@ def table(name: str, checkpoint: Path, seconds: list[float], args) -> None:
         "stream recompute": Pipeline(ours, StreamConfig(mode="recompute", **stream_cfg)),
         "stream cached int8": Pipeline(quantize_int8(load_model(checkpoint)), StreamConfig(mode="cached", **stream_cfg)),
         "stream cached bf16": Pipeline(bf16_transformer(load_model(checkpoint)), StreamConfig(mode="cached", **stream_cfg)),
-        "stream cached nn.Linear": Pipeline(plain, StreamConfig(mode="cached", **stream_cfg)),
     }
     same_latency_s = (args.left_ms + args.chunk_ms + args.right_ms) / 1000
     print(f"\n### {name}: RTF (compute s / audio s), best of {args.repeats}, {torch.get_num_threads()} threads")
@@ -130,8 +134,9 @@ def table(name: str, checkpoint: Path, seconds: list[float], args) -> None:
             run = {
                 "hf offline": lambda: hf(x),
                 "ours offline": lambda: ours(x),
-                "ours offline nn.Linear": lambda: plain(x),
+                "ours offline F.linear": lambda: plain_linear(lambda: ours(x)),
                 **{k: (lambda p=p: run_stream(p, audio)) for k, p in pipes.items()},
+                "stream cached F.linear": lambda: plain_linear(lambda: run_stream(pipes["stream cached"], audio)),
                 "hf pipeline chunked": lambda: asr(audio.copy(), chunk_length_s=10, stride_length_s=(4, 2)),
                 "naive 4s/1s": lambda: naive(ours, audio, 4.0, 1.0),
                 "naive same latency": lambda: naive(ours, audio, same_latency_s, args.chunk_ms / 1000),

@@ -16,6 +16,8 @@ serves here (another device or dtype, or oneDNN switched off with ``torch.backen
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,6 +30,18 @@ def _onednn_linear_available() -> bool:
 
 
 _AVAILABLE = _onednn_linear_available()
+_enabled = True
+
+
+@contextlib.contextmanager
+def onednn_linear(enabled: bool):
+    """Switch the oneDNN path on or off for the block (process-wide): benchmarks' A/B."""
+    global _enabled
+    before, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = before
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -38,7 +52,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if not _AVAILABLE or not torch.backends.mkldnn.enabled:
+    if not (_AVAILABLE and _enabled and torch.backends.mkldnn.enabled):
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False  # the oneDNN op has no backward

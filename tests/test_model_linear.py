@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model.linear import Linear, _use_onednn, to_plain_linear
+from model.linear import Linear, _use_onednn, onednn_linear, to_plain_linear
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
@@ -66,6 +66,16 @@ def test_switched_off_onednn_falls_back_exactly():
     with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):
         assert not _use_onednn(x, ours.weight)
         torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
+
+
+def test_the_benchmarks_switch_turns_it_off_for_a_block_only():
+    ours, plain = _pair()
+    x = torch.randn(4, 48)
+    with torch.inference_mode():
+        with onednn_linear(False):
+            assert not _use_onednn(x, ours.weight)
+            torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
+        assert _use_onednn(x, ours.weight) == torch.backends.mkldnn.is_available()
 
 
 def test_to_plain_linear_and_int8_quantize_every_transformer_linear(tmp_path):
