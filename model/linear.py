@@ -4,7 +4,7 @@
 rows: a 0.64 s chunk plus its 0.32 s look-ahead) well below the machine's peak. oneDNN's
 linear primitive (``torch.ops.mkldnn._linear_pointwise``, what torch's own compiler emits for
 CPU inference) runs the same products 1.2-1.5x faster on the 2-core AVX-512 machine we measure
-on (``bench/rtf.py``; a base-size stream 1.4x overall), from the same weight tensor, so it
+on (``bench/rtf.py``: a base-size stream 1.25-1.43x overall), from the same weight tensor, so it
 costs no memory. Results differ from ``F.linear`` by float rounding only (a different
 summation order: ~2e-6 on unit-scale outputs).
 
