@@ -161,10 +161,10 @@ def growth(samples: list[Sample], phase: int, warm_audio_s: float) -> tuple[Samp
     """(baseline, end) of a phase: its lowest sample over the tenth of its audio after warm_audio_s
     was sent, and its lowest over the last tenth (transient buffers lift single samples, not floors)."""
     mine = [s for s in samples if s.phase == phase]
-    if not any(s.audio_s >= warm_audio_s for s in mine):
+    warm = [s for s in mine if s.audio_s >= warm_audio_s]
+    if not warm:
         return None
     tenth = max(s.audio_s for s in mine) / 10
-    warm = [s for s in mine if s.audio_s >= warm_audio_s]
     # A fast phase may have no sample inside the tenth (one sample every --rss-every-s): then its first warm one.
     after_warm = [s for s in warm if s.audio_s <= warm_audio_s + tenth] or warm[:1]
     last = [s for s in mine if s.audio_s >= mine[-1].audio_s - tenth]
