@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="initial weights and crops")
     ap.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     hours = sum(x.shape[0] for x, _, _ in items) * FRAME_S / 3600
     print(f"{len(items)} meetings, {hours:.2f} h of features", flush=True)
     detector = train_detector(items, DEFAULT_SPEC, int(model.config.speaker_head["proj_dim"]), args.steps,
-                              args.batch)
+                              args.batch, seed=args.seed)
     write_into(args.model, detector, DEFAULT_SPEC)
     print(f"wrote the change detector into {args.model} ({sum(p.numel() for p in detector.parameters())} "
           f"parameters)")
