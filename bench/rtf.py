@@ -110,8 +110,10 @@ def table(name: str, checkpoint: Path, seconds: list[float], args) -> None:
     pipes = {
         "stream cached": Pipeline(ours, StreamConfig(mode="cached", **stream_cfg)),
         "stream recompute": Pipeline(ours, StreamConfig(mode="recompute", **stream_cfg)),
-        "stream cached int8": Pipeline(quantize_int8(load_model(checkpoint)), StreamConfig(mode="cached", **stream_cfg)),
-        "stream cached bf16": Pipeline(bf16_transformer(load_model(checkpoint)), StreamConfig(mode="cached", **stream_cfg)),
+        "stream cached int8": Pipeline(quantize_int8(load_model(checkpoint)),
+                                       StreamConfig(mode="cached", **stream_cfg)),
+        "stream cached bf16": Pipeline(bf16_transformer(load_model(checkpoint)),
+                                       StreamConfig(mode="cached", **stream_cfg)),
     }
     same_latency_s = (args.left_ms + args.chunk_ms + args.right_ms) / 1000
     print(f"\n### {name}: RTF (compute s / audio s), best of {args.repeats}, {torch.get_num_threads()} threads")
