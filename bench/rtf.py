@@ -18,6 +18,10 @@ Rows:
   naive 4s/1s                 our offline forward on the last 4 s, once per second of audio
   naive same latency          our offline forward on [left|chunk|right] of raw audio once per chunk
 
+With several lengths it also prints a floor for any float32 stream of these weights: our
+offline forward on the shortest input (every frame through every layer once, little
+attention) as a ratio to transformers offline on the longest.
+
     python bench/rtf.py --model base --seconds 10 30 60
     python bench/rtf.py --model bundled --seconds 10 30 60
 """
