@@ -157,9 +157,10 @@ def table(name: str, checkpoint: Path, seconds: list[float], args) -> None:
         # Any stream runs every frame through the conv front end and every layer at least once;
         # our offline forward on the shortest input does just that with little attention, so its
         # RTF is (nearly) a floor for a stream of the same weights and precision.
-        floor, longest = rows["ours offline"][0], rows["hf offline"][-1]
-        print(f"floor for a stream in float32: ours offline on {seconds[0]:.0f} s = {floor:.3f} RTF = "
-              f"{floor / longest:.2f}x transformers offline on {seconds[-1]:.0f} s")
+        short, long = seconds.index(min(seconds)), seconds.index(max(seconds))   # --seconds in any order
+        floor, longest = rows["ours offline"][short], rows["hf offline"][long]
+        print(f"floor for a stream in float32: ours offline on {seconds[short]:.0f} s = {floor:.3f} RTF = "
+              f"{floor / longest:.2f}x transformers offline on {seconds[long]:.0f} s")
     naive_same = rows["naive same latency"]
     for key in ("stream cached", "stream cached bf16"):
         print(f"speed-up of {key} over naive recompute (float32) at the same latency: "
