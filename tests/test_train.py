@@ -91,6 +91,20 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
         train.main(init_common + ["--max-steps", "1", "--fresh", "--init", str(plain_ctc_checkpoint(tmp_path))])
 
 
+def test_batches_loaded_ahead_on_threads_train_exactly_as_loaded_in_the_step(data_dir, tmp_path):
+    from train import train
+
+    def losses(loader_threads: int) -> list[float]:
+        work = tmp_path / f"work{loader_threads}"
+        return train.main(["--data", str(data_dir), "--work", str(work), "--export-dir", str(work / "export"),
+                           "--size", "tiny", "--threads", "1", "--batch-seconds", "8", "--eval-every", "1000",
+                           "--export-every", "-1", "--curriculum-steps", "0", "--max-steps", "4", "--fresh",
+                           "--noise-prob", "0.5", "--eq-prob", "0.5", "--speed-prob", "0.5",
+                           "--loader-threads", str(loader_threads)])["losses"]
+
+    assert losses(2) == losses(0)
+
+
 def plain_ctc_checkpoint(tmp_path):
     from tests.checkpoints import write_ctc_checkpoint
 

@@ -8,7 +8,7 @@ import pytest
 
 import soundfile as sf
 
-from train.data import Clip, bucket_batches, collate, random_equalizer, speed_perturb
+from train.data import Clip, bucket_batches, collate, prefetch, random_equalizer, speed_perturb
 from train.export import VOCAB, encode_text
 from train.metrics import edit_distance, equal_error_rate, error_rates, greedy_decode
 from train.text import normalise
@@ -151,3 +151,26 @@ def test_bigram_language_model_normalises_and_kenlm_reads_it_as_written(tmp_path
     for h, w in zip([BOS] + words, words + [EOS]):
         expected += math.log10(bigram.get((h, w), backoff[h] * unigram[w]))
     assert math.isclose(lm.score("the dog ran"), expected, abs_tol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_prefetch_yields_every_load_in_order_and_stops_loading_when_closed(threads):
+    import threading
+    import time
+
+    started = []
+    lock = threading.Lock()
+
+    def load(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.002 * (i % 3))   # loads finish out of order
+        return i * i
+
+    assert list(prefetch(load, 10, threads)) == [i * i for i in range(10)]
+    started.clear()
+    batches = prefetch(load, 1000, threads)
+    assert [next(batches) for _ in range(3)] == [0, 1, 4]
+    batches.close()
+    time.sleep(0.05)
+    assert len(started) <= 3 + 2 * max(threads, 0) + 1

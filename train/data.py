@@ -4,8 +4,12 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -13,6 +17,8 @@ import soxr
 import torch
 
 from train.export import encode_text
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -165,3 +171,30 @@ def collate(clips: list[Clip], speaker_index: dict[str, int], rng: np.random.Gen
         speakers=torch.tensor([-1 if p else speaker_index.get(c.speaker, -1) for c, p in zip(clips, perturbed)]),
         texts=tuple(c.text for c in clips), seconds=sum(len(w) for w in waves) / 16000,
     )
+
+
+def prefetch(load: Callable[[int], T], count: int, threads: int) -> Iterator[T]:
+    """Yield load(0), load(1), ..., load(count - 1) in order.
+
+    With threads > 0, up to 2 * threads loads run ahead on a thread pool: decoding
+    (libsndfile), resampling (soxr) and numpy's FFTs release the GIL, so on a GPU the next
+    batches are ready when a step ends instead of the step waiting for them. Stopping early
+    (closing the generator) cancels the loads not yet started.
+    """
+    if threads <= 0:
+        for i in range(count):
+            yield load(i)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending = deque(pool.submit(load, i) for i in range(min(count, 2 * threads)))
+        submitted = len(pending)
+        try:
+            while pending:
+                item = pending.popleft().result()
+                if submitted < count:
+                    pending.append(pool.submit(load, submitted))
+                    submitted += 1
+                yield item
+        finally:
+            for f in pending:
+                f.cancel()

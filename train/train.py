@@ -33,7 +33,7 @@ from model import WavLMConfig, WavLMForCTCWithSpeaker
 from model.losses import ctc_loss
 from stream.window import WindowConfig
 from train import export as export_mod
-from train.data import Batch, Clip, bucket_batches, collate, read_manifest
+from train.data import Batch, Clip, bucket_batches, collate, prefetch, read_manifest
 from train.evaluate import transcribe_clips
 from train.metrics import error_rates
 from train.streaming_aware import StreamingAware
@@ -213,6 +213,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--log-every", type=int, default=25, help="steps between progress lines")
     ap.add_argument("--dev-clips", type=int, default=0, help="use only this many dev clips (0: all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--loader-threads", type=int, default=0,
+                    help="threads loading and augmenting batches ahead of the step (0: in the step's thread; "
+                         "on a GPU, most of the machine's cores, or the GPU waits for data)")
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast (about 1.5-2x faster on this CPU, but runs with it never left the CTC blank "
                          "plateau here; float32 is the default)")
@@ -314,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
     budget = args.max_minutes * 60
     rng = random.Random(args.seed * 1000 + runs)
     np_rng = np.random.default_rng(args.seed * 1000 + runs)
+    np.random.seed(args.seed * 1000 + runs)   # SpecAugment's masks (model/masking.py) draw from numpy's global one
     crop_frames = speaker_crop_frames(config, args.speaker_crop_seconds)
     low, high = args.speed_range
     if not 0.5 <= low <= high <= 2.0:
@@ -348,7 +352,16 @@ def main(argv: list[str] | None = None) -> dict:
         elif was_in_curriculum:
             log(f"curriculum done at step {step}: all {len(train_clips)} clips from now on", log_file)
         was_in_curriculum = in_curriculum
-        for batch_clips, pad_to in bucket_batches(pool, args.batch_seconds, rng):
+        jobs = bucket_batches(pool, args.batch_seconds, rng)
+        # Each batch draws its augmentation from its own generator, seeded here in order, so a
+        # run is the same whether its batches are loaded ahead on threads or one by one.
+        seeds = np_rng.integers(2 ** 63, size=len(jobs))
+
+        def load(i: int) -> Batch:
+            return collate(jobs[i][0], speaker_index, np.random.default_rng(seeds[i]), jobs[i][1], args.noise_prob,
+                           args.eq_prob, args.speed_prob, tuple(args.speed_range))
+
+        for b in prefetch(load, len(jobs), args.loader_threads):
             elapsed = time.time() - t_start
             if elapsed > budget or (args.max_steps and step_in_run >= args.max_steps):
                 done = True
@@ -360,8 +373,6 @@ def main(argv: list[str] | None = None) -> dict:
                 g["lr"] = lr
             if aware is not None:
                 aware.set(rng.random() < args.streaming_prob)
-            b: Batch = collate(batch_clips, speaker_index, np_rng, pad_to, args.noise_prob, args.eq_prob,
-                               args.speed_prob, tuple(args.speed_range))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 out = model(b.audio.to(device), b.attention_mask.to(device), output_hidden_states=True)
                 hidden = out.hidden_states
