@@ -6,7 +6,8 @@ default the speaker loss does not reach the backbone (its hidden states are deta
 the speaker head is a probe on the CTC-trained layers, which kept CTC from stalling.
 SpecAugment time masking (the model's own, in train mode), AdamW, batches grouped by
 length into a few fixed shapes, bf16 autocast on CPU where supported (about 2x faster here;
-evaluation runs in float32), CUDA when present.
+evaluation runs in float32), CUDA when present (with --loader-threads, or the GPU waits for
+the batches to be decoded and augmented).
 
 Resumable: state lives in --work (default ~/.cache/wavlm-stream/train): last.pt is
 written every few minutes and picked up automatically by the next run; best.pt holds
