@@ -11,10 +11,10 @@ the tiny random-weight model by default, ``--model bundled`` for model/default) 
    for one hour in all).
 
 The server's RSS (from /proc, the server process only) is sampled every ``--rss-every-s``
-seconds (0.5). Growth of each phase = its floor at the end minus its floor after warm-up:
+seconds (0.25). Growth of each phase = its floor at the end minus its floor after warm-up:
 the lowest sample over the last tenth of the phase's audio minus the lowest over the tenth
 after every session of the phase has streamed ``--warmup-minutes`` (10) minutes (or a quarter
-of its audio if that is less). Allocator pools, caches and the streams' own bounded state are
+of its audio if that is less), each window at least ``--floor-window-s`` (2) seconds long. Allocator pools, caches and the streams' own bounded state are
 then in the baseline, and memory held only while a final's second pass runs (tens of MB for
 a long segment, returned when it ends) does not count, so growth is what accumulates with
 the audio (a leak). RSS after all sessions closed is printed too.
@@ -157,17 +157,22 @@ class Sample:
     sessions: int     # open sessions
 
 
-def growth(samples: list[Sample], phase: int, warm_audio_s: float) -> tuple[Sample, Sample] | None:
+def growth(samples: list[Sample], phase: int, warm_audio_s: float,
+           min_window_s: float) -> tuple[Sample, Sample] | None:
     """(baseline, end) of a phase: its lowest sample over the tenth of its audio after warm_audio_s
-    was sent, and its lowest over the last tenth (transient buffers lift single samples, not floors)."""
+    was sent, and its lowest over the last tenth (transient buffers lift single samples, not floors).
+
+    Each window spans at least ``min_window_s`` of wall time: a long segment's second pass holds
+    tens of MB for up to a second, which in a phase running at 80x real time is longer than a
+    tenth of its audio, so a window of one or two samples can sit entirely on such a transient.
+    """
     mine = [s for s in samples if s.phase == phase]
     warm = [s for s in mine if s.audio_s >= warm_audio_s]
     if not warm:
         return None
     tenth = max(s.audio_s for s in mine) / 10
-    # A fast phase may have no sample inside the tenth (one sample every --rss-every-s): then its first warm one.
-    after_warm = [s for s in warm if s.audio_s <= warm_audio_s + tenth] or warm[:1]
-    last = [s for s in mine if s.audio_s >= mine[-1].audio_s - tenth]
+    after_warm = [s for s in warm if s.audio_s <= warm_audio_s + tenth or s.t <= warm[0].t + min_window_s]
+    last = [s for s in mine if s.audio_s >= mine[-1].audio_s - tenth or s.t >= mine[-1].t - min_window_s]
     return min(after_warm, key=lambda s: s.rss_mb), min(last, key=lambda s: s.rss_mb)
 
 
@@ -236,7 +241,9 @@ def main(argv=None) -> int:
                              "far ahead of audio processed, so the warm-up baselines come too early)")
     parser.add_argument("--warmup-minutes", type=float, default=10.0,
                         help="RSS baseline after this much audio per session")
-    parser.add_argument("--rss-every-s", type=float, default=0.5, help="RSS sampling period")
+    parser.add_argument("--rss-every-s", type=float, default=0.25, help="RSS sampling period")
+    parser.add_argument("--floor-window-s", type=float, default=2.0,
+                        help="least wall time over which a floor (lowest RSS) is taken (see growth())")
     parser.add_argument("--print-every-s", type=float, default=10.0, help="progress line period")
     parser.add_argument("--max-growth-mb", type=float, default=20.0)
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
@@ -289,8 +296,8 @@ def main(argv=None) -> int:
     # streamed the same (or a quarter of its audio, if less), so that the memory the 20
     # concurrent streams legitimately hold is in the baseline and growth means a leak.
     warm2 = min(args.warmup_minutes, multi_minutes / 4)
-    g1 = growth(samples, 1, args.warmup_minutes * 60)
-    g2 = growth(samples, 2, warm2 * 60 * args.sessions)
+    g1 = growth(samples, 1, args.warmup_minutes * 60, args.floor_window_s)
+    g2 = growth(samples, 2, warm2 * 60 * args.sessions, args.floor_window_s)
     start_rss, last = samples[0].rss_mb, samples[-1]
     peak = max(s.rss_mb for s in samples)
     growths = [b.rss_mb - a.rss_mb for a, b in (g1, g2)] if g1 and g2 else []

@@ -512,6 +512,39 @@ def test_fuzz_script_small():
 @pytest.mark.slow
 def test_soak_script_small():
     # Phase 2 warms up for a quarter of its audio: 4 minutes give the 20 streams a minute each to reach
-    # the memory they hold (audio kept for the finals' second pass of their open segments).
-    _script("bench/soak.py", "--minutes", "4", "--sessions", "20", "--multi-minutes", "4", "--warmup-minutes", "1",
+    # the memory they hold (audio kept for the finals' second pass of their open segments). Phase 1 runs
+    # at ~80x real time: 12 minutes (~9 s) keep its baseline and end floors (2 s each) apart.
+    _script("bench/soak.py", "--minutes", "12", "--sessions", "20", "--multi-minutes", "4", "--warmup-minutes", "1",
             timeout=500)
+
+
+def _soak_module():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("soak", ROOT / "bench" / "soak.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["soak"] = mod     # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_soak_growth_takes_floors_so_a_transient_at_the_end_is_not_a_leak_but_a_rise_is():
+    soak = _soak_module()
+
+    def phase(rss_at):        # 13 minutes of audio at 80x real time, one sample every 0.25 s
+        return [soak.Sample(t=i * 0.25, phase=1, audio_s=i * 0.25 * 80, rss_mb=rss_at(i), sessions=1)
+                for i in range(40)]
+
+    # A second pass lifts the samples of the last tenth (the CI failure: +36 MB from lifted samples at the end).
+    transient = phase(lambda i: 300.0 + (35.0 if i >= 33 else 0.0))
+    base, end = soak.growth(transient, 1, 60.0, min_window_s=2.0)
+    assert end.rss_mb - base.rss_mb == 0.0
+    # Without the wall-time window, the last tenth of the audio holds only lifted samples.
+    base, end = soak.growth(transient, 1, 60.0, min_window_s=0.0)
+    assert end.rss_mb - base.rss_mb == 35.0
+    # Memory that grows with the audio lifts every sample of the end window.
+    leak = phase(lambda i: 300.0 + 1.0 * i)
+    base, end = soak.growth(leak, 1, 60.0, min_window_s=2.0)
+    assert end.rss_mb - base.rss_mb >= 20.0
+    assert soak.growth(leak, 1, 900.0, min_window_s=2.0) is None     # less audio than the warm-up
