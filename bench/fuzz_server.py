@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import sys
 import time
 from collections import Counter

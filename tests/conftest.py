@@ -68,3 +68,13 @@ def checkpoint(tmp_path):
             vocab = VOCAB[: config.get("vocab_size", 12)]
         return model, save_hf(model, directory, vocab)
     return make
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    """A small random-weight CTC pipeline (no speakers, greedy) for the server tests, one per module."""
+    from checkpoints import write_ctc_checkpoint
+    from stream.pipeline import Pipeline
+
+    path = write_ctc_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=3)
+    return Pipeline.from_pretrained(path, speakers=False, beam=False, chunk_ms=320, left_ms=640, right_ms=160)

@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from fake_pipeline import FakePipeline, encode
 from ws_helpers import (SCRIPTS, drain, errors, expected_finals, finals, run, serving, settled, start_msg,
-                        stream_audio, tiny_pipeline, transcribe, url)
+                        stream_audio, transcribe, url)
 
 
 class Recording:

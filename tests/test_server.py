@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from fake_pipeline import FakePipeline, encode
 from stream.server import resolve_static
 from ws_helpers import (SCRIPTS, drain, errors, expected_finals, finals, run, serving, settled, start_msg,
-                        stream_audio, tiny_pipeline, transcribe, url)
+                        stream_audio, transcribe, url)
 
 # -- many clients ---------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from decoders.events import Final, Partial, Word
 from fake_pipeline import FakePipeline, encode
 from stream.vosk import VoskReplies, partial_message, result_message
-from ws_helpers import drain, expected_finals, run, serving, tiny_pipeline, url
+from ws_helpers import drain, expected_finals, run, serving, url
 
 
 async def vosk_client(uri: str, pcm16: np.ndarray, sample_rate: int | None, chunk_s: float = 0.2,

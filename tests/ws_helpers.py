@@ -9,7 +9,6 @@ import time
 from dataclasses import fields
 
 import numpy as np
-import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -103,13 +102,3 @@ def expected_finals(script: list[str]) -> list[str]:
             out.append(" ".join(cur))
             cur = []
     return out
-
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline(tmp_path_factory):
-    from checkpoints import write_ctc_checkpoint
-    from stream.pipeline import Pipeline
-
-    path = write_ctc_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=3)
-    return Pipeline.from_pretrained(path, speakers=False, beam=False, chunk_ms=320, left_ms=640, right_ms=160)

@@ -81,8 +81,8 @@ def fortune_sentences() -> list[str]:
             continue
         for entry in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
             # Attribution lines ("-- Mark Twain") and indented verse are not prose.
-            lines = [l for l in entry.splitlines() if not l.strip().startswith("--")]
-            out.extend(_SENT_SPLIT.split(" ".join(l.strip() for l in lines)))
+            lines = [line for line in entry.splitlines() if not line.strip().startswith("--")]
+            out.extend(_SENT_SPLIT.split(" ".join(line.strip() for line in lines)))
     return out
 
 

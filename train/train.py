@@ -404,7 +404,10 @@ def main(argv: list[str] | None = None) -> dict:
             step_in_run += 1
             hours_seen += b.seconds / 3600
             losses.append(float(loss.detach()))
-            win_loss += losses[-1]; win_ctc += float(ctc.detach()); win_spk += float(spk.detach()); win_secs += b.seconds
+            win_loss += losses[-1]
+            win_ctc += float(ctc.detach())
+            win_spk += float(spk.detach())
+            win_secs += b.seconds
             if step_in_run % args.log_every == 0:
                 n = args.log_every
                 rate = win_secs / 3600 / ((time.time() - win_t) / 3600)
