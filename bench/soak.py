@@ -17,7 +17,8 @@ after every session of the phase has streamed ``--warmup-minutes`` (10) minutes 
 of its audio if that is less), each window at least ``--floor-window-s`` (2) seconds long.
 Allocator pools, caches and the streams' own bounded state are then in the baseline, and
 memory held only while a final's second pass runs (tens of MB for a long segment, returned
-when it ends) does not count, so growth is what accumulates with the audio (a leak). RSS after all sessions closed is printed too.
+when it ends) does not count, so growth is what accumulates with the audio (a leak). RSS
+after all sessions closed is printed too.
 Also printed: speed (x real time) of each phase, open sessions and worker jobs at the end
 (must be 0), close codes and error events (must be 1000 and none), and, with ``--verify``
 (default), whether each session's finals equal those of the same audio run alone through

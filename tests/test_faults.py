@@ -24,6 +24,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from bench_scripts import bench_script
 from fake_pipeline import FakePipeline, encode
 from ws_helpers import (SCRIPTS, drain, errors, expected_finals, finals, run, serving, settled, start_msg,
                         stream_audio, transcribe, url)
@@ -518,19 +519,8 @@ def test_soak_script_small():
             timeout=500)
 
 
-def _soak_module():
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("soak", ROOT / "bench" / "soak.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["soak"] = mod     # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_soak_growth_takes_floors_so_a_transient_at_the_end_is_not_a_leak_but_a_rise_is():
-    soak = _soak_module()
+    soak = bench_script("soak")
 
     def phase(rss_at):        # 13 minutes of audio at 80x real time, one sample every 0.25 s
         return [soak.Sample(t=i * 0.25, phase=1, audio_s=i * 0.25 * 80, rss_mb=rss_at(i), sessions=1)

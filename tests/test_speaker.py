@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from bench_scripts import bench_script
 from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig, Turn, read_rttm, write_rttm
 
 DIM = 32
@@ -319,23 +320,11 @@ def test_every_true_change_is_found_once_within_the_collar(turns, seed):
 
 # ------------------------------------------------------- bench metrics (bench/speaker_metrics.py)
 
-def _metrics():
-    import importlib.util
-    import sys
-    from pathlib import Path
-    path = Path(__file__).resolve().parent.parent / "bench" / "speaker_metrics.py"
-    spec = importlib.util.spec_from_file_location("speaker_metrics", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["speaker_metrics"] = mod     # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 5), st.integers(1, 5), st.integers(0, 10_000))
 def test_hungarian_finds_the_minimum_cost_assignment(n, m, seed):
     import itertools
-    M = _metrics()
+    M = bench_script("speaker_metrics")
     cost = np.random.default_rng(seed).integers(0, 20, (n, m)).astype(float)
     pairs = M.hungarian(cost)
     assert len(pairs) == min(n, m) and len({r for r, _ in pairs}) == len({c for _, c in pairs}) == min(n, m)
@@ -347,7 +336,7 @@ def test_hungarian_finds_the_minimum_cost_assignment(n, m, seed):
 
 
 def test_der_and_change_metrics_on_hand_made_cases():
-    M = _metrics()
+    M = bench_script("speaker_metrics")
     ref = [Turn(0, 10, "A"), Turn(10, 20, "B"), Turn(22, 30, "A")]
     same = [Turn(0, 10, "x"), Turn(10, 20, "y"), Turn(22, 30, "x")]
     assert M.diarization_error(ref, same, collar=0).der == 0.0
