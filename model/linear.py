@@ -11,7 +11,8 @@ summation order: ~2e-6 on unit-scale outputs).
 ``Linear`` is a drop-in ``nn.Linear`` (and ``linear`` the function, for the time-major conv
 front end's products of strided windows with its weight): same parameters and state-dict names, the same
 ``F.linear`` whenever autograd needs the graph (training) or the product is not one oneDNN
-serves here (another device or dtype, or oneDNN switched off with ``torch.backends.mkldnn``).
+serves here (another device or dtype, bfloat16 on a CPU without AVX-512, or oneDNN switched off
+with ``torch.backends.mkldnn``).
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
-
 
 def _onednn_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _onednn_bf16_available() -> bool:
+    # oneDNN builds no bfloat16 inner product without AVX-512 (an AVX2-only CPU raises "could not
+    # create a primitive descriptor"); there bfloat16 products go to F.linear, which emulates them.
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return check is not None and bool(check())
+
+
 _AVAILABLE = _onednn_linear_available()
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16) if _AVAILABLE and _onednn_bf16_available() else (torch.float32,)
 _enabled = True
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model.linear import Linear, _use_onednn, onednn_linear, to_plain_linear
+from model.linear import Linear, _onednn_bf16_available, _use_onednn, onednn_linear, to_plain_linear
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
@@ -38,14 +38,28 @@ def test_inference_takes_onednn_and_matches_nn_linear(shape, bias):
 
 
 @needs_onednn
-def test_bfloat16_inference_takes_onednn():
+def test_bfloat16_inference_takes_onednn_where_the_cpu_has_it():
     ours, plain = _pair()
     ours.to(torch.bfloat16), plain.to(torch.bfloat16)
     x = torch.randn(5, 48, dtype=torch.bfloat16)
     with torch.inference_mode():
-        assert _use_onednn(x, ours.weight)
+        assert _use_onednn(x, ours.weight) == _onednn_bf16_available()
         assert not _use_onednn(x.float(), ours.weight)          # dtype mismatch: F.linear raises its own error
         torch.testing.assert_close(ours(x).float(), plain(x).float(), rtol=2e-2, atol=2e-2)
+
+
+def test_bfloat16_without_onednn_support_falls_back_to_f_linear(monkeypatch):
+    # An AVX2-only CPU: oneDNN has no bfloat16 inner product there and raises if asked.
+    import model.linear as linear_module
+
+    monkeypatch.setattr(linear_module, "_ONEDNN_DTYPES", (torch.float32,))
+    ours, plain = _pair()
+    ours.to(torch.bfloat16), plain.to(torch.bfloat16)
+    x = torch.randn(2, 5, 48, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert not _use_onednn(x, ours.weight)
+        assert _use_onednn(x.float(), ours.weight.float()) == linear_module._AVAILABLE
+        torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
 
 
 def test_training_uses_f_linear_and_its_gradients():
