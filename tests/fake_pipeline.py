@@ -45,6 +45,8 @@ class FakeStream:
         self.finished = False
 
     def accept(self, samples, sample_rate: int, arrival_time: float | None = None) -> None:
+        if self.pipeline.accept_gate is not None:
+            self.pipeline.accept_gate.wait(timeout=30)
         self.pipeline.accept_calls += 1
         x = to_float_mono(samples)
         if x.size == 0 or not np.isfinite(x).all():
@@ -102,11 +104,14 @@ class FakeStream:
 class FakePipeline:
     """``window_cost_s``: sleep per window, once per batch (a batched forward costs about
     as much as one window of the longest stream in it). ``event_padding``: characters of
-    filler appended to each final's text (to make big messages)."""
+    filler appended to each final's text (to make big messages). ``accept_gate``: a
+    ``threading.Event`` every ``accept`` waits for, to hold the worker busy while a test sends."""
 
-    def __init__(self, window_cost_s: float = 0.0, event_padding: int = 0):
+    def __init__(self, window_cost_s: float = 0.0, event_padding: int = 0,
+                 accept_gate: threading.Event | None = None):
         self.window_cost_s = window_cost_s
         self.event_padding = event_padding
+        self.accept_gate = accept_gate
         self.batch_sizes: list[int] = []
         self.threads: set[str] = set()
         self.streams_created = 0
