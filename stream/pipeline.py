@@ -100,7 +100,8 @@ def bf16_transformer(model: torch.nn.Module) -> torch.nn.Module:
     if next(model.parameters()).device.type == "cpu" and not _cpu_has_bf16():
         import warnings
         warnings.warn("this CPU has no BF16 instructions (AVX512-BF16 or AMX): the bfloat16 transformer "
-                      "runs emulated, slower than float32; --int8 is the faster choice here (measure with bench/rtf.py)",
+                      "runs emulated, slower than float32; --int8 is the faster choice here "
+                      "(measure with bench/rtf.py)",
                       stacklevel=2)
     model.wavlm.encoder.to(torch.bfloat16)
     return model
