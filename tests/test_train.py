@@ -90,6 +90,26 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
     with pytest.raises(SystemExit, match="not a model with a speaker head"):
         train.main(init_common + ["--max-steps", "1", "--fresh", "--init", str(plain_ctc_checkpoint(tmp_path))])
 
+    # --frozen-layers with --speaker-weight 0: only the layers above N and the CTC head move (the speaker
+    # head and the detector too are left alone); a resume with other parameters fixed is refused by name.
+    frozen_work = tmp_path / "frozen"
+    frozen_common = [str(frozen_work) if a == str(work) else a for a in common]
+    train.main(frozen_common + ["--max-steps", "3", "--init", str(export_dir), "--frozen-layers", "1",
+                                "--speaker-weight", "0", "--export-every", "-1"])
+    before = load_model(export_dir).state_dict()
+    after = torch.load(frozen_work / "last.pt", weights_only=False)["model"]
+    n_layers = len(m.wavlm.encoder.layers)
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved, "nothing trained"
+    assert all(k.startswith(("lm_head.", "wavlm.encoder.layer_norm.")) or
+               any(k.startswith(f"wavlm.encoder.layers.{i}.") for i in range(1, n_layers)) for k in moved), moved
+    assert any(k.startswith("lm_head.") for k in moved)
+    assert "frozen_layers" not in (frozen_work / "log.txt").read_text()
+    with pytest.raises(SystemExit, match="other parameters fixed"):
+        train.main(frozen_common + ["--max-steps", "1"])
+    with pytest.raises(SystemExit, match="has 2 transformer layers, got 3"):
+        train.main(frozen_common + ["--max-steps", "1", "--fresh", "--frozen-layers", "3"])
+
 
 def test_batches_loaded_ahead_on_threads_train_exactly_as_loaded_in_the_step(data_dir, tmp_path):
     from train import train

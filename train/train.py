@@ -234,6 +234,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--streaming-window", type=float, nargs=3, default=(2000.0, 640.0, 320.0),
                     metavar=("LEFT_MS", "CHUNK_MS", "RIGHT_MS"), help="the stream's geometry for those batches")
     ap.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
+    ap.add_argument("--frozen-layers", type=int, default=0, metavar="N",
+                    help="keep the front end (conv encoder, feature projection, positional conv) and the first N "
+                         "transformer layers fixed and train only the layers above them and the CTC head: with "
+                         "--speaker-weight 0 (head fixed too) the speaker features, which weigh mostly the lower "
+                         "layers, barely move while the captions learn new text; backward stops at layer N")
     ap.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
                     help="with no last.pt in --work: start from an exported model (e.g. model/default) instead of "
                          "random weights; a new optimizer, no curriculum and no speaker-loss ramp")
@@ -278,10 +283,15 @@ def main(argv: list[str] | None = None) -> dict:
         left_ms, chunk_ms, right_ms = args.streaming_window
         w = WindowConfig.from_ms(chunk_ms, left_ms, right_ms)
         aware = StreamingAware(model, (w.left, w.chunk, w.right))
-    speaker_params = [p for n, p in model.named_parameters() if n.startswith("speaker_head.")]
-    backbone_params = [p for n, p in model.named_parameters() if not n.startswith("speaker_head.")]
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    trainable = trainable_parameter_names(model, args.frozen_layers, args.speaker_weight > 0)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in trainable)
+    named = [(n, p) for n, p in model.named_parameters() if n in trainable]
+    speaker_params = [p for n, p in named if n.startswith("speaker_head.")]
+    backbone_params = [p for n, p in named if not n.startswith("speaker_head.")]
+    # Fixed parameters stay out of the optimizer: AdamW's weight decay would shrink them even without a loss.
+    decay = [p for n, p in named if p.dim() >= 2]
+    no_decay = [p for n, p in named if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
     step, hours_seen, best_cer, runs = 0, 0.0, math.inf, 0
@@ -291,21 +301,25 @@ def main(argv: list[str] | None = None) -> dict:
         model.load_state_dict(initial_state)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+        if sorted(ckpt.get("trainable", trainable)) != sorted(trainable):
+            raise SystemExit(f"{last} was trained with other parameters fixed (--frozen-layers, or --speaker-weight 0 "
+                             f"against > 0): resume with that run's flags, or use another --work")
         opt.load_state_dict(ckpt["optimizer"])
         step, hours_seen, best_cer, runs = ckpt["step"], ckpt["hours_seen"], ckpt["best_cer"], ckpt["runs"]
         past_ramps = ckpt.get("past_ramps", False)
     runs += 1
     warmup = args.warmup if ckpt is None else 100
     n_params = sum(p.numel() for p in model.parameters())
+    n_trained = sum(p.numel() for _, p in named)
     start = "resumed at step %d" % step if ckpt else ("from %s" % args.init if past_ramps else "fresh")
-    log(f"run {runs} ({start}): {n_params / 1e6:.2f} M parameters, "
+    log(f"run {runs} ({start}): {n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), "
         f"{len(train_clips)} train clips ({train_hours:.2f} h, {len(speakers)} speakers), {len(dev_clips)} dev clips, "
         f"device {device}, bf16 {use_bf16}, budget {args.max_minutes:.0f} min", log_file)
 
     def state() -> dict:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": config.to_dict(),
                 "step": step, "hours_seen": hours_seen, "best_cer": best_cer, "runs": runs,
-                "past_ramps": past_ramps}
+                "past_ramps": past_ramps, "trainable": sorted(trainable)}
 
     def do_export(tag: str) -> None:
         best = args.work / "best.pt"
@@ -437,6 +451,23 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"run {runs} done: step {step}, {hours_seen:.2f} audio-h seen, dev CER {dev_cer:.3f} (best {best_cer:.3f}), "
         f"{(time.time() - t_start) / 60:.1f} min", log_file)
     return {"losses": losses, "dev_cer": dev_cer, "step": step}
+
+
+def trainable_parameter_names(model: WavLMForCTCWithSpeaker, frozen_layers: int, train_speaker_head: bool) -> set[str]:
+    """Names of the parameters a run updates: all but the front end and the first `frozen_layers` transformer
+    layers (when > 0; with them the mask embedding SpecAugment writes into the layers' input) and, unless
+    `train_speaker_head`, the speaker head."""
+    n_layers = len(model.wavlm.encoder.layers)
+    if not 0 <= frozen_layers <= n_layers:
+        raise SystemExit(f"--frozen-layers: the model has {n_layers} transformer layers, got {frozen_layers}")
+    fixed: list[str] = []
+    if frozen_layers:
+        fixed += ["wavlm.masked_spec_embed", "wavlm.feature_extractor.", "wavlm.feature_projection.",
+                  "wavlm.encoder.pos_conv_embed."]
+        fixed += [f"wavlm.encoder.layers.{i}." for i in range(frozen_layers)]
+    if not train_speaker_head:
+        fixed.append("speaker_head.")
+    return {n for n, _ in model.named_parameters() if not n.startswith(tuple(fixed))}
 
 
 def exported_start(model_dir: Path) -> tuple[WavLMConfig, dict[str, torch.Tensor]]:
