@@ -465,3 +465,22 @@ def test_recipe_trains_a_detector_and_writes_it_into_the_model(bundled_with_dete
     x, sp = frames(40, seed=7)
     with torch.inference_mode():
         assert torch.allclose(loaded.change_detector(x[None], sp[None]), trained(x[None], sp[None]))
+
+    # --copy-from carries one export's detector into another (after a run that kept the speaker side fixed).
+    from train.change_detector import main
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in source.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    main(["--model", str(other), "--copy-from", str(target)])
+    copied = load_model(other)
+    assert copied.config.speaker_head["change_detector"]["channels"] == 4
+    with torch.inference_mode():
+        assert torch.equal(copied.change_detector(x[None], sp[None]), trained(x[None], sp[None]))
+    plain = tmp_path / "plain"
+    head = {k: v for k, v in model.config.speaker_head.items() if k != "change_detector"}
+    save_model(build_model(WavLMConfig.from_dict({**model.config.to_dict(), "speaker_head": head})), plain,
+               vocab=[f"t{i}" for i in range(8)])
+    with pytest.raises(SystemExit, match="has no change detector"):
+        main(["--model", str(other), "--copy-from", str(plain)])

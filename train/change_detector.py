@@ -8,6 +8,12 @@ new export (train.export writes the model without it). Recipe, after train.expor
         --out ~/.cache/wavlm-stream/train_meetings          # 4.8 h of meetings of *training* voices
     python -m train.change_detector                          # ~25 min on one CPU thread
 
+A run that kept the speaker side fixed (`train.train --frozen-layers N --speaker-weight 0`:
+the front end, the first N layers and the speaker head unchanged) moves the detector's input
+only through the top layers' small share of the head's layer weights; `--copy-from DIR`
+then carries the previous export's detector over instead of training a new one (check the
+result with bench/speaker_eval.py either way).
+
 Features of the meetings are computed once by the frozen model (offline, in 20 s blocks,
 ``stream.speakers.offline_speaker_features``) and cached next to the meetings. Targets: a
 triangle of half-width 0.15 s around each reference speaker change (`decoders.speaker.change_times`),
@@ -17,6 +23,7 @@ energy VAD's speech flag, as a stream computes them. The held-out evaluation is
 bench/speaker_eval.py on the meetings of held-out voices.
 
 Usage: python -m train.change_detector [--model model/default] [--meetings DIR] [--steps 4000]
+       python -m train.change_detector --model DIR --copy-from model/default
 """
 from __future__ import annotations
 
@@ -151,6 +158,22 @@ def write_into(model_dir: Path, detector, spec: dict) -> None:
         raise RuntimeError(f"{model_dir}: the change detector did not load back")
 
 
+def copy_detector(source_dir: Path, model_dir: Path) -> None:
+    """Write the change detector of the export in `source_dir` into the export in `model_dir`."""
+    from model import load_model
+
+    source, target = load_model(source_dir), load_model(model_dir)
+    if source.change_detector is None:
+        raise SystemExit(f"--copy-from {source_dir}: that model has no change detector")
+    if target.config.speaker_head is None:
+        raise SystemExit(f"{model_dir}: not a bundled model (no speaker_head in config.json)")
+    dims = (int(source.config.speaker_head["proj_dim"]), int(target.config.speaker_head["proj_dim"]))
+    if dims[0] != dims[1]:
+        raise SystemExit(f"--copy-from {source_dir}: its detector reads {dims[0]} speaker features, "
+                         f"{model_dir} gives {dims[1]}")
+    write_into(model_dir, source.change_detector, source.config.speaker_head["change_detector"])
+
+
 def main(argv: list[str] | None = None) -> None:
     from model import load_model
     from train.export import DEFAULT_OUT
@@ -164,7 +187,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="initial weights and crops")
     ap.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    ap.add_argument("--copy-from", type=Path, default=None, metavar="MODEL_DIR",
+                    help="copy this export's detector instead of training one (for a run that kept the speaker "
+                         "side fixed: train.train --frozen-layers N --speaker-weight 0)")
     args = ap.parse_args(argv)
+    if args.copy_from is not None:
+        copy_detector(args.copy_from, args.model)
+        print(f"copied the change detector of {args.copy_from} into {args.model}")
+        return
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     if model.config.speaker_head is None:
