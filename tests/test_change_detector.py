@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -435,9 +436,7 @@ def test_recipe_trains_a_detector_and_writes_it_into_the_model(bundled_with_dete
     assert y.argmax() in (209, 210) and y[200] == 0 and y.max() > 0.9   # only the a -> b change, at 4.2 s
     _, source = bundled_with_detector
     target = tmp_path / "model"
-    target.mkdir()
-    for f in source.iterdir():
-        (target / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(source, target)
     meetings = tmp_path / "meetings"
     meetings.mkdir()
     rng = np.random.default_rng(0)
@@ -470,9 +469,7 @@ def test_recipe_trains_a_detector_and_writes_it_into_the_model(bundled_with_dete
     from train.change_detector import main
 
     other = tmp_path / "other"
-    other.mkdir()
-    for f in source.iterdir():
-        (other / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(source, other)
     main(["--model", str(other), "--copy-from", str(target)])
     copied = load_model(other)
     assert copied.config.speaker_head["change_detector"]["channels"] == 4

@@ -97,14 +97,18 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
     train.main(frozen_common + ["--max-steps", "3", "--init", str(export_dir), "--frozen-layers", "1",
                                 "--speaker-weight", "0", "--export-every", "-1"])
     before = load_model(export_dir).state_dict()
-    after = torch.load(frozen_work / "last.pt", weights_only=False)["model"]
+    frozen_last = torch.load(frozen_work / "last.pt", weights_only=False)
+    after = frozen_last["model"]
     n_layers = len(m.wavlm.encoder.layers)
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved, "nothing trained"
     assert all(k.startswith(("lm_head.", "wavlm.encoder.layer_norm.")) or
                any(k.startswith(f"wavlm.encoder.layers.{i}.") for i in range(1, n_layers)) for k in moved), moved
     assert any(k.startswith("lm_head.") for k in moved)
-    assert "frozen_layers" not in (frozen_work / "log.txt").read_text()
+    # last.pt names what the run trains (what a resume is checked against): the same set.
+    assert "lm_head.weight" in frozen_last["trainable"]
+    assert not any(k.startswith(("speaker_head.", "wavlm.feature_extractor.", "wavlm.encoder.layers.0."))
+                   for k in frozen_last["trainable"])
     with pytest.raises(SystemExit, match="other parameters fixed"):
         train.main(frozen_common + ["--max-steps", "1"])
     with pytest.raises(SystemExit, match="has 2 transformer layers, got 3"):
