@@ -95,9 +95,14 @@ def test_tiny_messages_are_joined_into_few_engine_calls():
             async with connect(url(server)) as ws:
                 await ws.send(start_msg())
                 await stream_audio(ws, audio, chunk=8)
-                await asyncio.sleep(0.3)                                 # the server reads them all
-                gate.set()
                 await ws.send(json.dumps({"type": "stop"}))
+                # The server reads a session's messages in order, so once the stop is queued
+                # (its job is flushing) every tiny message is queued before it.
+                deadline = time.monotonic() + 10
+                while not any(job.flushing for job in server.worker._jobs.values()):
+                    assert time.monotonic() < deadline, "the server never queued the stop"
+                    await asyncio.sleep(0.01)
+                gate.set()
                 return await drain(ws)
 
     events, code = run(main())
