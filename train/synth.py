@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train", type=int, default=8000,
                     help="training clips: clip i says training sentence i of a fixed shuffled order (they repeat "
                          "after the ~34,300 there are), so a larger N keeps a smaller one's clips and adds new "
-                         "sentences (runs 1-11 of train/README.md saw 8,000; run 18, the bundled model, and run 13 "
-                         "16,000; runs 14-15 24,000)")
+                         "sentences (runs 1-11 of train/README.md saw 8,000; runs 13 and 18 16,000; runs 14-15 and "
+                         "19 24,000; run 17 and run 20, the bundled model, 34,000)")
     ap.add_argument("--dev", type=int, default=240)
     ap.add_argument("--test", type=int, default=600)
     ap.add_argument("--test-seen", type=int, default=300)
