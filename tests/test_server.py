@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from fake_pipeline import FakePipeline, encode
 from stream.server import resolve_static
 from ws_helpers import (SCRIPTS, drain, errors, expected_finals, finals, run, serving, settled, start_msg,
-                        stream_audio, transcribe, url)
+                        stream_audio, transcribe, until, url)
 
 # -- many clients ---------------------------------------------------------------------
 
@@ -98,10 +98,8 @@ def test_tiny_messages_are_joined_into_few_engine_calls():
                 await ws.send(json.dumps({"type": "stop"}))
                 # The server reads a session's messages in order, so once the stop is queued
                 # (its job is flushing) every tiny message is queued before it.
-                deadline = time.monotonic() + 10
-                while not any(job.flushing for job in server.worker._jobs.values()):
-                    assert time.monotonic() < deadline, "the server never queued the stop"
-                    await asyncio.sleep(0.01)
+                assert await until(lambda: any(job.flushing for job in server.worker._jobs.values()), 10), \
+                    "the server never queued the stop"
                 gate.set()
                 return await drain(ws)
 

@@ -47,14 +47,19 @@ async def drain(ws) -> tuple[list[dict], int | None]:
     return out, ws.close_code
 
 
-async def settled(server, timeout: float = 3.0) -> bool:
-    """Whether the server freed every session (they close just after the client sees the close)."""
+async def until(condition, timeout: float) -> bool:
+    """Whether condition() became true within timeout seconds (polled every 10 ms)."""
     deadline = time.monotonic() + timeout
-    while server.sessions or server.worker.job_count:
+    while not condition():
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+async def settled(server, timeout: float = 3.0) -> bool:
+    """Whether the server freed every session (they close just after the client sees the close)."""
+    return await until(lambda: not (server.sessions or server.worker.job_count), timeout)
 
 
 def start_msg(rate: int = 16000, fmt: str = "pcm_s16le", channels: int = 1) -> str:
