@@ -79,6 +79,21 @@ class WavLMModel(nn.Module):
         return lengths_to_mask(lengths, num_frames)
 
     # ---- SpecAugment ------------------------------------------------------------------
+    def draw_time_mask(self, shape: tuple[int, int], frame_mask: torch.Tensor | None = None,
+                       device: torch.device | None = None) -> torch.Tensor | None:
+        """SpecAugment time spans from the config's probabilities: (B, T) bool, or None when it masks no time.
+
+        Drawn from numpy's global generator, as transformers does. Training code that must know which
+        frames were masked draws them here and passes them to forward as mask_time_indices.
+        """
+        cfg = self.config
+        if not cfg.apply_spec_augment or cfg.mask_time_prob <= 0:
+            return None
+        return torch.from_numpy(compute_mask_indices(
+            shape, cfg.mask_time_prob, cfg.mask_time_length, attention_mask=frame_mask,
+            min_masks=cfg.mask_time_min_masks,
+        )).to(device)
+
     def apply_spec_augment(self, hidden: torch.Tensor, frame_mask: torch.Tensor | None = None,
                            mask_time_indices: torch.Tensor | None = None) -> torch.Tensor:
         """Replace masked time steps by masked_spec_embed and zero masked feature channels.
@@ -90,11 +105,8 @@ class WavLMModel(nn.Module):
         if not cfg.apply_spec_augment:
             return hidden
         B, T, H = hidden.shape
-        if mask_time_indices is None and cfg.mask_time_prob > 0 and self.training:
-            mask_time_indices = torch.from_numpy(compute_mask_indices(
-                (B, T), cfg.mask_time_prob, cfg.mask_time_length, attention_mask=frame_mask,
-                min_masks=cfg.mask_time_min_masks,
-            )).to(hidden.device)
+        if mask_time_indices is None and self.training:
+            mask_time_indices = self.draw_time_mask((B, T), frame_mask, hidden.device)
         if mask_time_indices is not None:
             if self.masked_spec_embed is None:
                 raise ValueError("mask_time_indices given but the config has mask_time_prob == mask_feature_prob == 0, "

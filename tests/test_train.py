@@ -114,6 +114,23 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
     with pytest.raises(SystemExit, match="has 2 transformer layers, got 3"):
         train.main(frozen_common + ["--max-steps", "1", "--fresh", "--frozen-layers", "3"])
 
+    # --anchor-speaker-features: the whole backbone trains, held near the --init model's speaker features;
+    # the speaker head stays fixed, and the anchor's distance is logged.
+    anchor_work = tmp_path / "anchored"
+    anchor_common = [str(anchor_work) if a == str(work) else a for a in common] + [
+        "--max-steps", "3", "--log-every", "1", "--speaker-weight", "0", "--anchor-speaker-features", "10",
+        "--export-every", "-1", "--streaming-prob", "0.5"]
+    train.main(anchor_common + ["--init", str(export_dir)])
+    anchored = torch.load(anchor_work / "last.pt", weights_only=False)
+    moved = {k for k in before if not torch.equal(before[k], anchored["model"][k])}
+    assert any(k.startswith("wavlm.feature_extractor.") for k in moved)
+    assert not any(k.startswith("speaker_head.") for k in moved)
+    assert " anchor " in (anchor_work / "log.txt").read_text()
+    with pytest.raises(SystemExit, match="give --init MODEL_DIR"):
+        train.main(anchor_common)
+    with pytest.raises(SystemExit, match="give --init MODEL_DIR"):
+        train.main(anchor_common + ["--init", str(export_dir), "--speaker-weight", "0.2"])
+
 
 def test_batches_loaded_ahead_on_threads_train_exactly_as_loaded_in_the_step(data_dir, tmp_path):
     from train import train

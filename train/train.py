@@ -36,6 +36,7 @@ from stream.window import WindowConfig
 from train import export as export_mod
 from train.data import Batch, Clip, bucket_batches, collate, prefetch, read_manifest
 from train.evaluate import transcribe_clips
+from train.feature_anchor import FeatureAnchor
 from train.metrics import error_rates
 from train.streaming_aware import StreamingAware
 
@@ -242,6 +243,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
                     help="with no last.pt in --work: start from an exported model (e.g. model/default) instead of "
                          "random weights; a new optimizer, no curriculum and no speaker-loss ramp")
+    ap.add_argument("--anchor-speaker-features", type=float, default=0.0, metavar="WEIGHT",
+                    help="weight of a loss that holds the speaker head's frame features near the --init model's "
+                         "(train/feature_anchor.py), so the backbone can move for CTC while what the speaker head "
+                         "and its change detector read stays put; needs --init (the teacher, also on resume) and "
+                         "--speaker-weight 0")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -278,11 +284,18 @@ def main(argv: list[str] | None = None) -> dict:
     train_clips = [c for c in train_clips if c.speaker in speaker_index]
     torch.manual_seed(args.seed)
     model = WavLMForCTCWithSpeaker(config).to(device)
-    aware = None
+    aware, window = None, None
     if args.streaming_prob > 0:
         left_ms, chunk_ms, right_ms = args.streaming_window
         w = WindowConfig.from_ms(chunk_ms, left_ms, right_ms)
-        aware = StreamingAware(model, (w.left, w.chunk, w.right))
+        window = (w.left, w.chunk, w.right)
+        aware = StreamingAware(model, window)
+    anchor = None
+    if args.anchor_speaker_features > 0:
+        if args.init is None or args.speaker_weight > 0:
+            raise SystemExit("--anchor-speaker-features holds the speaker features near the --init model's with the "
+                             "speaker head fixed: give --init MODEL_DIR (also when resuming) and --speaker-weight 0")
+        anchor = FeatureAnchor(*exported_start(args.init), device, window)
     trainable = trainable_parameter_names(model, args.frozen_layers, args.speaker_weight > 0)
     for n, p in model.named_parameters():
         p.requires_grad_(n in trainable)
@@ -340,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
     losses: list[float] = []
     last_eval = last_save = last_export = time.time()
     step_in_run, dev_cer = 0, math.nan
-    win_loss, win_ctc, win_spk, win_secs, win_t = 0.0, 0.0, 0.0, 0.0, time.time()
+    win_loss, win_ctc, win_spk, win_anchor, win_secs, win_t = 0.0, 0.0, 0.0, 0.0, 0.0, time.time()
     model.train()
     done = False
     was_in_curriculum: bool | None = None   # None until the first pass over the data
@@ -386,12 +399,21 @@ def main(argv: list[str] | None = None) -> dict:
             lr = lr_at(step_in_run, elapsed / budget, args.lr, warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
+            streaming = aware is not None and rng.random() < args.streaming_prob
             if aware is not None:
-                aware.set(rng.random() < args.streaming_prob)
+                aware.set(streaming)
+            audio, attention_mask = b.audio.to(device), b.attention_mask.to(device)
+            masked = None
+            if anchor is not None:
+                anchor.set_streaming(streaming)
+                # Drawn here rather than inside the forward, so the anchor can leave the masked frames out.
+                n_frames = int(model.wavlm.feat_extract_output_lengths(torch.tensor(audio.shape[1])))
+                masked = model.wavlm.draw_time_mask((audio.shape[0], n_frames),
+                                                    model.wavlm.frame_mask(attention_mask, n_frames), device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                out = model(b.audio.to(device), b.attention_mask.to(device), output_hidden_states=True)
+                out = model(audio, attention_mask, output_hidden_states=True, mask_time_indices=masked)
                 hidden = out.hidden_states
-                if not args.speaker_into_backbone:
+                if not args.speaker_into_backbone and anchor is None:
                     hidden = tuple(h.detach() for h in hidden)
                 feats = model.speaker_frame_features(hidden)
                 rows, masks = speaker_crops(out.frame_mask, np_rng, crop_frames[0], crop_frames[1],
@@ -407,6 +429,10 @@ def main(argv: list[str] | None = None) -> dict:
             ramp = 1.0 if past_ramps else min(1.0, step / max(1, args.speaker_ramp))
             spk_weight = args.speaker_weight * ramp
             loss = ctc + spk_weight * spk
+            anchored = torch.zeros(())
+            if anchor is not None:
+                anchored = anchor.loss(feats, audio, attention_mask, out.frame_mask, masked)
+                loss = loss + args.anchor_speaker_features * anchored
             opt.zero_grad(set_to_none=True)
             loss.backward()
             # Clipped separately: the AM-softmax gradients are large (scale 30) and, clipped together,
@@ -421,15 +447,17 @@ def main(argv: list[str] | None = None) -> dict:
             win_loss += losses[-1]
             win_ctc += float(ctc.detach())
             win_spk += float(spk.detach())
+            win_anchor += float(anchored.detach())
             win_secs += b.seconds
             if step_in_run % args.log_every == 0:
                 n = args.log_every
                 rate = win_secs / 3600 / ((time.time() - win_t) / 3600)
                 left = max(0.0, budget - (time.time() - t_start)) / 60
-                log(f"step {step} | loss {win_loss / n:.3f} (ctc {win_ctc / n:.3f} spk {win_spk / n:.3f}) | "
+                anchor_part = f" anchor {win_anchor / n:.4f}" if anchor is not None else ""
+                log(f"step {step} | loss {win_loss / n:.3f} (ctc {win_ctc / n:.3f} spk {win_spk / n:.3f}{anchor_part}) | "
                     f"lr {lr:.2e} | {hours_seen:.2f} audio-h seen ({hours_seen / train_hours:.2f} epochs) | "
                     f"{rate:.1f} audio-h/h | dev CER {dev_cer:.3f} (best {best_cer:.3f}) | ETA {left:.0f} min", log_file)
-                win_loss, win_ctc, win_spk, win_secs, win_t = 0.0, 0.0, 0.0, 0.0, time.time()
+                win_loss, win_ctc, win_spk, win_anchor, win_secs, win_t = 0.0, 0.0, 0.0, 0.0, 0.0, time.time()
             now = time.time()
             if aware is not None:
                 aware.set(False)   # dev CER, checkpoints' front-end check: offline
