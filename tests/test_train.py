@@ -128,6 +128,9 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
     assert " anchor " in (anchor_work / "log.txt").read_text()
     with pytest.raises(SystemExit, match="give --init MODEL_DIR"):
         train.main(anchor_common)
+    other_teacher = shutil.copytree(export_dir, tmp_path / "other_export")
+    with pytest.raises(SystemExit, match="was anchored to .*export, not .*other_export"):
+        train.main(anchor_common + ["--init", str(other_teacher)])
     with pytest.raises(SystemExit, match="give --init MODEL_DIR"):
         train.main(anchor_common + ["--init", str(export_dir), "--speaker-weight", "0.2"])
 

@@ -290,12 +290,13 @@ def main(argv: list[str] | None = None) -> dict:
         w = WindowConfig.from_ms(chunk_ms, left_ms, right_ms)
         window = (w.left, w.chunk, w.right)
         aware = StreamingAware(model, window)
-    anchor = None
+    anchor, anchor_teacher = None, None
     if args.anchor_speaker_features > 0:
         if args.init is None or args.speaker_weight > 0:
             raise SystemExit("--anchor-speaker-features holds the speaker features near the --init model's with the "
                              "speaker head fixed: give --init MODEL_DIR (also when resuming) and --speaker-weight 0")
         anchor = FeatureAnchor(*exported_start(args.init), device, window)
+        anchor_teacher = str(args.init.resolve())
     trainable = trainable_parameter_names(model, args.frozen_layers, args.speaker_weight > 0)
     for n, p in model.named_parameters():
         p.requires_grad_(n in trainable)
@@ -320,6 +321,9 @@ def main(argv: list[str] | None = None) -> dict:
         opt.load_state_dict(ckpt["optimizer"])
         step, hours_seen, best_cer, runs = ckpt["step"], ckpt["hours_seen"], ckpt["best_cer"], ckpt["runs"]
         past_ramps = ckpt.get("past_ramps", False)
+        if anchor is not None and ckpt.get("anchor_teacher", anchor_teacher) != anchor_teacher:
+            raise SystemExit(f"{last} was anchored to {ckpt['anchor_teacher']}, not {anchor_teacher}: resume with "
+                             f"that --init, or use another --work")
     runs += 1
     warmup = args.warmup if ckpt is None else 100
     n_params = sum(p.numel() for p in model.parameters())
@@ -332,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
     def state() -> dict:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": config.to_dict(),
                 "step": step, "hours_seen": hours_seen, "best_cer": best_cer, "runs": runs,
-                "past_ramps": past_ramps, "trainable": sorted(trainable)}
+                "past_ramps": past_ramps, "trainable": sorted(trainable), "anchor_teacher": anchor_teacher}
 
     def do_export(tag: str) -> None:
         best = args.work / "best.pt"
