@@ -295,7 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.init is None or args.speaker_weight > 0:
             raise SystemExit("--anchor-speaker-features holds the speaker features near the --init model's with the "
                              "speaker head fixed: give --init MODEL_DIR (also when resuming) and --speaker-weight 0")
-        anchor = FeatureAnchor(*exported_start(args.init), device, window)
+        # A fresh run has just read the --init model for its own start: the teacher starts from the same.
+        teacher_start = (config, initial_state) if initial_state is not None else exported_start(args.init)
+        anchor = FeatureAnchor(*teacher_start, device, window)
         anchor_teacher = str(args.init.resolve())
     trainable = trainable_parameter_names(model, args.frozen_layers, args.speaker_weight > 0)
     for n, p in model.named_parameters():
