@@ -79,13 +79,21 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
 
     # A new work directory started from the export (--init): its weights, so the loss starts where the
     # first run ended; the curriculum and the speaker-loss ramp are skipped, and a resume remembers that.
+    # Its data holds a clip of a speaker the export's head does not know (a voice added later): it trains
+    # CTC only, instead of being dropped.
     init_work = tmp_path / "from_export"
-    init_common = [str(init_work) if a == str(work) else a for a in common]
+    more_data = shutil.copytree(data_dir, tmp_path / "more_data")
+    with open(more_data / "train.jsonl", "a") as f:
+        clip = json.loads((data_dir / "train.jsonl").read_text().splitlines()[0])
+        f.write(json.dumps(dict(clip, speaker="es-new", voice="es-new")) + "\n")
+    init_common = [str(init_work) if a == str(work) else str(more_data) if a == str(data_dir) else a
+                   for a in common]
     third = train.main(init_common + ["--max-steps", "4", "--init", str(export_dir), "--lr", "1e-9"])
     assert third["step"] == 4
     assert np.mean(third["losses"]) < 0.8 * np.mean(losses[:4]), (third["losses"], losses[:4])
     init_log = (init_work / "log.txt").read_text()
     assert f"(from {export_dir})" in init_log and "curriculum" not in init_log
+    assert "7 train clips" in init_log and "2 speakers; 1 clips of other speakers, CTC only" in init_log
     assert torch.load(init_work / "last.pt", weights_only=False)["past_ramps"] is True
     with pytest.raises(SystemExit, match="not a model with a speaker head"):
         train.main(init_common + ["--max-steps", "1", "--fresh", "--init", str(plain_ctc_checkpoint(tmp_path))])

@@ -19,6 +19,8 @@ DEBIAN_FRONTEND=noninteractive apt-get $APT install -y --no-install-recommends \
   sox espeak-ng flite \
   mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 \
   mbrola-de4 mbrola-fr1 mbrola-nl2 mbrola-af1 mbrola-sw2 \
+  mbrola-de1 mbrola-de2 mbrola-de3 mbrola-de5 mbrola-de6 mbrola-fr4 \
+  mbrola-gr2 mbrola-hu1 mbrola-pl1 mbrola-ro1 mbrola-sw1 \
   festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
   festvox-rablpc16k festvox-don festvox-us1 festvox-us2 festvox-us3 festvox-en1 \
   libttspico-utils libttspico-data \

@@ -5,7 +5,7 @@ of their text; dev and test use only held-out voices (train/voices.py HELD_OUT) 
 held-out sentences; test_seen uses training voices on held-out sentences (to tell voice
 generalisation from text generalisation).
 
-Usage: python -m train.synth [--out DIR] [--train N] [--jobs 2]
+Usage: python -m train.synth [--out DIR] [--train N] [--more-voices N] [--jobs 2]
 Manifest lines: {"path": "wav/train/rh-alan_p+250/000123.flac" (relative to --out),
 "text", "speaker", "voice", "duration", "tempo", "pitch", "reverb"}.
 Re-running skips clips that already exist, so an interrupted run can be resumed.
@@ -24,7 +24,7 @@ from pathlib import Path
 import soundfile as sf
 
 from train import text as text_mod
-from train.voices import HELD_OUT, PITCH_OFFSETS, SOURCE_VOICES, render, voice_by_name
+from train.voices import HELD_OUT, MORE_VOICES, PITCH_OFFSETS, SOURCE_VOICES, render, voice_by_name
 
 DEFAULT_OUT = Path.home() / ".cache" / "wavlm-stream" / "data"
 
@@ -39,8 +39,14 @@ def speaker_id(voice: str, pitch_offset: int) -> str:
     return f"{voice}_p{pitch_offset:+d}"
 
 
-def plan(sentences: list[str], n_train: int, n_dev: int, n_test: int, n_test_seen: int, seed: int = 0) -> list[dict]:
-    """The deterministic list of clips to render."""
+def plan(sentences: list[str], n_train: int, n_dev: int, n_test: int, n_test_seen: int, seed: int = 0,
+         n_more: int = 0) -> list[dict]:
+    """The deterministic list of clips to render.
+
+    ``n_more`` training clips spoken by ``MORE_VOICES`` come after the ``n_train`` others,
+    saying the training sentences that follow them (wrapping round), and draw from their own
+    random stream: with or without them, every other clip is the same.
+    """
     rng = random.Random(seed)
     pools = {"train": [], "dev": [], "test": []}
     for s in sentences:
@@ -51,9 +57,9 @@ def plan(sentences: list[str], n_train: int, n_dev: int, n_test: int, n_test_see
     test_voices = [v for v in SOURCE_VOICES if v.name in HELD_OUT]
     jobs = []
 
-    def add(split, voices, texts, n, augment):
+    def add(split, voices, texts, n, augment, first=0, rng=rng):
         weights = [v.weight for v in voices]
-        for i in range(n):
+        for i in range(first, first + n):
             v = rng.choices(voices, weights)[0]
             off = rng.choice(PITCH_OFFSETS)
             # Per-clip jitter around the speaker's pitch and a random tempo: the same
@@ -73,6 +79,8 @@ def plan(sentences: list[str], n_train: int, n_dev: int, n_test: int, n_test_see
     add("test", test_voices, pools["test"], n_test, augment=False)
     add("test_seen", train_voices, pools["test"][::-1], n_test_seen, augment=False)
     add("train", train_voices, pools["train"], n_train, augment=True)
+    add("train", list(MORE_VOICES), pools["train"], n_more, augment=True, first=n_train,
+        rng=random.Random(f"more-voices-{seed}"))
     return jobs
 
 
@@ -103,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
                          "after the ~34,300 there are), so a larger N keeps a smaller one's clips and adds new "
                          "sentences (runs 1-11 of train/README.md saw 8,000; runs 13 and 18 16,000; runs 14-15 and "
                          "19 24,000; run 17 and run 20, the bundled model, 34,000)")
+    ap.add_argument("--more-voices", type=int, default=0, metavar="N",
+                    help="N training clips more, spoken by the 11 MBROLA voices of voices.MORE_VOICES (new "
+                         "speakers: their clips train CTC only when a run starts from an export whose speaker "
+                         "head does not know them); run 22 used 6,000")
     ap.add_argument("--dev", type=int, default=240)
     ap.add_argument("--test", type=int, default=600)
     ap.add_argument("--test-seen", type=int, default=300)
@@ -115,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         text_mod.main([str(sent_file)])
     sentences = sent_file.read_text().split("\n")
     sentences = [s for s in sentences if s]
-    jobs = plan(sentences, args.train, args.dev, args.test, args.test_seen, args.seed)
+    jobs = plan(sentences, args.train, args.dev, args.test, args.test_seen, args.seed, args.more_voices)
     t0 = time.time()
     records: dict[str, list[dict]] = {}
     hours = 0.0

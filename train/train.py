@@ -281,7 +281,9 @@ def main(argv: list[str] | None = None) -> dict:
         speakers = sorted({c.speaker for c in train_clips})
         config = build_config(args.size, speakers)
     speaker_index = {s: i for i, s in enumerate(speakers)}
-    train_clips = [c for c in train_clips if c.speaker in speaker_index]
+    # Clips of speakers the head was not built for (voices added after the --init export,
+    # `train.synth --more-voices`) train CTC only: collate gives them speaker -1.
+    unlabelled = sum(c.speaker not in speaker_index for c in train_clips)
     torch.manual_seed(args.seed)
     model = WavLMForCTCWithSpeaker(config).to(device)
     aware, window = None, None
@@ -332,7 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
     n_trained = sum(p.numel() for _, p in named)
     start = "resumed at step %d" % step if ckpt else ("from %s" % args.init if past_ramps else "fresh")
     log(f"run {runs} ({start}): {n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), "
-        f"{len(train_clips)} train clips ({train_hours:.2f} h, {len(speakers)} speakers), {len(dev_clips)} dev clips, "
+        f"{len(train_clips)} train clips ({train_hours:.2f} h, {len(speakers)} speakers"
+        f"{f'; {unlabelled} clips of other speakers, CTC only' if unlabelled else ''}), {len(dev_clips)} dev clips, "
         f"device {device}, bf16 {use_bf16}, budget {args.max_minutes:.0f} min", log_file)
 
     def state() -> dict:
@@ -368,8 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
         if (args.data / "train.jsonl").stat().st_mtime != manifest_mtime:
             # The data set may grow while a run goes on (synthesis still writing): take the new manifest.
             manifest_mtime = (args.data / "train.jsonl").stat().st_mtime
-            train_clips = [c for c in read_manifest(args.data / "train.jsonl", args.max_clip_seconds)
-                           if c.speaker in speaker_index]
+            train_clips = read_manifest(args.data / "train.jsonl", args.max_clip_seconds)
             train_hours = sum(c.duration for c in train_clips) / 3600
             log(f"re-read train.jsonl: {len(train_clips)} clips, {train_hours:.2f} h", log_file)
         in_curriculum = not past_ramps and step < args.curriculum_steps

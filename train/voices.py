@@ -78,6 +78,15 @@ SOURCE_VOICES: tuple[SourceVoice, ...] = (
     _v("es-us-croak", "espeak", "en-us+croak", 0.3, "espeak-ng-data"),
 )
 
+# More MBROLA databases speaking English through espeak-ng (accented, robotic): distinct
+# recordings, six of them female, for a larger set of training voices. Kept apart from
+# SOURCE_VOICES so that adding them leaves the plan of every earlier clip unchanged; they
+# only speak the extra training clips of `train.synth --more-voices N` (run 22 of train/README.md).
+MORE_VOICES: tuple[SourceVoice, ...] = tuple(
+    _v(f"mb-{db}", "espeak", f"mb-{db}-en", 1.0, f"mbrola-{db}")
+    for db in ("de1", "de2", "de3", "de5", "de6", "fr4", "gr2", "hu1", "pl1", "ro1", "sw1")
+)
+
 # Never in training. One per engine family, chosen so that no training voice shares
 # the recording (rh-bdl is CMU ARCTIC bdl; fl-rms is ARCTIC rms; us3 is held out both
 # through festival and through espeak-ng).
@@ -88,7 +97,7 @@ PITCH_OFFSETS = (-250, 0, 250)
 
 
 def voice_by_name(name: str) -> SourceVoice:
-    for v in SOURCE_VOICES:
+    for v in SOURCE_VOICES + MORE_VOICES:
         if v.name == name:
             return v
     raise KeyError(name)
