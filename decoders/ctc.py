@@ -157,19 +157,28 @@ def collapse(ids: np.ndarray, prev: int, blank: int) -> np.ndarray:
     return (ids != before) & (ids != blank)
 
 
+def add_to_runs(runs: list[TokenRun], token: int, frame: int, emitted: bool, blank: int) -> None:
+    """Grow ``runs`` by one greedy frame (absolute index ``frame``, argmax ``token``).
+
+    An emitted frame (see ``collapse``) starts a run; a repeat of the last run's token on
+    the frame right after it extends that run; blanks and other frames leave runs alone.
+    The one rule for token runs, used offline by ``greedy_runs`` and frame by frame by the
+    incremental transcriber.
+    """
+    if emitted:
+        runs.append(TokenRun(token, frame, frame + 1))
+    elif token != blank and runs and runs[-1].token == token and runs[-1].end == frame:
+        runs[-1].end = frame + 1
+
+
 def greedy_runs(log_probs: np.ndarray, vocab: Vocabulary, first_frame: int) -> list[TokenRun]:
     """The token runs of the greedy path of log_probs (T, V), absolute frames from ``first_frame``:
     each emitted token with the frames its repeats cover (as the incremental transcriber builds them)."""
     ids = vocab.blank_map()[np.asarray(log_probs).argmax(axis=-1)]
+    emitted = collapse(ids, vocab.blank_id, vocab.blank_id).tolist()
     runs: list[TokenRun] = []
-    prev = vocab.blank_id
     for k, i in enumerate(ids.tolist()):
-        if i != vocab.blank_id:
-            if i != prev:
-                runs.append(TokenRun(i, first_frame + k, first_frame + k + 1))
-            else:
-                runs[-1].end = first_frame + k + 1
-        prev = i
+        add_to_runs(runs, i, first_frame + k, emitted[k], vocab.blank_id)
     return runs
 
 

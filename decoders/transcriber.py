@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .beam import BeamFinaliser
-from .ctc import TokenRun, Vocabulary, collapse, frame_time, greedy_runs, runs_to_words
+from .ctc import TokenRun, Vocabulary, add_to_runs, collapse, frame_time, greedy_runs, runs_to_words
 from .endpoint import EndpointConfig, forced_cut
 from .events import Event, Final, Partial
 
@@ -231,8 +231,8 @@ class SegmentTranscriber:
                     self._next_segment += 1
                     self._speech_start = f
                 changed = False
+                add_to_runs(self._runs, i, f, emitted[k], blank)
                 if emitted[k]:
-                    self._runs.append(TokenRun(i, f, f + 1))
                     if i == delim:
                         if self._word:
                             self._words.append(self._word)
@@ -240,8 +240,6 @@ class SegmentTranscriber:
                     else:
                         self._word += self.vocab.tokens[i]
                         changed = True
-                elif i != blank and self._runs and self._runs[-1].token == i and self._runs[-1].end == f:
-                    self._runs[-1].end = f + 1  # repeat: extend the run
                 if speech[k]:
                     self._silence = 0
                     self._speech_end = f + 1

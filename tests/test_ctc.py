@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from ctc_frames import TOKENS, VOCAB, log_probs
-from decoders.ctc import TokenRun, Vocabulary, collapse, frame_confidence, frame_time, greedy_decode, runs_to_words
+from decoders.ctc import (TokenRun, Vocabulary, collapse, frame_confidence, frame_time, greedy_decode, greedy_runs,
+                         runs_to_words)
 
 
 def test_vocabulary_from_wav2vec2_vocab_json(tmp_path):
@@ -43,6 +44,14 @@ def test_collapse_uses_previous_frame():
     assert collapse(ids, 0, 0).tolist() == [True, False, False, True, True, False]
     # continuing a run from the previous push: the first frame is a repeat
     assert collapse(ids, 5, 0).tolist() == [False, False, False, True, True, False]
+
+
+def test_greedy_runs_cover_each_token_with_its_repeats():
+    # "<unk>" counts as a blank; a repeat after a blank is a new run; "|" makes runs too.
+    runs = greedy_runs(log_probs("_AA_A?AB|B"), VOCAB, first_frame=50)
+    assert [(VOCAB.tokens[r.token], r.start, r.end) for r in runs] == [
+        ("A", 51, 53), ("A", 54, 55), ("A", 56, 57), ("B", 57, 58), ("|", 58, 59), ("B", 59, 60)]
+    assert greedy_runs(log_probs("__??"), VOCAB, first_frame=0) == []
 
 
 def test_greedy_decode_words_and_specials():
