@@ -195,7 +195,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--clip", type=float, default=2.0,
                     help="gradient-norm clip of the backbone (5.0 let a run that had left the plateau fall back)")
     ap.add_argument("--weight-decay", type=float, default=0.01)
-    ap.add_argument("--speaker-weight", type=float, default=0.2, help="weight of the AM-softmax loss")
+    ap.add_argument("--speaker-weight", type=float, default=0.2, help="weight of the AM-softmax loss (0: computed and logged as \"spk\", not trained)")
     ap.add_argument("--speaker-into-backbone", action="store_true",
                     help="let the speaker loss train the backbone too (default: the speaker head learns on detached "
                          "hidden states, so the backbone is shaped by CTC alone)")
@@ -436,7 +436,9 @@ def main(argv: list[str] | None = None) -> dict:
                    else embeddings.sum() * 0.0)
             ramp = 1.0 if past_ramps else min(1.0, step / max(1, args.speaker_ramp))
             spk_weight = args.speaker_weight * ramp
-            loss = ctc + spk_weight * spk
+            # At weight 0 (--speaker-weight 0, or the first step of the ramp) the speaker loss stays a
+            # logged monitor of how the fixed head fares on the moving features, outside the backward.
+            loss = ctc + spk_weight * spk if spk_weight > 0 else ctc
             anchored = torch.zeros(())
             if anchor is not None:
                 anchored = anchor.loss(feats, audio, attention_mask, out.frame_mask, masked)
