@@ -195,7 +195,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--clip", type=float, default=2.0,
                     help="gradient-norm clip of the backbone (5.0 let a run that had left the plateau fall back)")
     ap.add_argument("--weight-decay", type=float, default=0.01)
-    ap.add_argument("--speaker-weight", type=float, default=0.2, help="weight of the AM-softmax loss (0: computed and logged as \"spk\", not trained)")
+    ap.add_argument("--speaker-weight", type=float, default=0.2,
+                    help="weight of the AM-softmax loss (0: computed and logged as \"spk\", not trained)")
     ap.add_argument("--speaker-into-backbone", action="store_true",
                     help="let the speaker loss train the backbone too (default: the speaker head learns on detached "
                          "hidden states, so the backbone is shaped by CTC alone)")
