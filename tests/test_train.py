@@ -122,6 +122,22 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
     with pytest.raises(SystemExit, match="has 2 transformer layers, got 3"):
         train.main(frozen_common + ["--max-steps", "1", "--fresh", "--frozen-layers", "3"])
 
+    # --add-layers: identity layers on top of the export, so the first loss is the export's; only the layers
+    # above --frozen-layers (the new one among them) train, and the checkpoint has the bigger config.
+    grow_common = ["--max-steps", "2", "--init", str(export_dir), "--speaker-weight", "0", "--export-every", "-1",
+                   "--lr", "1e-9", "--frozen-layers", "2"]
+    plain = train.main([str(tmp_path / "plain") if a == str(work) else a for a in common] + grow_common)
+    grow_work = tmp_path / "grown"
+    grow_args = [str(grow_work) if a == str(work) else a for a in common] + grow_common
+    grown = train.main(grow_args + ["--add-layers", "1"])
+    assert grown["losses"][0] == pytest.approx(plain["losses"][0], rel=1e-5)
+    grown_last = torch.load(grow_work / "last.pt", weights_only=False)
+    assert grown_last["config"]["num_hidden_layers"] == n_layers + 1
+    assert any(k.startswith(f"wavlm.encoder.layers.{n_layers}.") for k in grown_last["trainable"])
+    assert "1 identity layers added on top" in (grow_work / "log.txt").read_text()
+    with pytest.raises(SystemExit, match="--add-layers grows an exported model"):
+        train.main(common + ["--max-steps", "1", "--fresh", "--add-layers", "1"])
+
     # --anchor-speaker-features: the whole backbone trains, held near the --init model's speaker features;
     # the speaker head stays fixed, and the anchor's distance is logged.
     anchor_work = tmp_path / "anchored"

@@ -37,6 +37,7 @@ from train import export as export_mod
 from train.data import Batch, Clip, bucket_batches, collate, prefetch, read_manifest
 from train.evaluate import transcribe_clips
 from train.feature_anchor import FeatureAnchor
+from train.grow import add_identity_layers
 from train.metrics import error_rates
 from train.streaming_aware import StreamingAware
 
@@ -244,6 +245,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
                     help="with no last.pt in --work: start from an exported model (e.g. model/default) instead of "
                          "random weights; a new optimizer, no curriculum and no speaker-loss ramp")
+    ap.add_argument("--add-layers", type=int, default=0, metavar="N",
+                    help="with --init, when the run starts (no last.pt): put N transformer layers on top of the "
+                         "export's, each starting as the identity (train/grow.py), for more capacity above "
+                         "--frozen-layers; a resumed run keeps its checkpoint's layers")
     ap.add_argument("--anchor-speaker-features", type=float, default=0.0, metavar="WEIGHT",
                     help="weight of a loss that holds the speaker head's frame features near the --init model's "
                          "(train/feature_anchor.py), so the backbone can move for CTC while what the speaker head "
@@ -269,6 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
         dev_clips = random.Random(0).sample(dev_clips, min(args.dev_clips, len(dev_clips)))
     train_hours = sum(c.duration for c in train_clips) / 3600
 
+    if args.add_layers and args.init is None:
+        raise SystemExit("--add-layers grows an exported model: give --init MODEL_DIR")
     last = args.work / "last.pt"
     ckpt = None if args.fresh or not last.exists() else torch.load(last, map_location="cpu", weights_only=False)
     initial_state = None
@@ -277,6 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
         speakers = list(config.speaker_head["speakers"])
     elif args.init is not None:
         config, initial_state = exported_start(args.init)
+        if args.add_layers:
+            config, initial_state = add_identity_layers(config, initial_state, args.add_layers)
         speakers = list(config.speaker_head["speakers"])
     else:
         speakers = sorted({c.speaker for c in train_clips})
@@ -334,6 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     n_trained = sum(p.numel() for _, p in named)
     start = "resumed at step %d" % step if ckpt else ("from %s" % args.init if past_ramps else "fresh")
+    if args.add_layers and not ckpt:
+        start += f", {args.add_layers} identity layers added on top"
     log(f"run {runs} ({start}): {n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), "
         f"{len(train_clips)} train clips ({train_hours:.2f} h, {len(speakers)} speakers"
         f"{f'; {unlabelled} clips of other speakers, CTC only' if unlabelled else ''}), {len(dev_clips)} dev clips, "
