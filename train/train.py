@@ -385,7 +385,9 @@ def main(argv: list[str] | None = None) -> dict:
             manifest_mtime = (args.data / "train.jsonl").stat().st_mtime
             train_clips = read_manifest(args.data / "train.jsonl", args.max_clip_seconds)
             train_hours = sum(c.duration for c in train_clips) / 3600
-            log(f"re-read train.jsonl: {len(train_clips)} clips, {train_hours:.2f} h", log_file)
+            unlabelled = sum(c.speaker not in speaker_index for c in train_clips)
+            log(f"re-read train.jsonl: {len(train_clips)} clips, {train_hours:.2f} h"
+                f"{f' ({unlabelled} of other speakers, CTC only)' if unlabelled else ''}", log_file)
         in_curriculum = not past_ramps and step < args.curriculum_steps
         pool = train_clips
         if in_curriculum:
