@@ -137,6 +137,8 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
     assert "1 identity layers added on top" in (grow_work / "log.txt").read_text()
     with pytest.raises(SystemExit, match="--add-layers grows an exported model"):
         train.main(common + ["--max-steps", "1", "--fresh", "--add-layers", "1"])
+    with pytest.raises(SystemExit, match="--add-layers -1: count must be at least 1"):
+        train.main(grow_args + ["--fresh", "--add-layers", "-1"])
 
     # --anchor-speaker-features: the whole backbone trains, held near the --init model's speaker features;
     # the speaker head stays fixed, and the anchor's distance is logged.

@@ -285,7 +285,10 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.init is not None:
         config, initial_state = exported_start(args.init)
         if args.add_layers:
-            config, initial_state = add_identity_layers(config, initial_state, args.add_layers)
+            try:
+                config, initial_state = add_identity_layers(config, initial_state, args.add_layers)
+            except ValueError as e:
+                raise SystemExit(f"--add-layers {args.add_layers}: {e}") from None
         speakers = list(config.speaker_head["speakers"])
     else:
         speakers = sorted({c.speaker for c in train_clips})
