@@ -23,7 +23,9 @@ def trained_like(config: WavLMConfig) -> WavLMForCTCWithSpeaker:
 def test_added_layers_leave_logits_and_speaker_features_unchanged():
     config = build_config("tiny", ["a", "b", "c"])
     small = trained_like(config)
-    grown_config, grown_state = add_identity_layers(config, small.state_dict(), 2)
+    state = small.state_dict()
+    before = {k: v.clone() for k, v in state.items()}
+    grown_config, grown_state = add_identity_layers(config, state, 2)
     assert grown_config.num_hidden_layers == config.num_hidden_layers + 2
     grown = WavLMForCTCWithSpeaker(grown_config).eval()
     grown.load_state_dict(grown_state)           # strict: every parameter of the bigger model is given
@@ -37,11 +39,11 @@ def test_added_layers_leave_logits_and_speaker_features_unchanged():
     assert torch.allclose(a.embeddings, b.embeddings, atol=1e-5)
     # The new layers are not dead: their zeroed projections get gradients at once.
     grown.train()
-    grown.wavlm.encoder.layers[-1].feed_forward.output_dense.weight.requires_grad_(True)
     grown(x).logits.logsumexp(-1).sum().backward()
     assert grown.wavlm.encoder.layers[-1].feed_forward.output_dense.weight.grad.abs().sum() > 0
-    # The input state is left as it was.
-    assert torch.equal(small.state_dict()["speaker_head.layer_weights"],
+    # The input state is left as it was, and the grown head keeps its layer weights in front.
+    assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in before)
+    assert torch.equal(before["speaker_head.layer_weights"],
                        grown_state["speaker_head.layer_weights"][:config.num_hidden_layers + 1])
 
 

@@ -294,9 +294,6 @@ def main(argv: list[str] | None = None) -> dict:
         speakers = sorted({c.speaker for c in train_clips})
         config = build_config(args.size, speakers)
     speaker_index = {s: i for i, s in enumerate(speakers)}
-    # Clips of speakers the head was not built for (voices added after the --init export,
-    # `train.synth --more-voices`) train CTC only: collate gives them speaker -1.
-    unlabelled = sum(c.speaker not in speaker_index for c in train_clips)
     torch.manual_seed(args.seed)
     model = WavLMForCTCWithSpeaker(config).to(device)
     aware, window = None, None
@@ -350,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
         start += f", {args.add_layers} identity layers added on top"
     log(f"run {runs} ({start}): {n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), "
         f"{len(train_clips)} train clips ({train_hours:.2f} h, {len(speakers)} speakers"
-        f"{f'; {unlabelled} clips of other speakers, CTC only' if unlabelled else ''}), {len(dev_clips)} dev clips, "
+        f"{other_speakers_note(train_clips, speaker_index)}), {len(dev_clips)} dev clips, "
         f"device {device}, bf16 {use_bf16}, budget {args.max_minutes:.0f} min", log_file)
 
     def state() -> dict:
@@ -388,9 +385,8 @@ def main(argv: list[str] | None = None) -> dict:
             manifest_mtime = (args.data / "train.jsonl").stat().st_mtime
             train_clips = read_manifest(args.data / "train.jsonl", args.max_clip_seconds)
             train_hours = sum(c.duration for c in train_clips) / 3600
-            unlabelled = sum(c.speaker not in speaker_index for c in train_clips)
             log(f"re-read train.jsonl: {len(train_clips)} clips, {train_hours:.2f} h"
-                f"{f' ({unlabelled} of other speakers, CTC only)' if unlabelled else ''}", log_file)
+                f"{other_speakers_note(train_clips, speaker_index)}", log_file)
         in_curriculum = not past_ramps and step < args.curriculum_steps
         pool = train_clips
         if in_curriculum:
@@ -506,6 +502,17 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"run {runs} done: step {step}, {hours_seen:.2f} audio-h seen, dev CER {dev_cer:.3f} (best {best_cer:.3f}), "
         f"{(time.time() - t_start) / 60:.1f} min", log_file)
     return {"losses": losses, "dev_cer": dev_cer, "step": step}
+
+
+def other_speakers_note(clips: list[Clip], speaker_index: dict[str, int]) -> str:
+    """For the log: "; N clips of other speakers, CTC only", N the clips of speakers the head was not
+    built for; "" if none.
+
+    Such clips (voices added after the --init export, `train.synth --more-voices`) train CTC
+    only: collate gives them speaker -1.
+    """
+    n = sum(c.speaker not in speaker_index for c in clips)
+    return f"; {n} clips of other speakers, CTC only" if n else ""
 
 
 def trainable_parameter_names(model: WavLMForCTCWithSpeaker, frozen_layers: int, train_speaker_head: bool) -> set[str]:
