@@ -72,10 +72,15 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
     # A second run resumes from last.pt: the global step carries on. It runs every clip speed-perturbed (so
     # no speaker labels) and every batch stream-like; the checkpoint keeps its parameter names.
     keys = set(torch.load(work / "last.pt", weights_only=False)["model"])
+    # It also turns dropout and channel masking on: they change no parameter, the checkpoint's config keeps them.
     second = train.main(common + ["--max-steps", "3", "--speed-prob", "1", "--eq-prob", "0.5",
-                                  "--streaming-prob", "1"])
+                                  "--streaming-prob", "1", "--dropout", "0.1", "--mask-feature-prob", "0.2"])
     assert second["step"] == 43 and all(np.isfinite(second["losses"]))
-    assert set(torch.load(work / "last.pt", weights_only=False)["model"]) == keys
+    resumed = torch.load(work / "last.pt", weights_only=False)
+    assert set(resumed["model"]) == keys
+    assert resumed["config"]["hidden_dropout"] == 0.1 and resumed["config"]["mask_feature_prob"] == 0.2
+    assert resumed["config"]["mask_time_prob"] == 0.05   # not given: kept
+    assert "dropout 0.1, SpecAugment time 0.05 / channels 0.2" in (work / "log.txt").read_text()
 
     # A new work directory started from the export (--init): its weights, so the loss starts where the
     # first run ended; the curriculum and the speaker-loss ramp are skipped, and a resume remembers that.
@@ -159,6 +164,25 @@ def test_train_tiny_decreases_loss_exports_and_resumes(data_dir, tmp_path):
         train.main(anchor_common + ["--init", str(other_teacher)])
     with pytest.raises(SystemExit, match="give --init MODEL_DIR"):
         train.main(anchor_common + ["--init", str(export_dir), "--speaker-weight", "0.2"])
+
+
+def test_regularization_flags_are_checked_and_keep_the_masked_frame_vector():
+    from model import WavLMConfig
+    from train import train
+
+    config = train.build_config("tiny", ["a", "b"])
+    assert train.with_regularization(config, train.parse_args([])) is config
+    changed = train.with_regularization(config, train.parse_args(["--dropout", "0.2", "--mask-time-prob", "0.1"]))
+    assert isinstance(changed, WavLMConfig)
+    assert (changed.hidden_dropout, changed.activation_dropout, changed.attention_dropout,
+            changed.final_dropout, changed.mask_time_prob) == (0.2, 0.2, 0.2, 0.2, 0.1)
+    assert config.hidden_dropout == 0.0   # the given config is left alone
+    with pytest.raises(SystemExit, match="--dropout must be in"):
+        train.with_regularization(config, train.parse_args(["--dropout", "1"]))
+    with pytest.raises(SystemExit, match="--mask-feature-length must be 1..32"):
+        train.with_regularization(config, train.parse_args(["--mask-feature-length", "33"]))
+    with pytest.raises(SystemExit, match="would drop the model's masked-frame vector"):
+        train.with_regularization(config, train.parse_args(["--mask-time-prob", "0"]))
 
 
 def test_batches_loaded_ahead_on_threads_train_exactly_as_loaded_in_the_step(data_dir, tmp_path):

@@ -82,6 +82,41 @@ def build_config(size: str, speakers: list[str]) -> WavLMConfig:
                                       speaker_head=dict(head, num_speakers=len(speakers), speakers=list(speakers))))
 
 
+def with_regularization(config: WavLMConfig, args: argparse.Namespace) -> WavLMConfig:
+    """The config with the dropout and SpecAugment flags that were given applied; the others kept.
+
+    They change no parameter, so they apply to a fresh run, an --init start and a resumed run alike
+    (a resumed run keeps what its checkpoint's config says unless a flag is given again); exported
+    configs carry them, and inference ignores them (eval mode, no masks).
+    """
+    changes = {}
+    if args.dropout is not None:
+        changes.update(hidden_dropout=args.dropout, activation_dropout=args.dropout,
+                       attention_dropout=args.dropout, final_dropout=args.dropout)
+    if args.mask_time_prob is not None:
+        changes["mask_time_prob"] = args.mask_time_prob
+    if args.mask_feature_prob is not None:
+        changes["mask_feature_prob"] = args.mask_feature_prob
+    if args.mask_feature_length is not None:
+        changes["mask_feature_length"] = args.mask_feature_length
+    for flag, value in (("--dropout", args.dropout), ("--mask-time-prob", args.mask_time_prob),
+                        ("--mask-feature-prob", args.mask_feature_prob)):
+        if value is not None and not 0.0 <= value < 1.0:
+            raise SystemExit(f"{flag} must be in [0, 1), got {value}")
+    if args.mask_feature_length is not None and not 1 <= args.mask_feature_length <= config.hidden_size:
+        raise SystemExit(f"--mask-feature-length must be 1..{config.hidden_size} (the hidden size), "
+                         f"got {args.mask_feature_length}")
+    if not changes:
+        return config
+    merged = {**config.to_dict(), **changes}
+    had_embed = config.mask_time_prob > 0 or config.mask_feature_prob > 0
+    if had_embed and merged["mask_time_prob"] <= 0 and merged["mask_feature_prob"] <= 0:
+        # The model would be built without masked_spec_embed, which the weights it starts from carry.
+        raise SystemExit("--mask-time-prob 0 with no feature masking would drop the model's masked-frame vector: "
+                         "give a --mask-time-prob above 0 or a --mask-feature-prob")
+    return WavLMConfig.from_dict(merged)
+
+
 def lr_at(step_in_run: int, elapsed_frac: float, peak: float, warmup: int) -> float:
     """Warm-up to the peak, hold, then decay linearly over the last 20% of the run to 25% of the peak."""
     lr = peak * min(1.0, (step_in_run + 1) / warmup)
@@ -254,6 +289,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(train/feature_anchor.py), so the backbone can move for CTC while what the speaker head "
                          "and its change detector read stays put; needs --init (the teacher, also on resume) and "
                          "--speaker-weight 0")
+    ap.add_argument("--dropout", type=float, default=None, metavar="P",
+                    help="dropout in the transformer (hidden, activation, attention) and before the CTC head "
+                         "(default: what the config or checkpoint says; the recipe's config has none)")
+    ap.add_argument("--mask-time-prob", type=float, default=None, metavar="P",
+                    help="SpecAugment: share of frames in masked time spans (recipe default 0.05)")
+    ap.add_argument("--mask-feature-prob", type=float, default=None, metavar="P",
+                    help="SpecAugment: share of the projected feature channels zeroed per clip (recipe default 0)")
+    ap.add_argument("--mask-feature-length", type=int, default=None, metavar="N",
+                    help="SpecAugment: channels per feature-mask span (default 10)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -293,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         speakers = sorted({c.speaker for c in train_clips})
         config = build_config(args.size, speakers)
+    config = with_regularization(config, args)
     speaker_index = {s: i for i, s in enumerate(speakers)}
     torch.manual_seed(args.seed)
     model = WavLMForCTCWithSpeaker(config).to(device)
@@ -348,7 +393,8 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"run {runs} ({start}): {n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), "
         f"{len(train_clips)} train clips ({train_hours:.2f} h, {len(speakers)} speakers"
         f"{other_speakers_note(train_clips, speaker_index)}), {len(dev_clips)} dev clips, "
-        f"device {device}, bf16 {use_bf16}, budget {args.max_minutes:.0f} min", log_file)
+        f"device {device}, bf16 {use_bf16}, budget {args.max_minutes:.0f} min; dropout {config.hidden_dropout:g}, "
+        f"SpecAugment time {config.mask_time_prob:g} / channels {config.mask_feature_prob:g}", log_file)
 
     def state() -> dict:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": config.to_dict(),
