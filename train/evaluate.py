@@ -8,11 +8,15 @@ Prints:
 - speaker-embedding EER between held-out speakers (cosine scores over all clip pairs):
   "speaker" trials count a pitch-shifted copy of a voice as another speaker, "voice"
   trials compare only clips of different source voices against same-speaker clips;
+- with --kenlm: offline CER/WER of the beam search on the same held-out clips, without and with
+  the language model (the finals' decoder, decoders.beam.BeamFinaliser), and streaming beam
+  finals with it;
 - CER/WER on real recordings available offline on Debian: the Asterisk English prompts
   (asterisk-core-sounds-en-wav, Allison Smith, 8 kHz telephone speech, transcripts in the
   package's core-sounds-en.txt) and the ALSA channel-test voice (alsa-utils).
 
 Usage: python -m train.evaluate [--model model/default] [--max-clips 300] [--stream-clips 40]
+                                [--kenlm LM [--lm-weight A] [--word-bonus B]]
 """
 from __future__ import annotations
 
@@ -112,16 +116,57 @@ def speaker_eer(model, clips: list[Clip]) -> dict[str, float]:
             "trials": int(len(s)), "speakers": int(len(set(spk)))}
 
 
+@torch.no_grad()
+def beam_transcripts(model, clips: list[Clip], finaliser) -> list[str]:
+    """Each clip's offline log-probs decoded by ``finaliser`` (a decoders.beam.BeamFinaliser), one
+    forward per clip (no padding effects), aligned with the input."""
+    out = []
+    for c in clips:
+        logits = model(torch.from_numpy(np.asarray(_load(c.path)))[None]).logits[0]
+        out.append(finaliser.decode(torch.log_softmax(logits.float(), -1).numpy())[0])
+    return out
+
+
 def stream_transcripts(model, waves: list[np.ndarray], beam: bool = True,
-                       final_pass: bool = True) -> list[str] | None:
+                       final_pass: bool = True, **lm) -> list[str] | None:
     """Finals of each wave streamed through a stream.Pipeline of `model` (loaded CTC model) at the
     default latency, no speaker tracking (None if stream is not importable). final_pass=False:
-    finals decoded from the streamed log-probs (what the partials see) instead of the second pass."""
+    finals decoded from the streamed log-probs (what the partials see) instead of the second pass.
+    ``lm``: StreamConfig's kenlm_path, lm_weight and word_bonus for the beam finals."""
     try:
         from stream.pipeline import Pipeline, StreamConfig
     except ImportError:
         return None
-    return pipeline_transcripts(Pipeline(model, StreamConfig(beam=beam, final_pass=final_pass)), waves)
+    return pipeline_transcripts(Pipeline(model, StreamConfig(beam=beam, final_pass=final_pass, **lm)), waves)
+
+
+def language_model_rates(model, clips: list[Clip], hyps_greedy: list[str], args, stream_clips: int) -> dict:
+    """CER/WER of the held-out clips decoded by the beam search without and with --kenlm (printed)."""
+    from decoders.beam import BeamFinaliser
+    from decoders.ctc import Vocabulary
+
+    vocab = Vocabulary.from_tokens(model.vocab)
+    refs = [c.text for c in clips]
+    t = time.time()
+    plain = error_rates(refs, beam_transcripts(model, clips, BeamFinaliser(vocab)))
+    with_lm = error_rates(refs, beam_transcripts(model, clips, BeamFinaliser(
+        vocab, kenlm_path=args.kenlm, alpha=args.lm_weight, beta=args.word_bonus)))
+    greedy = error_rates(refs, hyps_greedy)
+    out = {"greedy_cer": greedy[0], "greedy_wer": greedy[1], "beam_cer": plain[0], "beam_wer": plain[1],
+           "lm_cer": with_lm[0], "lm_wer": with_lm[1], "lm": str(args.kenlm), "lm_weight": args.lm_weight,
+           "word_bonus": args.word_bonus, "clips": len(clips)}
+    print(f"test offline with the beam search ({len(clips)} clips): greedy CER {greedy[0]:.3f} WER {greedy[1]:.3f}, "
+          f"beam CER {plain[0]:.3f} WER {plain[1]:.3f}, beam + LM ({args.kenlm}, weight {args.lm_weight:g}, "
+          f"word bonus {args.word_bonus:g}) CER {with_lm[0]:.3f} WER {with_lm[1]:.3f} ({time.time() - t:.0f} s)")
+    if stream_clips:
+        sc = clips[:stream_clips]
+        hyps = stream_transcripts(model, [np.asarray(_load(c.path)) for c in sc], kenlm_path=str(args.kenlm),
+                                  lm_weight=args.lm_weight, word_bonus=args.word_bonus)
+        if hyps is not None:
+            cer, wer = error_rates([c.text for c in sc], hyps)
+            out.update(stream_lm_cer=cer, stream_lm_wer=wer, stream_clips=len(sc))
+            print(f"test streaming, beam finals + LM, on {len(sc)} clips: CER {cer:.3f} WER {wer:.3f}")
+    return out
 
 
 def pipeline_transcripts(pipe, waves: list[np.ndarray]) -> list[str]:
@@ -175,8 +220,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-clips", type=int, default=300, help="clips per synthetic set (0: all)")
     ap.add_argument("--stream-clips", type=int, default=40, help="test clips run through stream.Pipeline (0: skip)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kenlm", type=Path, metavar="LM",
+                    help="also decode the held-out clips with the beam search and this KenLM model (ARPA or "
+                         "binary, e.g. from python -m train.lm; needs the kenlm package)")
+    ap.add_argument("--lm-weight", type=float, default=0.5, help="LM weight with --kenlm (the stream's default)")
+    ap.add_argument("--word-bonus", type=float, default=1.0, help="word bonus with --kenlm (the stream's default)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args(argv)
+    if args.kenlm is not None:
+        from decoders.beam import KENLM_INSTALL_HINT, kenlm_available
+
+        if not args.kenlm.is_file():
+            ap.error(f"--kenlm {args.kenlm}: no such file (python -m train.lm writes one)")
+        if not kenlm_available():
+            ap.error(f"--kenlm needs the kenlm package: {KENLM_INSTALL_HINT}")
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     results: dict = {"model": args.model}
@@ -212,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"speaker EER (held-out voices): {eer['eer_speaker']:.3f} same vs different speaker, "
                   f"{eer['eer_voice']:.3f} same speaker vs different source voice "
                   f"({eer['speakers']} speakers, {eer['trials']} trials)")
+            if args.kenlm is not None:
+                results["test_language_model"] = language_model_rates(model, clips, hyps, args, args.stream_clips)
             if args.stream_clips:
                 sc = clips[: args.stream_clips]
                 t = time.time()

@@ -1,0 +1,59 @@
+"""train.evaluate's language-model measurement (--kenlm) on the bundled model and the bundled examples."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from train import evaluate
+from train.data import Clip
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+HAVE_KENLM = importlib.util.find_spec("kenlm") is not None
+
+
+def example_clips() -> list[Clip]:
+    clips = []
+    for name in ("single_speaker", "single_speaker_flite"):
+        text = " ".join((EXAMPLES / f"{name}.txt").read_text().split())
+        clips.append(Clip(str(EXAMPLES / f"{name}.wav"), text, name, name, 0.0))
+    return clips
+
+
+def test_kenlm_flag_names_a_missing_file_or_package(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--kenlm", str(tmp_path / "nope.arpa")])
+    assert "nope.arpa: no such file" in capsys.readouterr().err
+    lm = tmp_path / "lm.arpa"
+    lm.write_text("\\data\\\n")
+    import decoders.beam
+
+    monkeypatch.setattr(decoders.beam, "kenlm_available", lambda: False)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--kenlm", str(lm)])
+    assert "--kenlm needs the kenlm package" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAVE_KENLM, reason="kenlm python bindings not installed (optional extra: pip install kenlm)")
+def test_language_model_rates_decode_the_clips_with_and_without_the_lm(tmp_path, capsys):
+    from model import load_model
+    from stream.pipeline import DEFAULT_MODEL
+    from train.lm import bigram_model, write_arpa
+
+    model = load_model(DEFAULT_MODEL)
+    clips = example_clips()
+    # An LM of exactly the reference sentences: with it the beam search can only get closer to them.
+    lm = tmp_path / "lm.arpa"
+    write_arpa(lm, *bigram_model([line for c in clips for line in (EXAMPLES / f"{c.speaker}.txt").read_text()
+                                  .splitlines() if line.strip()]))
+    greedy = evaluate.transcribe_clips(model, clips)
+    args = argparse.Namespace(kenlm=lm, lm_weight=1.0, word_bonus=1.0)
+    rates = evaluate.language_model_rates(model, clips, greedy, args, stream_clips=1)
+    assert rates["clips"] == 2 and rates["stream_clips"] == 1
+    # The bundled model reads its own examples well; the in-domain LM does not make it worse.
+    assert rates["greedy_cer"] < 0.2 and rates["beam_cer"] < 0.2
+    assert rates["lm_cer"] <= rates["beam_cer"] and rates["lm_wer"] <= rates["beam_wer"]
+    assert rates["stream_lm_cer"] < 0.2
+    assert "beam + LM" in capsys.readouterr().out
