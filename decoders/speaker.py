@@ -123,9 +123,11 @@ class SpeakerTrackerConfig:
     # train/README.md) kept these settings: all 40 F1 0.902 (P 0.979, R 0.836), DER 19.4 %, 1.31 s; seed 7
     # F1 0.898, DER 18.9 %, 1.30 s; and so do run 18: F1 0.900 (P 0.974, R 0.836), DER 18.4 %, 1.31 s;
     # seed 7 0.896, 18.6 %; and run 19: F1 0.899 (P 0.974, R 0.834), DER 18.6 %, 1.30 s; seed 7 0.897,
-    # 18.6 %; and run 20: F1 0.899, DER 18.6 %, 1.31 s; seed 7 0.896, 18.8 %; and run 22 (bundled since
-    # 2026-11-29; runs 19, 20 and 22 carry run 18's detector): F1 0.898 (P 0.972, R 0.834), DER 18.6 %,
-    # 1.31 s; seed 7 0.896, 18.8 %. Other speaker models want their own settings (retune with the bench).
+    # 18.6 %; and run 20: F1 0.899, DER 18.6 %, 1.31 s; seed 7 0.896, 18.8 %; and run 22 (bundled from
+    # 2026-11-29; runs 19, 20, 22 and 24 carry run 18's detector): F1 0.898 (P 0.972, R 0.834), DER 18.6 %,
+    # 1.31 s; seed 7 0.896, 18.8 %; and run 24 (bundled since later that day, the same detector): F1 0.898
+    # (P 0.972, R 0.834), DER 18.6 %, 1.30 s; seed 7 0.893, 19.2 %. Other speaker models want their own
+    # settings (retune with the bench).
     window_s: float = 1.28              # length of each embedding window (s)
     hop_s: float = 0.5                  # a new window every hop (s)
     peak_threshold: float = 0.35        # cosine distance between neighbouring speech windows above which a

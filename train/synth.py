@@ -110,11 +110,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="training clips: clip i says training sentence i of a fixed shuffled order (they repeat "
                          "after the ~34,300 there are), so a larger N keeps a smaller one's clips and adds new "
                          "sentences (runs 1-11 of train/README.md saw 8,000; runs 13 and 18 16,000; runs 14-15 and "
-                         "19 24,000; runs 17 and 20 34,000; run 22, the bundled model, 34,000 with --more-voices 6000)")
+                         "19 24,000; runs 17 and 20 34,000; runs 22 and 24 (the bundled model) 34,000 with --more-voices 6000)")
     ap.add_argument("--more-voices", type=int, default=0, metavar="N",
                     help="N training clips more, spoken by the 11 MBROLA voices of voices.MORE_VOICES (new "
                          "speakers: their clips train CTC only when a run starts from an export whose speaker "
-                         "head does not know them); run 22 used 6,000")
+                         "head does not know them); runs 22 and 24 used 6,000")
     ap.add_argument("--dev", type=int, default=240)
     ap.add_argument("--test", type=int, default=600)
     ap.add_argument("--test-seen", type=int, default=300)
