@@ -171,18 +171,22 @@ def test_regularization_flags_are_checked_and_keep_the_masked_frame_vector():
     from train import train
 
     config = train.build_config("tiny", ["a", "b"])
-    assert train.with_regularization(config, train.parse_args([])) is config
-    changed = train.with_regularization(config, train.parse_args(["--dropout", "0.2", "--mask-time-prob", "0.1"]))
+    assert train.with_regularization(config, train.parse_args([]), from_weights=True) is config
+    changed = train.with_regularization(config, train.parse_args(["--dropout", "0.2", "--mask-time-prob", "0.1"]),
+                                        from_weights=True)
     assert isinstance(changed, WavLMConfig)
     assert (changed.hidden_dropout, changed.activation_dropout, changed.attention_dropout,
             changed.final_dropout, changed.mask_time_prob) == (0.2, 0.2, 0.2, 0.2, 0.1)
     assert config.hidden_dropout == 0.0   # the given config is left alone
     with pytest.raises(SystemExit, match="--dropout must be in"):
-        train.with_regularization(config, train.parse_args(["--dropout", "1"]))
+        train.with_regularization(config, train.parse_args(["--dropout", "1"]), from_weights=False)
     with pytest.raises(SystemExit, match="--mask-feature-length must be 1..32"):
-        train.with_regularization(config, train.parse_args(["--mask-feature-length", "33"]))
+        train.with_regularization(config, train.parse_args(["--mask-feature-length", "33"]), from_weights=False)
+    # No masking at all: a fresh model simply has no masked-frame vector; weights that carry one refuse.
+    unmasked = train.with_regularization(config, train.parse_args(["--mask-time-prob", "0"]), from_weights=False)
+    assert unmasked.mask_time_prob == 0.0
     with pytest.raises(SystemExit, match="would drop the model's masked-frame vector"):
-        train.with_regularization(config, train.parse_args(["--mask-time-prob", "0"]))
+        train.with_regularization(config, train.parse_args(["--mask-time-prob", "0"]), from_weights=True)
 
 
 def test_batches_loaded_ahead_on_threads_train_exactly_as_loaded_in_the_step(data_dir, tmp_path):

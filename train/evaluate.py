@@ -117,13 +117,12 @@ def speaker_eer(model, clips: list[Clip]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def beam_transcripts(model, clips: list[Clip], finaliser) -> list[str]:
-    """Each clip's offline log-probs decoded by ``finaliser`` (a decoders.beam.BeamFinaliser), one
-    forward per clip (no padding effects), aligned with the input."""
+def offline_log_probs(model, clips: list[Clip]) -> list[np.ndarray]:
+    """Each clip's offline CTC log-probabilities (T, V), one forward per clip (no padding effects)."""
     out = []
     for c in clips:
         logits = model(torch.from_numpy(np.asarray(_load(c.path)))[None]).logits[0]
-        out.append(finaliser.decode(torch.log_softmax(logits.float(), -1).numpy())[0])
+        out.append(torch.log_softmax(logits.float(), -1).numpy())
     return out
 
 
@@ -148,9 +147,11 @@ def language_model_rates(model, clips: list[Clip], hyps_greedy: list[str], args,
     vocab = Vocabulary.from_tokens(model.vocab)
     refs = [c.text for c in clips]
     t = time.time()
-    plain = error_rates(refs, beam_transcripts(model, clips, BeamFinaliser(vocab)))
-    with_lm = error_rates(refs, beam_transcripts(model, clips, BeamFinaliser(
-        vocab, kenlm_path=args.kenlm, alpha=args.lm_weight, beta=args.word_bonus)))
+    log_probs = offline_log_probs(model, clips)
+    plain_beam = BeamFinaliser(vocab)
+    lm_beam = BeamFinaliser(vocab, kenlm_path=args.kenlm, alpha=args.lm_weight, beta=args.word_bonus)
+    plain = error_rates(refs, [plain_beam.decode(lp)[0] for lp in log_probs])
+    with_lm = error_rates(refs, [lm_beam.decode(lp)[0] for lp in log_probs])
     greedy = error_rates(refs, hyps_greedy)
     out = {"greedy_cer": greedy[0], "greedy_wer": greedy[1], "beam_cer": plain[0], "beam_wer": plain[1],
            "lm_cer": with_lm[0], "lm_wer": with_lm[1], "lm": str(args.kenlm), "lm_weight": args.lm_weight,

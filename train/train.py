@@ -82,12 +82,13 @@ def build_config(size: str, speakers: list[str]) -> WavLMConfig:
                                       speaker_head=dict(head, num_speakers=len(speakers), speakers=list(speakers))))
 
 
-def with_regularization(config: WavLMConfig, args: argparse.Namespace) -> WavLMConfig:
+def with_regularization(config: WavLMConfig, args: argparse.Namespace, from_weights: bool) -> WavLMConfig:
     """The config with the dropout and SpecAugment flags that were given applied; the others kept.
 
     They change no parameter, so they apply to a fresh run, an --init start and a resumed run alike
     (a resumed run keeps what its checkpoint's config says unless a flag is given again); exported
-    configs carry them, and inference ignores them (eval mode, no masks).
+    configs carry them, and inference ignores them (eval mode, no masks). ``from_weights``: the run
+    starts from existing weights (--init or a checkpoint), which must keep their masked-frame vector.
     """
     changes = {}
     if args.dropout is not None:
@@ -110,7 +111,7 @@ def with_regularization(config: WavLMConfig, args: argparse.Namespace) -> WavLMC
         return config
     merged = {**config.to_dict(), **changes}
     had_embed = config.mask_time_prob > 0 or config.mask_feature_prob > 0
-    if had_embed and merged["mask_time_prob"] <= 0 and merged["mask_feature_prob"] <= 0:
+    if from_weights and had_embed and merged["mask_time_prob"] <= 0 and merged["mask_feature_prob"] <= 0:
         # The model would be built without masked_spec_embed, which the weights it starts from carry.
         raise SystemExit("--mask-time-prob 0 with no feature masking would drop the model's masked-frame vector: "
                          "give a --mask-time-prob above 0 or a --mask-feature-prob")
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         speakers = sorted({c.speaker for c in train_clips})
         config = build_config(args.size, speakers)
-    config = with_regularization(config, args)
+    config = with_regularization(config, args, from_weights=ckpt is not None or initial_state is not None)
     speaker_index = {s: i for i, s in enumerate(speakers)}
     torch.manual_seed(args.seed)
     model = WavLMForCTCWithSpeaker(config).to(device)
