@@ -50,7 +50,8 @@ def test_language_model_rates_decode_the_clips_with_and_without_the_lm(tmp_path,
                                   .splitlines() if line.strip()]))
     greedy = evaluate.transcribe_clips(model, clips)
     args = argparse.Namespace(kenlm=lm, lm_weight=1.0, word_bonus=1.0)
-    rates = evaluate.language_model_rates(model, clips, greedy, args, stream_clips=1)
+    lm_beam = evaluate.language_model_finaliser(model, args)
+    rates = evaluate.language_model_rates(model, clips, greedy, lm_beam, args, stream_clips=1)
     assert rates["clips"] == 2 and rates["stream_clips"] == 1
     # The bundled model reads its own examples well; the in-domain LM does not make it worse.
     assert rates["greedy_cer"] < 0.2 and rates["beam_cer"] < 0.2

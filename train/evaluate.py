@@ -47,13 +47,14 @@ ALSA_DIR = Path("/usr/share/sounds/alsa")
 
 
 @torch.no_grad()
+def offline_log_probs(model, waves: list[np.ndarray]) -> list[np.ndarray]:
+    """CTC log-probabilities (T, V) of each 16 kHz float32 wave, one forward per wave (no padding effects)."""
+    return [torch.log_softmax(model(torch.from_numpy(w)[None]).logits[0].float(), -1).numpy() for w in waves]
+
+
 def transcribe_offline(model, waves: list[np.ndarray]) -> list[str]:
     """Greedy CTC of each 16 kHz float32 wave, one forward per wave (no padding effects)."""
-    out = []
-    for w in waves:
-        logits = model(torch.from_numpy(w)[None]).logits[0]
-        out.append(greedy_decode(logits.argmax(-1).numpy()))
-    return out
+    return [greedy_decode(lp.argmax(-1)) for lp in offline_log_probs(model, waves)]
 
 
 def offline_batches(model, clips: list[Clip]) -> list[tuple[list[Clip], int | None]]:
@@ -116,16 +117,6 @@ def speaker_eer(model, clips: list[Clip]) -> dict[str, float]:
             "trials": int(len(s)), "speakers": int(len(set(spk)))}
 
 
-@torch.no_grad()
-def offline_log_probs(model, clips: list[Clip]) -> list[np.ndarray]:
-    """Each clip's offline CTC log-probabilities (T, V), one forward per clip (no padding effects)."""
-    out = []
-    for c in clips:
-        logits = model(torch.from_numpy(np.asarray(_load(c.path)))[None]).logits[0]
-        out.append(torch.log_softmax(logits.float(), -1).numpy())
-    return out
-
-
 def stream_transcripts(model, waves: list[np.ndarray], beam: bool = True,
                        final_pass: bool = True, **lm) -> list[str] | None:
     """Finals of each wave streamed through a stream.Pipeline of `model` (loaded CTC model) at the
@@ -139,17 +130,27 @@ def stream_transcripts(model, waves: list[np.ndarray], beam: bool = True,
     return pipeline_transcripts(Pipeline(model, StreamConfig(beam=beam, final_pass=final_pass, **lm)), waves)
 
 
-def language_model_rates(model, clips: list[Clip], hyps_greedy: list[str], args, stream_clips: int) -> dict:
-    """CER/WER of the held-out clips decoded by the beam search without and with --kenlm (printed)."""
+def language_model_finaliser(model, args):
+    """The finals' beam search with --kenlm and its weights (decoders.beam.BeamFinaliser); built before the
+    measurements start, so a missing file or package stops the run at once. Raises FileNotFoundError /
+    ImportError as BeamFinaliser does."""
     from decoders.beam import BeamFinaliser
     from decoders.ctc import Vocabulary
 
-    vocab = Vocabulary.from_tokens(model.vocab)
+    return BeamFinaliser(Vocabulary.from_tokens(model.vocab), kenlm_path=args.kenlm, alpha=args.lm_weight,
+                         beta=args.word_bonus)
+
+
+def language_model_rates(model, clips: list[Clip], hyps_greedy: list[str], lm_beam, args,
+                         stream_clips: int) -> dict:
+    """CER/WER of the held-out clips decoded by the beam search without and with the LM finaliser
+    ``lm_beam`` (from language_model_finaliser; printed)."""
+    from decoders.beam import BeamFinaliser
+
     refs = [c.text for c in clips]
     t = time.time()
-    log_probs = offline_log_probs(model, clips)
-    plain_beam = BeamFinaliser(vocab)
-    lm_beam = BeamFinaliser(vocab, kenlm_path=args.kenlm, alpha=args.lm_weight, beta=args.word_bonus)
+    log_probs = offline_log_probs(model, [np.asarray(_load(c.path)) for c in clips])
+    plain_beam = BeamFinaliser(lm_beam.vocab)
     plain = error_rates(refs, [plain_beam.decode(lp)[0] for lp in log_probs])
     with_lm = error_rates(refs, [lm_beam.decode(lp)[0] for lp in log_probs])
     greedy = error_rates(refs, hyps_greedy)
@@ -228,15 +229,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--word-bonus", type=float, default=1.0, help="word bonus with --kenlm (the stream's default)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args(argv)
-    if args.kenlm is not None:
-        from decoders.beam import KENLM_INSTALL_HINT, kenlm_available
-
-        if not args.kenlm.is_file():
-            ap.error(f"--kenlm {args.kenlm}: no such file (python -m train.lm writes one)")
-        if not kenlm_available():
-            ap.error(f"--kenlm needs the kenlm package: {KENLM_INSTALL_HINT}")
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
+    lm_beam = None
+    if args.kenlm is not None:
+        try:
+            lm_beam = language_model_finaliser(model, args)
+        except FileNotFoundError:
+            ap.error(f"--kenlm {args.kenlm}: no such file (python -m train.lm writes one)")
+        except ImportError as e:
+            ap.error(f"--kenlm needs the kenlm package: {e}")
     results: dict = {"model": args.model}
     rng = random.Random(0)
 
@@ -270,8 +272,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"speaker EER (held-out voices): {eer['eer_speaker']:.3f} same vs different speaker, "
                   f"{eer['eer_voice']:.3f} same speaker vs different source voice "
                   f"({eer['speakers']} speakers, {eer['trials']} trials)")
-            if args.kenlm is not None:
-                results["test_language_model"] = language_model_rates(model, clips, hyps, args, args.stream_clips)
+            if lm_beam is not None:
+                results["test_language_model"] = language_model_rates(model, clips, hyps, lm_beam, args,
+                                                                      args.stream_clips)
             if args.stream_clips:
                 sc = clips[: args.stream_clips]
                 t = time.time()
