@@ -1,6 +1,8 @@
 """stream/cli.py: the command line on good and bad input (no tracebacks, clean --json stdout)."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ import soundfile as sf
 from decoders.events import Final
 from stream.cli import main
 from tests.checkpoints import write_ctc_checkpoint
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +119,7 @@ def test_python_api_events_are_dataclasses(tmp_path, ckpt):
 def test_speaker_options_reach_the_tracker(tmp_path, capsys):
     """The bundled model on the two-voice example: --max-speakers 1 keeps one label, the
     default finds the second voice; bad window settings are one clear error line."""
-    from pathlib import Path
-
-    example = str(Path(__file__).resolve().parent.parent / "examples" / "two_speakers.wav")
+    example = str(EXAMPLES / "two_speakers.wav")
     labels = {}
     for extra in ([], ["--max-speakers", "1"]):
         code, out, err = _run(capsys, ["transcribe", example, "--json", "--no-beam", *extra])
@@ -158,3 +160,24 @@ def test_no_final_pass_reaches_the_pipeline(ckpt, command):
     for flags, want in (([], True), (["--no-final-pass"], False)):
         args = build_parser().parse_args([command, *extra, "--model", ckpt, "--no-speakers", *flags])
         assert load_pipeline(args).config.final_pass is want
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kenlm") is None,
+                    reason="kenlm python bindings not installed (optional extra: pip install kenlm)")
+def test_kenlm_reaches_the_final_beam_search(tmp_path, capsys):
+    """--kenlm with an LM of the example's own sentences: the bundled model's finals of
+    examples/single_speaker.wav come out (nearly) as written, and closer than without it."""
+    from train.lm import bigram_model, write_arpa
+    from train.metrics import error_rates
+
+    reference = [line for line in (EXAMPLES / "single_speaker.txt").read_text().splitlines() if line.strip()]
+    lm = tmp_path / "lm.arpa"
+    write_arpa(lm, *bigram_model(reference))
+    cer = {}
+    for extra in ([], ["--kenlm", str(lm), "--lm-weight", "0.5", "--word-bonus", "1.0"]):
+        code, out, err = _run(capsys, ["transcribe", str(EXAMPLES / "single_speaker.wav"), "--json",
+                                       "--no-speakers", *extra])
+        assert code == 0, err
+        text = " ".join(e["text"] for e in map(json.loads, out.splitlines()) if e["type"] == "final")
+        cer[bool(extra)] = error_rates([" ".join(reference)], [text])[0]
+    assert cer[True] < cer[False] and cer[True] <= 0.05, cer
