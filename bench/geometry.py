@@ -18,6 +18,7 @@ the streaming pass alone.
 
     python bench/geometry.py [--geometry 640/320 960/320 1280/320 640/320:int8] [--clips 60] [--seconds 10 60]
     python bench/geometry.py --geometry 640/320 --final-pass
+    python bench/geometry.py --geometry 640/320 640/3000 --left-ms 20000 --warmup-ms 3000   # where partials drift
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def main() -> None:
                                                              "960/320", "1280/320", "640/160", "1280/480")],
                         metavar="CHUNK_MS/RIGHT_MS[:VARIANT]")
     parser.add_argument("--left-ms", type=float, default=2000)
+    parser.add_argument("--warmup-ms", type=float, default=1000,
+                        help="StreamConfig.group_norm_warmup_ms: audio whose group-norm statistics the first "
+                             "frames share (group-norm models; longer holds the first window back)")
     parser.add_argument("--seconds", nargs="+", type=float, default=[10, 60], help="input lengths for the RTF")
     parser.add_argument("--clips", type=int, default=60, help="held-out clips for the CER (0: skip)")
     parser.add_argument("--manifest", type=Path, default=TEST_MANIFEST)
@@ -101,7 +105,8 @@ def main() -> None:
             hf(x)                                               # warm-up
             hf_rtf[s] = best_time(lambda x=x: hf(x), args.repeats) / s
 
-    print(f"model {args.model}; left {args.left_ms:.0f} ms; {args.threads} threads; best of {args.repeats}; "
+    print(f"model {args.model}; left {args.left_ms:.0f} ms; group-norm warm-up {args.warmup_ms:.0f} ms; "
+          f"{args.threads} threads; best of {args.repeats}; "
           f"transformers offline RTF " + ", ".join(f"{s:.0f} s: {r:.4f}" for s, r in hf_rtf.items()))
     cer_head = f" | stream CER ({len(clips)} clips; offline {offline_cer:.3f})" if clips else ""
     if clips and args.final_pass:
@@ -114,7 +119,7 @@ def main() -> None:
     for chunk, right, variant in args.geometry:
         mode = "recompute" if variant == "recompute" else "cached"
         config = StreamConfig(chunk_ms=chunk, left_ms=args.left_ms, right_ms=right, mode=mode, beam=False,
-                              final_pass=False)
+                              final_pass=False, group_norm_warmup_ms=args.warmup_ms)
         if variant not in variants:
             convert = quantize_int8 if variant == "int8" else bf16_transformer
             variants[variant] = convert(load_model(args.model))

@@ -68,6 +68,15 @@ class StreamConfig:
     word_bonus: float = 1.0          # per-word score bonus with KenLM (pyctcdecode's beta)
     final_pass: bool = True          # finals from the model run offline over each closed segment
                                      # (stream/final_pass.py); False: from the streamed log-probs
+    # Group-norm front ends (the bundled model, base-style checkpoints): the first this-many ms of
+    # a stream share one set of normalisation statistics (stream/encoder.py). Longer brings the
+    # partials closer to offline (most of their drift is these statistics) but holds a stream's
+    # first window back until then: measured in README, "Where the partials' drift comes from".
+    group_norm_warmup_ms: float = 1000.0
+
+    def __post_init__(self) -> None:
+        if not self.group_norm_warmup_ms >= 0:
+            raise ValueError(f"group_norm_warmup_ms must be >= 0, got {self.group_norm_warmup_ms}")
 
     def window(self) -> WindowConfig:
         return WindowConfig.from_ms(self.chunk_ms, self.left_ms, self.right_ms, self.mode)
@@ -129,7 +138,9 @@ class Pipeline:
         self.config = config
         self.window_config = config.window()
         self.vocabulary = Vocabulary.from_tokens(model.vocab)
-        self.conv = IncrementalConvEncoder(backbone.feature_extractor, backbone.config.feat_extract_norm)
+        conv0_stride = backbone.feature_extractor.conv_layers[0].stride     # warm-up in conv-0 frames: 16 samples/ms
+        self.conv = IncrementalConvEncoder(backbone.feature_extractor, backbone.config.feat_extract_norm,
+                                           warmup_frames=round(config.group_norm_warmup_ms * 16 / conv0_stride))
         self.runner = WindowRunner(backbone, self.window_config)
         self.endpoint = EndpointConfig(min_silence_s=config.min_silence_s,
                                        max_segment_s=config.max_segment_s)

@@ -159,3 +159,29 @@ def test_group_norm_drift_is_bounded_on_stationary_audio(group_norm_model):
 def test_unknown_norm_kind_is_rejected(layer_norm_model):
     with pytest.raises(ValueError, match="feat_extract_norm"):
         IncrementalConvEncoder(layer_norm_model.wavlm.feature_extractor, "batch")
+
+
+@pytest.mark.parametrize("warmup_ms", [1000, 2500])
+def test_group_norm_warmup_setting_holds_the_first_window_until_then(group_norm_model, warmup_ms):
+    """StreamConfig.group_norm_warmup_ms reaches the encoder: no window runs before that much
+    audio has arrived (nor before chunk + right), and one runs as soon as it has."""
+    from stream.pipeline import Pipeline, StreamConfig
+
+    pipe = Pipeline(group_norm_model, StreamConfig(group_norm_warmup_ms=warmup_ms, beam=False, final_pass=False))
+    stream = pipe.new_stream()
+    audio = (np.random.default_rng(0).standard_normal(16000 * 4) * 0.1).astype(np.float32)
+    block = 320
+    for end in range(block, audio.size + 1, block):
+        stream.accept(audio[end - block:end], 16000)
+        if stream.pending_windows:
+            break
+    # The warm-up span ends at the first output frame boundary after warmup_ms (+ one frame).
+    need_s = max(warmup_ms / 1000, (640 + 320) / 1000)
+    assert need_s <= end / 16000 <= need_s + 0.06
+
+
+def test_group_norm_warmup_setting_is_checked():
+    from stream.pipeline import StreamConfig
+
+    with pytest.raises(ValueError, match="group_norm_warmup_ms"):
+        StreamConfig(group_norm_warmup_ms=-1)
