@@ -11,9 +11,9 @@ Prints:
 - with --kenlm: offline CER/WER of the beam search on the same held-out clips, without and with
   the language model (the finals' decoder, decoders.beam.BeamFinaliser), and streaming beam
   finals with it;
-- CER/WER on real recordings available offline on Debian: the Asterisk English prompts
-  (asterisk-core-sounds-en-wav, Allison Smith, 8 kHz telephone speech, transcripts in the
-  package's core-sounds-en.txt) and the ALSA channel-test voice (alsa-utils).
+- CER/WER on the real recordings present on this machine (train/real_speech.py): the Asterisk
+  English prompts and the ALSA channel-test voice (Debian packages), and the speech in
+  pocketsphinx's source package (``python -m train.real_speech`` fetches it from PyPI).
 
 Usage: python -m train.evaluate [--model model/default] [--max-clips 300] [--stream-clips 40]
                                 [--kenlm LM [--lm-weight A] [--word-bonus B]]
@@ -21,29 +21,23 @@ Usage: python -m train.evaluate [--model model/default] [--max-clips 300] [--str
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import random
-import re
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 import torch
 
 from model import load_model
 from train.data import Clip, bucket_batches, collate, read_manifest
 from train.export import DEFAULT_OUT
 from train.metrics import equal_error_rate, error_rates, greedy_decode
-from train.text import normalise
+from train.real_speech import real_recordings
 
 CACHE = Path.home() / ".cache" / "wavlm-stream"
-ASTERISK_DIR = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
-ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
-ALSA_DIR = Path("/usr/share/sounds/alsa")
 
 
 @torch.no_grad()
@@ -181,40 +175,6 @@ def pipeline_transcripts(pipe, waves: list[np.ndarray]) -> list[str]:
     return out
 
 
-def real_recordings() -> list[tuple[str, np.ndarray, str]]:
-    """[(name, 16 kHz float32 wave, normalised transcript)] of the recordings present on this machine."""
-    items = []
-    if ASTERISK_TEXT.exists() and ASTERISK_DIR.exists():
-        with gzip.open(ASTERISK_TEXT, "rt", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                m = re.match(r"^([\w/-]+): (.+)$", line.strip())
-                if not m or "[" in m.group(2):
-                    continue
-                path = ASTERISK_DIR / f"{m.group(1)}.wav"
-                # Transcripts that name digits, symbols or abbreviations are skipped, as in training text.
-                text = " ".join(filter(None, (normalise(p) if len(p.split()) >= 4 else _short(p)
-                                              for p in re.split(r"(?<=[.!?])\s+", m.group(2)))))
-                if path.exists() and text and len(text.split()) >= 3 and "None" not in text:
-                    items.append((f"asterisk/{m.group(1)}", path, text))
-    if ALSA_DIR.exists():
-        for path in sorted(ALSA_DIR.glob("*_*.wav")):
-            items.append((f"alsa/{path.stem}", path, path.stem.replace("_", " ").lower()))
-    out = []
-    for name, path, text in items:
-        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        x = x.mean(axis=1)
-        if sr != 16000:
-            x = soxr.resample(x, sr, 16000).astype(np.float32)
-        out.append((name, x, text))
-    return out
-
-
-def _short(phrase: str) -> str | None:
-    """Normalise a short phrase (under the 4-word minimum of training text) or None."""
-    s = normalise(phrase + " x x x x")
-    return None if s is None else s[: -len(" x x x x")]
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(DEFAULT_OUT))
@@ -313,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
         for i in range(min(3, len(real))):
             print(f"  ref: {refs[i]}\n  hyp: {hyps[i]}")
     else:
-        print("real recordings: none found (apt-get install asterisk-core-sounds-en-wav alsa-utils)")
+        print("real recordings: none found (apt-get install asterisk-core-sounds-en-wav alsa-utils; "
+              "python -m train.real_speech)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return results
