@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 from .ctc import Vocabulary, frame_confidence, frame_time
 from .events import Word
 
-__all__ = ["BeamFinaliser", "KENLM_INSTALL_HINT"]
+__all__ = ["BeamFinaliser", "KENLM_INSTALL_HINT", "LanguageModelError", "check_language_model_file"]
 
 KENLM_INSTALL_HINT = "pip install https://github.com/kpu/kenlm/archive/master.zip  (or: pip install kenlm)"
 
@@ -31,6 +32,35 @@ _TOKEN_MIN_LOGP = -5.0
 
 def kenlm_available() -> bool:
     return importlib.util.find_spec("kenlm") is not None
+
+
+class LanguageModelError(ValueError):
+    """A ``--kenlm`` file that is not a language model KenLM can read."""
+
+
+#: How a KenLM binary file starts (``build_binary``'s output).
+_KENLM_BINARY_MAGIC = b"mmap lm "
+
+
+def check_language_model_file(path: str | Path) -> None:
+    """Cheap checks of a ``--kenlm`` file before the (slow) load: it exists, the kenlm package is
+    there, and it starts as an ARPA file (``\\data\\`` as the first non-empty line) or a KenLM
+    binary does. Raises FileNotFoundError, ImportError or LanguageModelError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"KenLM model not found: {path}")
+    if not kenlm_available():
+        raise ImportError(f"a KenLM model was given ({path}) but the kenlm package is not installed: "
+                          + KENLM_INSTALL_HINT)
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(_KENLM_BINARY_MAGIC):
+        return
+    first = next((line.strip() for line in head.splitlines() if line.strip()), b"")
+    if first != b"\\data\\":
+        shown = first[:60].decode("utf-8", "replace") if first else "(empty)"
+        raise LanguageModelError(f"{path} is not an ARPA or KenLM binary language model: it starts with {shown!r}, "
+                         "where an ARPA file has \\data\\ (python -m train.lm writes one)")
 
 
 def _import_pyctcdecode():
@@ -46,6 +76,15 @@ def _import_pyctcdecode():
         for log, level in zip(quiet, levels):
             log.setLevel(level)
     return build_ctcdecoder
+
+
+def _kenlm_reason(error: OSError) -> str:
+    """The useful part of KenLM's load error: "Cannot read model 'P' (file:line in <C++ signature>
+    threw FormatLoadException. REASON)" -> REASON."""
+    message = str(error)
+    inner = re.search(r"\((.*)\)\s*$", message, re.S)
+    reason = inner.group(1) if inner else message
+    return re.sub(r"^.*?threw \w+\.\s*", "", reason, flags=re.S).strip()
 
 
 class BeamFinaliser:
@@ -80,13 +119,7 @@ class BeamFinaliser:
         self.hotwords = tuple(self._match_case(h.strip()) for h in hotwords if h.strip())
         self.kenlm_path = None if kenlm_path is None else str(kenlm_path)
         if self.kenlm_path is not None:
-            if not Path(self.kenlm_path).is_file():
-                raise FileNotFoundError(f"KenLM model not found: {self.kenlm_path}")
-            if not kenlm_available():
-                raise ImportError(
-                    f"a KenLM model was given ({self.kenlm_path}) but the kenlm package is not installed: "
-                    + KENLM_INSTALL_HINT
-                )
+            check_language_model_file(self.kenlm_path)
         # pyctcdecode warns about multi-character labels ("<s>", "</s>"): expected here,
         # since the specials are masked out in decode(). Silence it for this call only.
         alphabet_log = logging.getLogger("pyctcdecode.alphabet")
@@ -100,6 +133,8 @@ class BeamFinaliser:
                 alpha=alpha,
                 beta=beta,
             )
+        except OSError as e:
+            raise LanguageModelError(f"cannot read KenLM model {self.kenlm_path}: {_kenlm_reason(e)}") from None
         finally:
             alphabet_log.setLevel(level)
         self._specials = np.array(sorted(vocab.special_ids), dtype=np.int64)

@@ -99,6 +99,13 @@ def load_pipeline(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     tracker = speaker_tracker_config(args)
+    from decoders.beam import LanguageModelError, check_language_model_file
+
+    if args.kenlm:
+        try:
+            check_language_model_file(args.kenlm)
+        except (FileNotFoundError, ImportError, ValueError) as exc:
+            raise UserError(f"--kenlm: {exc}") from None
     try:
         return Pipeline.from_pretrained(
             args.model, speaker_model=args.speaker_model, speakers=not args.no_speakers,
@@ -106,6 +113,8 @@ def load_pipeline(args):
             chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms, mode=args.mode,
             beam=not args.no_beam, hotwords=tuple(args.hotword), kenlm_path=args.kenlm, int8=args.int8, bf16=args.bf16,
             lm_weight=args.lm_weight, word_bonus=args.word_bonus, final_pass=not args.no_final_pass)
+    except LanguageModelError as exc:
+        raise UserError(f"--kenlm: {exc}") from None
     except (FileNotFoundError, ValueError, KeyError, OSError, ImportError, RuntimeError) as exc:
         raise UserError(f"cannot load the model: {exc}") from None
 

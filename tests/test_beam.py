@@ -145,3 +145,28 @@ def test_blank_run_compression_is_exact(seed):
     hot.compress_blanks = False
     slow = hot.decode(lp, 5)
     assert fast == slow and fast[0]
+
+
+def test_a_file_that_is_not_a_language_model_is_named_before_loading(tmp_path, monkeypatch):
+    monkeypatch.setattr(beam_mod, "kenlm_available", lambda: True)
+    wrong = tmp_path / "notes.txt"
+    wrong.write_text("\n\nthese are my notes\n")
+    with pytest.raises(beam_mod.LanguageModelError, match="notes.txt is not an ARPA.*'these are my notes'"):
+        BeamFinaliser(VOCAB, kenlm_path=wrong)
+    empty = tmp_path / "empty.arpa"
+    empty.write_bytes(b"")
+    with pytest.raises(beam_mod.LanguageModelError, match=r"\(empty\)"):
+        beam_mod.check_language_model_file(empty)
+    good = tmp_path / "lm.arpa"
+    good.write_text("\n" + ARPA)
+    beam_mod.check_language_model_file(good)                      # a leading blank line is fine, as for KenLM
+
+
+@pytest.mark.skipif(not HAVE_KENLM, reason="kenlm python bindings not installed (optional extra: pip install kenlm)")
+def test_a_truncated_language_model_is_a_clear_error(tmp_path):
+    cut = tmp_path / "cut.arpa"
+    cut.write_text(ARPA[: ARPA.index("\\2-grams:") + 12])
+    with pytest.raises(beam_mod.LanguageModelError) as info:
+        BeamFinaliser(VOCAB, kenlm_path=cut)
+    message = str(info.value)
+    assert message.startswith(f"cannot read KenLM model {cut}: ") and "threw" not in message

@@ -98,6 +98,19 @@ def test_truncated_wav_keeps_what_was_transcribed(tmp_path, capsys, ckpt):
         assert err.startswith("error: ")
 
 
+def test_kenlm_file_that_is_missing_or_not_a_language_model_is_one_clear_error(tmp_path, capsys, ckpt, monkeypatch):
+    import decoders.beam
+
+    monkeypatch.setattr(decoders.beam, "kenlm_available", lambda: True)    # the checks come before any load
+    audio = _write(tmp_path / "a.wav")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a language model\n")
+    for lm, needle in ((tmp_path / "nope.arpa", "KenLM model not found"), (notes, "is not an ARPA")):
+        code, out, err = _run(capsys, ["transcribe", audio, "--model", ckpt, "--kenlm", str(lm)])
+        assert code == 2 and out == "" and "Traceback" not in err
+        assert err.startswith("error: --kenlm: ") and needle in err and str(lm) in err
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     path = _write(tmp_path / "a.wav")
     code, out, err = _run(capsys, ["transcribe", path, "--model", str(tmp_path / "nope")])

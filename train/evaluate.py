@@ -126,8 +126,8 @@ def stream_transcripts(model, waves: list[np.ndarray], beam: bool = True,
 
 def language_model_finaliser(model, args):
     """The finals' beam search with --kenlm and its weights (decoders.beam.BeamFinaliser); built before the
-    measurements start, so a missing file or package stops the run at once. Raises FileNotFoundError /
-    ImportError as BeamFinaliser does."""
+    measurements start, so a missing or unreadable file or a missing package stops the run at once.
+    Raises FileNotFoundError / ImportError / ValueError as BeamFinaliser does."""
     from decoders.beam import BeamFinaliser
     from decoders.ctc import Vocabulary
 
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"--kenlm {args.kenlm}: no such file (python -m train.lm writes one)")
         except ImportError as e:
             ap.error(f"--kenlm needs the kenlm package: {e}")
+        except ValueError as e:
+            ap.error(f"--kenlm: {e}")
     results: dict = {"model": args.model}
     rng = random.Random(0)
 
