@@ -59,8 +59,8 @@ def check_language_model_file(path: str | Path) -> None:
     first = next((line.strip() for line in head.splitlines() if line.strip()), b"")
     if first != b"\\data\\":
         shown = first[:60].decode("utf-8", "replace") if first else "(empty)"
-        raise LanguageModelError(f"{path} is not an ARPA or KenLM binary language model: it starts with {shown!r}, "
-                         "where an ARPA file has \\data\\ (python -m train.lm writes one)")
+        raise LanguageModelError(f"{path} is not an ARPA or KenLM binary language model: it starts with "
+                                 f"{shown!r}, where an ARPA file has \\data\\ (python -m train.lm writes one)")
 
 
 def _import_pyctcdecode():

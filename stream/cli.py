@@ -94,13 +94,12 @@ def load_pipeline(args):
     """Build the pipeline from the shared model arguments, turning load errors into UserError."""
     import torch
 
+    from decoders.beam import LanguageModelError, check_language_model_file
     from stream.pipeline import Pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)
     tracker = speaker_tracker_config(args)
-    from decoders.beam import LanguageModelError, check_language_model_file
-
     if args.kenlm:
         try:
             check_language_model_file(args.kenlm)

@@ -70,7 +70,7 @@ class StreamConfig:
                                      # (stream/final_pass.py); False: from the streamed log-probs
     # Group-norm front ends (the bundled model, base-style checkpoints): the first this-many ms of
     # a stream share one set of normalisation statistics (stream/encoder.py). Longer brings the
-    # partials closer to offline (most of their drift is these statistics) but holds a stream's
+    # partials closer to offline (these statistics are part of their drift) but holds a stream's
     # first window back until then: measured in README, "Where the partials' drift comes from".
     group_norm_warmup_ms: float = 1000.0
 
