@@ -40,6 +40,16 @@ def worker_of():
         w.stop()
 
 
+def one_session(worker_of, job_id: int):
+    """A started worker over a FakePipeline with one session open: (pipeline, worker, its results)."""
+    pipeline = FakePipeline()
+    worker = worker_of(pipeline)
+    worker.start()
+    q, deliver = collector()
+    worker.open(job_id, deliver)
+    return pipeline, worker, q
+
+
 def test_each_cycle_takes_at_most_one_slice_from_each_session(worker_of):
     """A session with 4 s queued cannot hold back one with 0.64 s: both are served in the first cycle."""
     worker = worker_of(FakePipeline(), slice_s=1.0)
@@ -77,10 +87,7 @@ def test_tiny_messages_are_joined_into_blocks_and_their_tags_come_back_in_order(
 
 
 def test_finish_delivers_the_last_final_and_refuses_more_audio(worker_of):
-    worker = worker_of(FakePipeline())
-    worker.start()
-    q, deliver = collector()
-    worker.open(3, deliver)
+    pipeline, worker, q = one_session(worker_of, 3)
     worker.submit(3, encode(["delta", "echo"]), RATE, 0.0)
     worker.finish(3, tag="end")
     worker.submit(3, encode(["golf"]), RATE, 0.0)           # after the flush: dropped
@@ -93,11 +100,7 @@ def test_finish_delivers_the_last_final_and_refuses_more_audio(worker_of):
 
 
 def test_reset_flush_starts_a_fresh_stream(worker_of):
-    pipeline = FakePipeline()
-    worker = worker_of(pipeline)
-    worker.start()
-    q, deliver = collector()
-    worker.open(4, deliver)
+    pipeline, worker, q = one_session(worker_of, 4)
     worker.submit(4, encode(["alpha"]), RATE, 0.0)
     worker.finish(4, tag="reset", reset=True)
     worker.submit(4, encode(["bravo"]), RATE, 0.0)
@@ -124,11 +127,7 @@ def test_a_stream_the_engine_fails_on_fails_alone_in_a_batch(worker_of):
 
 
 def test_closed_session_gets_nothing_more_and_its_stream_is_dropped(worker_of):
-    pipeline = FakePipeline()
-    worker = worker_of(pipeline)
-    worker.start()
-    q, deliver = collector()
-    worker.open(5, deliver)
+    pipeline, worker, q = one_session(worker_of, 5)
     worker.submit(5, encode(["echo"]), RATE, 0.0)
     results_until(q, lambda got: bool(got))
     worker.close(5)
