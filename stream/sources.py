@@ -95,8 +95,13 @@ async def microphone_source(device: int | str | None = None, block_ms: float = 1
         info = sd.query_devices(device, kind="input")
     except (ValueError, sd.PortAudioError) as exc:
         names = list_input_devices()
-        available = "; ".join(names) if names else "none"
-        raise SourceError(f"no usable input device {device!r}: {exc}. Input devices: {available}") from None
+        if not names:
+            raise SourceError("no microphone: PortAudio sees no input device (no sound card, or a container "
+                              "without /dev/snd). Input devices: none. Stream a file instead with "
+                              "`wavlm-stream transcribe FILE --realtime`, or capture in a browser with "
+                              "`wavlm-stream serve`") from None
+        what = "the default input device" if device is None else f"input device {device!r}"
+        raise SourceError(f"{what} is not usable: {exc}. Input devices: {'; '.join(names)}") from None
     rate = int(info["default_samplerate"])
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue(maxsize=200)

@@ -113,8 +113,15 @@ def test_microphone_blocks_arrive_through_the_event_loop(monkeypatch):
 def test_no_input_device_lists_what_exists(monkeypatch):
     speaker = {"name": "speakers", "max_input_channels": 0, "default_samplerate": 48000.0}
     monkeypatch.setitem(sys.modules, "sounddevice", _fake_sounddevice([speaker]))
-    with pytest.raises(SourceError, match="no usable input device.*Input devices: none"):
+    with pytest.raises(SourceError, match="no microphone.*Input devices: none.*transcribe FILE --realtime"):
         _collect(microphone_source())
+
+
+def test_an_unusable_named_device_lists_the_input_devices(monkeypatch):
+    mic = {"name": "usb mic", "max_input_channels": 1, "default_samplerate": 48000.0}
+    monkeypatch.setitem(sys.modules, "sounddevice", _fake_sounddevice([mic]))
+    with pytest.raises(SourceError, match="input device 7 is not usable: .*Input devices: 0: usb mic"):
+        _collect(microphone_source(device=7))
 
 
 def test_missing_portaudio_names_the_package(monkeypatch):
