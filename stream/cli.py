@@ -103,7 +103,7 @@ def load_pipeline(args):
     if args.kenlm:
         try:
             check_language_model_file(args.kenlm)
-        except (FileNotFoundError, ImportError, ValueError) as exc:
+        except (FileNotFoundError, ImportError, LanguageModelError) as exc:
             raise UserError(f"--kenlm: {exc}") from None
     try:
         return Pipeline.from_pretrained(

@@ -138,9 +138,10 @@ class Pipeline:
         self.config = config
         self.window_config = config.window()
         self.vocabulary = Vocabulary.from_tokens(model.vocab)
-        conv0_stride = backbone.feature_extractor.conv_layers[0].stride     # warm-up in conv-0 frames: 16 samples/ms
+        warmup_samples = config.group_norm_warmup_ms * SAMPLE_RATE / 1000
+        conv0_stride = backbone.feature_extractor.conv_layers[0].stride          # the encoder counts conv-0 frames
         self.conv = IncrementalConvEncoder(backbone.feature_extractor, backbone.config.feat_extract_norm,
-                                           warmup_frames=round(config.group_norm_warmup_ms * 16 / conv0_stride))
+                                           warmup_frames=round(warmup_samples / conv0_stride))
         self.runner = WindowRunner(backbone, self.window_config)
         self.endpoint = EndpointConfig(min_silence_s=config.min_silence_s,
                                        max_segment_s=config.max_segment_s)

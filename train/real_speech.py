@@ -43,9 +43,9 @@ POCKETSPHINX_DIR = CACHE / "real" / "pocketsphinx"
 POCKETSPHINX_SDIST = "pocketsphinx==5.1.1"
 MANIFEST = "transcripts.jsonl"
 
-#: Folders of the package's test data whose ``transcription`` file (Sphinx format: ``<s> text
-#: </s> (utterance id)``) names ``<folder>/<id>.wav``.
-TRANSCRIBED_FOLDERS = ("librivox", "cards")
+#: Transcription files of the package's test data (Sphinx format: ``<s> text </s> (utterance id)``),
+#: by the folder whose ``<id>.wav`` files they transcribe.
+TRANSCRIPTIONS = {"librivox": "librivox/transcription", "cards": "cards/cards.transcription"}
 #: Clips whose words the package's own tests assert (or, for TIDIGITS, the file name spells:
 #: z = zero), with their format: raw files are 16 kHz 16-bit mono without a header.
 FIXED_CLIPS = {
@@ -83,20 +83,16 @@ def extract_pocketsphinx(sdist: Path, dest: Path) -> list[dict]:
             return tar.extractfile(members[rel]).read()
 
         wanted = dict(FIXED_CLIPS)
-        for folder in TRANSCRIBED_FOLDERS:
-            transcripts = parse_transcription(read(f"{folder}/transcription" if folder == "librivox"
-                                                   else f"{folder}/{folder}.transcription").decode())
+        for folder, transcription in TRANSCRIPTIONS.items():
+            transcripts = parse_transcription(read(transcription).decode())
             wanted.update({f"{folder}/{uid}.wav": text for uid, text in sorted(transcripts.items())})
         records = []
         for rel, text in wanted.items():
             data = read(rel)
             if rel.endswith(".raw"):
-                audio, rate = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768, 16000
+                audio = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768
             else:
-                audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-                audio = audio.mean(axis=1)
-            if rate != 16000:
-                audio = soxr.resample(audio, rate, 16000).astype(np.float32)
+                audio = mono_16k(io.BytesIO(data))
             out = Path(rel).with_suffix(".wav")
             (dest / out).parent.mkdir(parents=True, exist_ok=True)
             sf.write(dest / out, audio, 16000, subtype="PCM_16")
@@ -142,14 +138,14 @@ def real_recordings(pocketsphinx_dir: Path = POCKETSPHINX_DIR) -> list[tuple[str
             rec = json.loads(line)
             items.append((f"pocketsphinx/{Path(rec['path']).with_suffix('')}", pocketsphinx_dir / rec["path"],
                           rec["text"]))
-    out = []
-    for name, path, text in items:
-        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        x = x.mean(axis=1)
-        if sr != 16000:
-            x = soxr.resample(x, sr, 16000).astype(np.float32)
-        out.append((name, x, text))
-    return out
+    return [(name, mono_16k(str(path)), text) for name, path, text in items]
+
+
+def mono_16k(source) -> np.ndarray:
+    """A sound file (path or file object) as 16 kHz mono float32."""
+    x, rate = sf.read(source, dtype="float32", always_2d=True)
+    x = x.mean(axis=1)
+    return x if rate == 16000 else soxr.resample(x, rate, 16000).astype(np.float32)
 
 
 def _short(phrase: str) -> str | None:
