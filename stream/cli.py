@@ -29,6 +29,11 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--right-ms", type=float, default=320.0, help="lookahead per window (default 320)")
     p.add_argument("--mode", choices=("cached", "recompute"), default="cached",
                    help="reuse left-context keys/values (cached, default) or recompute each window")
+    p.add_argument("--warmup-ms", type=float, default=1000.0,
+                   help="group-norm models (the bundled one): audio the front end gathers its first normalisation "
+                        "statistics from before the first window (default 1000; longer holds the first partial back "
+                        "that long and brings the partials closer to offline, see README, Where the partials' drift "
+                        "comes from)")
     p.add_argument("--speaker-model", default=None,
                    help="x-vector or frame-classification checkpoint for speaker tracking "
                         "(default: the CTC model's own speaker head, if it has one)")
@@ -95,11 +100,19 @@ def load_pipeline(args):
     import torch
 
     from decoders.beam import LanguageModelError, check_language_model_file
-    from stream.pipeline import Pipeline
+    from stream.pipeline import Pipeline, StreamConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
     tracker = speaker_tracker_config(args)
+    stream_options = dict(chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms, mode=args.mode,
+                          group_norm_warmup_ms=args.warmup_ms)
+    if not args.warmup_ms >= 0:
+        raise UserError(f"--warmup-ms must be >= 0, got {args.warmup_ms:g}")
+    try:
+        StreamConfig(**stream_options)
+    except ValueError as exc:
+        raise UserError(f"window options (--chunk-ms, --left-ms, --right-ms): {exc}") from None
     if args.kenlm:
         try:
             check_language_model_file(args.kenlm)
@@ -109,7 +122,7 @@ def load_pipeline(args):
         return Pipeline.from_pretrained(
             args.model, speaker_model=args.speaker_model, speakers=not args.no_speakers,
             speaker_tracker_config=tracker,
-            chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms, mode=args.mode,
+            **stream_options,
             beam=not args.no_beam, hotwords=tuple(args.hotword), kenlm_path=args.kenlm, int8=args.int8, bf16=args.bf16,
             lm_weight=args.lm_weight, word_bonus=args.word_bonus, final_pass=not args.no_final_pass)
     except LanguageModelError as exc:
@@ -275,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # stdout's reader went away (``... --json | head``): what it read stays valid; stop quietly.
+        # Point stdout at devnull so the interpreter's final flush does not raise again.
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

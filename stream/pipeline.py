@@ -77,6 +77,7 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if not self.group_norm_warmup_ms >= 0:
             raise ValueError(f"group_norm_warmup_ms must be >= 0, got {self.group_norm_warmup_ms}")
+        self.window()   # a window that cannot run is refused here, before a model is loaded for it
 
     def window(self) -> WindowConfig:
         return WindowConfig.from_ms(self.chunk_ms, self.left_ms, self.right_ms, self.mode)

@@ -55,6 +55,9 @@ class WindowConfig:
     def from_ms(cls, chunk_ms: float, left_ms: float, right_ms: float, mode: str = "cached",
                 ) -> "WindowConfig":
         """Round milliseconds to whole 20 ms frames."""
+        for name, ms in (("chunk_ms", chunk_ms), ("left_ms", left_ms), ("right_ms", right_ms)):
+            if not ms >= 0:   # also NaN; a small negative value would otherwise round to 0 frames unnoticed
+                raise ValueError(f"{name} must be >= 0, got {ms:g}")
         to_frames = lambda ms: int(round(ms / (FRAME_SECONDS * 1000)))  # noqa: E731
         return cls(to_frames(chunk_ms), to_frames(left_ms), to_frames(right_ms), mode)
 

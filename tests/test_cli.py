@@ -194,3 +194,43 @@ def test_kenlm_reaches_the_final_beam_search(tmp_path, capsys):
         text = " ".join(e["text"] for e in map(json.loads, out.splitlines()) if e["type"] == "final")
         cer[bool(extra)] = error_rates([" ".join(reference)], [text])[0]
     assert cer[True] < cer[False] and cer[True] <= 0.05, cer
+
+
+@pytest.mark.parametrize("command", ["transcribe", "mic", "serve"])
+def test_warmup_ms_reaches_the_pipeline(ckpt, command):
+    from stream.cli import build_parser, load_pipeline
+
+    extra = ["x.wav"] if command == "transcribe" else []
+    for flags, want in (([], 1000.0), (["--warmup-ms", "2500"], 2500.0)):
+        args = build_parser().parse_args([command, *extra, "--model", ckpt, "--no-speakers", *flags])
+        assert load_pipeline(args).config.group_norm_warmup_ms == want
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--warmup-ms", "-1"], "--warmup-ms must be >= 0, got -1"),
+    (["--left-ms", "-5"], "left_ms must be >= 0, got -5"),      # would round to 0 frames unnoticed
+    (["--right-ms", "nan"], "right_ms must be >= 0, got nan"),
+    (["--chunk-ms", "5"], "chunk must be at least one frame"),
+])
+def test_bad_window_options_are_named_before_the_model_loads(tmp_path, capsys, flags, needle):
+    path = _write(tmp_path / "a.wav")
+    # A checkpoint that does not exist: the option's error comes first, so nothing was loaded.
+    code, out, err = _run(capsys, ["transcribe", path, "--model", str(tmp_path / "missing"), *flags])
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and needle in err and "Traceback" not in err, err
+
+
+def test_a_closed_stdout_pipe_ends_quietly(tmp_path, ckpt):
+    """``transcribe --json | head -1``: the reader stops early; the CLI exits 141 without a traceback."""
+    import subprocess
+    import sys
+
+    path = _write(tmp_path / "a.wav", seconds=4)
+    cli = subprocess.Popen([sys.executable, "-m", "stream.cli", "transcribe", path, "--model", ckpt, "--json",
+                            "--no-speakers", "--no-beam", "--chunk-ms", "100"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent)
+    first = cli.stdout.readline()
+    cli.stdout.close()   # what `head -1` does after its line
+    err = cli.stderr.read().decode()
+    assert json.loads(first)["type"] in {"partial", "final"}
+    assert cli.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
