@@ -102,8 +102,12 @@ def load_pipeline(args):
     from decoders.beam import LanguageModelError, check_language_model_file
     from stream.pipeline import Pipeline, StreamConfig
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.int8 and args.bf16:
+        raise UserError("--int8 and --bf16 are two ways to speed up the same layers: choose one")
     tracker = speaker_tracker_config(args)
     stream_options = dict(chunk_ms=args.chunk_ms, left_ms=args.left_ms, right_ms=args.right_ms, mode=args.mode,
                           group_norm_warmup_ms=args.warmup_ms)
@@ -297,4 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the importable module, not this __main__ copy: other modules raise stream.cli.UserError,
+    # which __main__.main would not catch (python -m stream.cli).
+    from stream.cli import main as module_main
+    sys.exit(module_main())

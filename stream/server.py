@@ -31,6 +31,7 @@ import asyncio
 import ipaddress
 import itertools
 import logging
+import os
 import signal
 import time
 import urllib.parse
@@ -99,6 +100,16 @@ class ServerLimits:
     # clients are found by idle_timeout_s instead (the idle clock runs whenever we read).
     ping_interval_s: float | None = 20.0
 
+    def __post_init__(self) -> None:
+        for name in ("max_message_bytes", "max_sessions", "max_outbox"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_session_s", "idle_timeout_s", "max_backlog_s", "slice_s", "finish_timeout_s"):
+            if not getattr(self, name) > 0:     # also NaN
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.ping_interval_s is not None and not self.ping_interval_s > 0:
+            raise ValueError(f"ping_interval_s must be > 0 or None, got {self.ping_interval_s}")
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -111,6 +122,10 @@ class ServerConfig:
     limits: ServerLimits = field(default_factory=ServerLimits)
     batching: bool = True              # one run_pending over all ready streams (False: one per stream)
     vosk_sample_rate: int = 16000      # Vosk clients that send audio without a config
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0-65535, got {self.port}")
 
 
 # -- static files and origins ----------------------------------------------------------
@@ -467,17 +482,22 @@ class SpeechServer:
         return self._server.sockets[0].getsockname()[1]
 
     async def start(self) -> None:
+        """Start the inference worker and listen; OSError (address in use, ...) leaves nothing running."""
         self.worker.start()
-        self._server = await serve(
-            self._handle, self.config.host, self.config.port,
-            process_request=self._process_request,
-            max_size=self.config.limits.max_message_bytes,
-            max_queue=16,
-            write_limit=1 << 16,
-            close_timeout=2,
-            ping_interval=self.config.limits.ping_interval_s,
-            ping_timeout=None,      # see ServerLimits.ping_interval_s
-        )
+        try:
+            self._server = await serve(
+                self._handle, self.config.host, self.config.port,
+                process_request=self._process_request,
+                max_size=self.config.limits.max_message_bytes,
+                max_queue=16,
+                write_limit=1 << 16,
+                close_timeout=2,
+                ping_interval=self.config.limits.ping_interval_s,
+                ping_timeout=None,      # see ServerLimits.ping_interval_s
+            )
+        except BaseException:
+            await asyncio.to_thread(self.worker.stop)
+            raise
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -558,16 +578,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    limits = ServerLimits(max_message_bytes=args.max_message_bytes, max_session_s=args.max_session_s,
-                          max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout_s)
-    origins = tuple(args.allowed_origin) if args.allowed_origin else None
-    return ServerConfig(host=args.host, port=args.port, allowed_origins=origins, limits=limits,
-                        batching=not args.no_batching)
+    """The server's settings from ``serve``'s options; a bad value is the CLI's one-line UserError."""
+    from stream.cli import UserError
+
+    try:
+        limits = ServerLimits(max_message_bytes=args.max_message_bytes, max_session_s=args.max_session_s,
+                              max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout_s)
+        origins = tuple(args.allowed_origin) if args.allowed_origin else None
+        return ServerConfig(host=args.host, port=args.port, allowed_origins=origins, limits=limits,
+                            batching=not args.no_batching)
+    except ValueError as exc:
+        raise UserError(f"serve options: {exc}") from None
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """``wavlm-stream serve``: load the model, serve until SIGINT/SIGTERM; returns the exit status."""
-    from stream.cli import load_pipeline
+    from stream.cli import UserError, load_pipeline
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
@@ -575,7 +601,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         server = SpeechServer(pipeline, config)
-        async with server:
+        try:
+            await server.start()
+        except OSError as exc:   # address in use, not an address of this machine, no permission
+            # asyncio words its bind errors around the address; the errno's own text is the reason.
+            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else (exc.strerror or str(exc))
+            raise UserError(f"cannot listen on {config.host} port {config.port}: {reason}") from None
+        try:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -584,6 +616,8 @@ def run_serve(args: argparse.Namespace) -> int:
             log.info("serving http://%s:%d/ (websocket /ws, Vosk protocol /vosk)", host, server.port)
             await stop.wait()
             log.info("shutting down")
+        finally:
+            await server.stop()
 
     asyncio.run(main())
     return 0

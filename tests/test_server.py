@@ -574,6 +574,39 @@ def test_binds_loopback_by_default():
     assert run(main()) == "127.0.0.1"
 
 
+@pytest.mark.parametrize("flags,needle", [
+    (["--port", "99999"], "port must be 0-65535, got 99999"),
+    (["--max-sessions", "0"], "max_sessions must be >= 1, got 0"),
+    (["--idle-timeout-s", "nan"], "idle_timeout_s must be > 0, got nan"),
+    (["--max-session-s", "-1"], "max_session_s must be > 0, got -1"),
+    (["--max-message-bytes", "0"], "max_message_bytes must be >= 1, got 0"),
+])
+def test_bad_serve_options_are_one_named_error(flags, needle):
+    import argparse
+
+    from stream.cli import UserError
+    from stream.server import add_serve_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    with pytest.raises(UserError, match=re.escape(needle)):
+        config_from_args(parser.parse_args(flags))
+
+
+def test_a_port_in_use_fails_start_and_leaves_no_worker_running():
+    from stream.server import ServerConfig, SpeechServer
+
+    async def main():
+        async with serving(FakePipeline()) as first:
+            second = SpeechServer(FakePipeline(), ServerConfig(port=first.port))
+            with pytest.raises(OSError):
+                await second.start()
+            return second.worker
+
+    worker = run(main())
+    assert not worker._thread.is_alive()
+
+
 # -- the real engine ------------------------------------------------------------------
 
 
@@ -653,6 +686,12 @@ def test_wavlm_stream_serve_command(tmp_path):
 
         events, code = run(client())
         assert code == 1000 and not errors(events) and events
+        # A second server on the same port: one line naming the port and the reason, no traceback.
+        clash = subprocess.run([sys.executable, "-m", "stream.cli", "serve", "--model", str(ckpt), "--port", str(port),
+                                "--no-speakers", "--threads", "1"], cwd=root, capture_output=True, text=True,
+                               timeout=120)
+        assert clash.returncode == 2 and "Traceback" not in clash.stderr, clash.stderr
+        assert f"error: cannot listen on 127.0.0.1 port {port}: Address already in use" in clash.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
