@@ -19,6 +19,7 @@ import base64
 import itertools
 import json
 import math
+import os
 import shutil
 import subprocess
 import time
@@ -81,11 +82,18 @@ class Chromium:
         return next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
 
     def close(self) -> None:
+        # Chromium keeps its singleton socket in a /tmp/org.chromium.Chromium.* folder that the
+        # profile links to, and leaves it behind when terminated: remove that one folder.
+        socket_link = self.profile / "SingletonSocket"
+        socket_dir = Path(os.readlink(socket_link)).parent if socket_link.is_symlink() else None
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+        if socket_dir is not None and socket_dir.name.startswith("org.chromium.Chromium."):
+            shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 class DevTools:
