@@ -82,12 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print events as JSON lines and nothing else on stdout")
     t.add_argument("--realtime", action="store_true", help="pace the file at 1x, as if live")
     t.add_argument("--rttm", default=None, metavar="FILE", help="write the speaker turns as RTTM")
+    t.add_argument("--subtitles", default=None, metavar="FILE.srt|FILE.vtt",
+                   help="also write the finals as subtitles (SubRip or WebVTT, by the name's suffix)")
 
     m = sub.add_parser("mic", help="live captions from the microphone (Ctrl-C to stop)")
     _add_model_arguments(m)
     m.add_argument("--device", default=None, help="input device index or name (see --list-devices)")
     m.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     m.add_argument("--json", action="store_true", help="print events as JSON lines")
+    m.add_argument("--subtitles", default=None, metavar="FILE.srt|FILE.vtt",
+                   help="when stopped (Ctrl-C), write what was heard as subtitles (SubRip or WebVTT)")
 
     s = sub.add_parser("serve", help="websocket server with the browser demo")
     from stream.server import add_serve_arguments
@@ -164,6 +168,7 @@ class CaptionPrinter:
 
     def __init__(self, out=None, json_lines: bool = False):
         self.out = sys.stdout if out is None else out
+        self.finals: list[Final] = []      # every final shown, for --subtitles
         self.json_lines = json_lines
         self.live = not json_lines and self.out.isatty()
         self.last_speaker = None
@@ -171,6 +176,8 @@ class CaptionPrinter:
         self._partial_shown = False
 
     def show(self, event: Event) -> None:
+        if isinstance(event, Final):
+            self.finals.append(event)
         if self.json_lines:
             print(event.to_json(), file=self.out, flush=True)
         elif isinstance(event, Partial):
@@ -227,25 +234,55 @@ async def _run_source(pipeline, source, printer: CaptionPrinter):
     return stream
 
 
+def check_output_path(option: str, path: str | None) -> None:
+    """An output file's folder must exist: said before the model loads, not after the whole run."""
+    if path is not None and not Path(path).absolute().parent.is_dir():
+        raise UserError(f"{option} {path}: no such folder {Path(path).absolute().parent}")
+
+
+def check_subtitles_path(path: str | None) -> None:
+    """--subtitles: a name ending in .srt or .vtt in a folder that exists, checked before the model loads."""
+    from decoders.subtitles import subtitle_format
+
+    if path is not None:
+        try:
+            subtitle_format(path)
+        except ValueError as exc:
+            raise UserError(f"--subtitles: {exc}") from None
+    check_output_path("--subtitles", path)
+
+
+def write_subtitles_of(printer: CaptionPrinter, path: str | None) -> None:
+    from decoders.subtitles import write_subtitles
+
+    if path is None:
+        return
+    try:
+        write_subtitles(path, printer.finals)
+    except OSError as exc:
+        raise UserError(f"cannot write the subtitle file {path}: {exc.strerror or exc}") from None
+
+
 def cmd_transcribe(args) -> int:
     from decoders.speaker import write_rttm
+    from stream.audio import AudioFormatError
     from stream.sources import SourceError, file_source, read_file_info
 
     try:
         read_file_info(args.file)       # fail fast, before loading the model
     except SourceError as exc:
         raise UserError(str(exc)) from None
+    check_subtitles_path(args.subtitles)
+    check_output_path("--rttm", args.rttm)
     pipeline = load_pipeline(args)
     printer = CaptionPrinter(json_lines=args.json)
     try:
         stream = asyncio.run(_run_source(pipeline, file_source(args.file, realtime=args.realtime), printer))
-    except SourceError as exc:
-        raise UserError(str(exc)) from None
-    except Exception as exc:  # AudioFormatError and friends: name the problem, keep stdout clean
-        from stream.audio import AudioFormatError
-        if isinstance(exc, AudioFormatError):
-            raise UserError(f"{args.file}: {exc}") from None
-        raise
+    except (SourceError, AudioFormatError) as exc:
+        # A file damaged part-way: what was transcribed before the damage still goes to --subtitles.
+        write_subtitles_of(printer, args.subtitles)
+        raise UserError(str(exc) if isinstance(exc, SourceError) else f"{args.file}: {exc}") from None
+    write_subtitles_of(printer, args.subtitles)
     if args.rttm:
         turns = stream.speaker_turns()
         if not turns and pipeline.speaker_source_factory is None:
@@ -267,13 +304,19 @@ def cmd_mic(args) -> int:
             print("\n".join(list_input_devices()) or "no input devices")
             return 0
         device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
+        check_subtitles_path(args.subtitles)
         pipeline = load_pipeline(args)
-        printer = CaptionPrinter(json_lines=args.json)
+    except SourceError as exc:
+        raise UserError(str(exc)) from None
+    printer = CaptionPrinter(json_lines=args.json)
+    try:
         asyncio.run(_run_source(pipeline, microphone_source(device), printer))
     except SourceError as exc:
+        write_subtitles_of(printer, args.subtitles)
         raise UserError(str(exc)) from None
     except KeyboardInterrupt:
         pass
+    write_subtitles_of(printer, args.subtitles)
     return 0
 
 
