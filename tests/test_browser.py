@@ -283,6 +283,17 @@ async def _browser_session(pipeline, wav: Path, profile: Path):
         raise
 
 
+async def _downloaded(folder: Path, pattern: str, timeout: float = 10.0) -> str:
+    """The text of the first finished download matching ``pattern`` (Chromium writes .crdownload first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = sorted(folder.glob(pattern))
+        if done and not list(folder.glob("*.crdownload")):
+            return done[0].read_text(encoding="utf-8")
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"no {pattern} downloaded into {folder}: {sorted(p.name for p in folder.iterdir())}")
+
+
 def test_page_captions_the_fake_microphone(demo_setup, tmp_path):
     pipeline, wav, expected_words = demo_setup
     with wave.open(str(wav)) as w:
@@ -293,6 +304,7 @@ def test_page_captions_the_fake_microphone(demo_setup, tmp_path):
         try:
             await page.open(f"http://127.0.0.1:{server.port}/")
             assert await page.js("document.body.dataset.state") == "idle"
+            save_before = await page.js("document.getElementById('save').disabled")
             await page.click("start")
             await page.wait_for("document.body.dataset.state === 'running'")
             t0 = time.monotonic()
@@ -307,16 +319,25 @@ def test_page_captions_the_fake_microphone(demo_setup, tmp_path):
                 stats: window.wavlmDemo,
                 finals: [...document.querySelectorAll('#finals li .text')].map(e => e.textContent),
                 times: [...document.querySelectorAll('#finals li .time')].map(e => e.textContent),
+                speakers: [...document.querySelectorAll('#finals li')].map(
+                    li => li.querySelector('.speaker') ? li.querySelector('.speaker').textContent : ''),
                 latency: document.getElementById('latency').textContent,
                 message: document.getElementById('message').hidden ? '' : document.getElementById('message').textContent,
             }))()""")
-            return state, streamed_s, shot, list(server.samples_in), page.console
+            # "Save transcript" downloads the finals as shown.
+            downloads = tmp_path / "downloads"
+            downloads.mkdir()
+            await page.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+            await page.click("save")
+            saved = await _downloaded(downloads, "wavlm-stream-*.txt")
+            state["save_before"] = save_before
+            return state, streamed_s, shot, list(server.samples_in), page.console, saved
         finally:
             await page.close()
             chrome.close()
             await server.stop()
 
-    state, streamed_s, shot, samples_in, console = run(main(), timeout=180)
+    state, streamed_s, shot, samples_in, console, saved = run(main(), timeout=180)
     stats = state["stats"]
     assert shot.exists() and shot.stat().st_size > 1000
     assert state["message"] == "", state["message"]
@@ -331,6 +352,9 @@ def test_page_captions_the_fake_microphone(demo_setup, tmp_path):
     assert state["finals"] == shown and len(state["times"]) == len(shown)
     assert stats["events"]["partial"] + stats["events"]["final"] > 0, console
     assert "median" in state["latency"]
+    assert state["save_before"] is True
+    assert saved == "".join(f"[{t}{' ' + s if s else ''}] {text}\n"
+                            for t, s, text in zip(state["times"], state["speakers"], state["finals"])), saved
     if expected_words is not None:
         # The page's audio went through chromium's capture and the worklet's resampler, not
         # bit-identical to the solo run: most, not all, of the expected words.

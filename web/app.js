@@ -27,6 +27,7 @@ window.wavlmDemo = stats;
 let session = null;  // {ws, ctx, node, source, tracks, stopping, flushed}
 const speakers = new Map();  // speaker label -> colour index, in order of appearance
 let lastSpeaker = null;
+const transcript = [];  // every final shown: {start, speaker, text}, for "Save transcript"
 
 function setState(state, text) {
   document.body.dataset.state = state;
@@ -222,6 +223,26 @@ function appendFinal(ev) {
   li.append(text);
   $("finals").append(li);
   li.scrollIntoView({ block: "nearest" });
+  transcript.push({ start: ev.start, speaker: ev.speaker, text: ev.text });
+  $("save").disabled = false;
+}
+
+// The transcript as the page shows it, a line per final: "[0:03.4 S1] text". Each session's
+// times count from its own start.
+function transcriptText() {
+  return transcript.map((f) => `[${formatTime(f.start)}${f.speaker ? " " + f.speaker : ""}] ${f.text}\n`).join("");
+}
+
+function saveTranscript() {
+  const blob = new Blob([transcriptText()], { type: "text/plain;charset=utf-8" });
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  const stamp = new Date().toISOString().slice(0, 16).replace(/[-:]/g, "").replace("T", "-");
+  link.download = `wavlm-stream-${stamp}.txt`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }
 
 function updateLatency() {
@@ -257,6 +278,7 @@ function onEvent(ev) {
 
 $("start").addEventListener("click", () => start("mic"));
 $("stop").addEventListener("click", () => stop());
+$("save").addEventListener("click", saveTranscript);
 $("file").addEventListener("change", (e) => {
   const file = e.target.files[0];
   e.target.value = "";  // choosing the same file again streams it again
