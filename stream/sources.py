@@ -134,7 +134,16 @@ async def stream_events(stream, source: AsyncIterator[tuple[np.ndarray, int]],
     failure = None
     try:
         async for samples, rate in source:
-            for event in await asyncio.to_thread(stream.feed, samples, rate):
+            feed = asyncio.ensure_future(asyncio.to_thread(stream.feed, samples, rate))
+            try:
+                events = await asyncio.shield(feed)
+            except asyncio.CancelledError:
+                # Cancelled (Ctrl-C) while the thread runs the model: the thread goes on regardless,
+                # and the stream is not thread-safe, so nothing may touch it (the caller's finish())
+                # until this block has been fed. Its partials are dropped; finish() gives the finals.
+                await asyncio.wait({feed})
+                raise
+            for event in events:
                 yield event
     except SourceError as exc:
         failure = exc

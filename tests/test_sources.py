@@ -1,6 +1,7 @@
 """stream/sources.py: file pacing, microphone plumbing (with a fake PortAudio), the event iterator."""
 
 import asyncio
+import io
 import sys
 import threading
 import time
@@ -166,3 +167,53 @@ def test_stream_events_flushes_finals_before_a_source_failure():
     with pytest.raises(SourceError, match="damaged"):
         asyncio.run(run())
     assert got == ["event100", "final"] and stream.finished
+
+
+class _SlowStream(_RecordingStream):
+    """A stream whose feed takes a while and notices a finish() that overlaps it."""
+
+    def __init__(self):
+        super().__init__()
+        self.feeding = threading.Event()
+        self.overlapped = False
+
+    def feed(self, samples, rate):
+        self.feeding.set()
+        time.sleep(0.5)
+        self.feeding.clear()
+        return super().feed(samples, rate)
+
+    def finish(self):
+        self.overlapped = self.feeding.is_set()
+        return super().finish()
+
+
+def test_ctrl_c_during_a_feed_finishes_the_stream_only_after_that_feed():
+    """The CLI's Ctrl-C path (stream.cli._run_source): the task is cancelled while the model
+    runs a block in a worker thread; finish() must not touch the stream while that block is
+    still being fed (the stream is not thread-safe)."""
+    import signal
+
+    from stream.cli import CaptionPrinter, _run_source
+
+    async def endless():
+        while True:
+            yield np.zeros(1600, dtype=np.float32), 16000
+
+    stream = _SlowStream()
+
+    class OnePipeline:
+        def new_stream(self):
+            return stream
+
+    async def interrupt_soon():
+        await asyncio.to_thread(stream.feeding.wait)
+        signal.raise_signal(signal.SIGINT)        # asyncio.run turns it into a cancel of the main task
+
+    async def main():
+        asyncio.get_running_loop().create_task(interrupt_soon())
+        await _run_source(OnePipeline(), endless(), CaptionPrinter(out=io.StringIO(), json_lines=False))
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main())
+    assert stream.finished and not stream.overlapped
