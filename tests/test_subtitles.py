@@ -161,3 +161,29 @@ def test_a_file_damaged_part_way_still_gets_subtitles_of_what_came_before(tmp_pa
     out, err = capsys.readouterr()
     assert code == 2 and "ends part-way" in err
     assert '"final"' in out and SRT_BLOCK.match(out_file.read_text())
+
+
+def test_mic_stopped_with_ctrl_c_writes_the_subtitles_of_what_was_heard(tmp_path, capsys, ckpt, monkeypatch):
+    import asyncio
+    import json
+    import signal
+
+    import stream.sources
+
+    async def three_seconds_then_ctrl_c(device=None):
+        rng = np.random.default_rng(0)
+        for _ in range(30):
+            yield (rng.standard_normal((1600, 1)) * 0.2).astype(np.float32), 16000
+        signal.raise_signal(signal.SIGINT)      # as a user's Ctrl-C: asyncio.run cancels the main task
+        await asyncio.sleep(60)
+
+    monkeypatch.setattr(stream.sources, "microphone_source", three_seconds_then_ctrl_c)
+    out_file = tmp_path / "mic.vtt"
+    code = main(["mic", "--model", ckpt, "--json", "--no-speakers", "--no-beam", "--subtitles", str(out_file)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    finals = [e["text"] for e in map(json.loads, out.splitlines()) if e["type"] == "final" and e["text"]]
+    assert finals, "the flush at Ctrl-C gives the finals of what was heard"
+    header, *blocks = out_file.read_text().strip().split("\n\n")
+    assert header == "WEBVTT"
+    assert " ".join(" ".join(b.split("\n")[1:]) for b in blocks).split() == " ".join(finals).split()
