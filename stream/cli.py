@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("transcribe", help="stream an audio file through the engine and show captions")
-    t.add_argument("file", help="audio file (WAV, FLAC, OGG, ...; any rate, mono or multi-channel)")
+    t.add_argument("file", help="audio file (WAV, FLAC, OGG, ...; any rate, mono or multi-channel), or - for "
+                                "audio with a header piped into standard input (arecord -t wav, ffmpeg -f wav -)")
     _add_model_arguments(t)
     t.add_argument("--json", action="store_true", help="print events as JSON lines and nothing else on stdout")
     t.add_argument("--realtime", action="store_true", help="pace the file at 1x, as if live")
@@ -217,10 +218,9 @@ def _clock(seconds: float) -> str:
     return f"{int(minutes):02d}:{secs:05.2f}"
 
 
-async def _run_source(pipeline, source, printer: CaptionPrinter):
+async def _run_source(stream, source, printer: CaptionPrinter) -> None:
     from stream.sources import stream_events
 
-    stream = pipeline.new_stream()
     try:
         async for event in stream_events(stream, source):
             printer.show(event)
@@ -231,7 +231,6 @@ async def _run_source(pipeline, source, printer: CaptionPrinter):
         raise
     finally:
         printer._clear_partial()
-    return stream
 
 
 def check_output_path(option: str, path: str | None) -> None:
@@ -263,37 +262,55 @@ def write_subtitles_of(printer: CaptionPrinter, path: str | None) -> None:
         raise UserError(f"cannot write the subtitle file {path}: {exc.strerror or exc}") from None
 
 
-def cmd_transcribe(args) -> int:
+def write_rttm_of(stream, pipeline, path: str | None, file_id: str) -> None:
     from decoders.speaker import write_rttm
-    from stream.audio import AudioFormatError
-    from stream.sources import SourceError, file_source, read_file_info
 
+    if path is None:
+        return
+    turns = stream.speaker_turns()
+    if not turns and pipeline.speaker_source_factory is None:
+        print("warning: no speaker tracking (the model has no speaker head; use --speaker-model); "
+              "the RTTM file is empty", file=sys.stderr)
     try:
-        read_file_info(args.file)       # fail fast, before loading the model
+        with open(path, "w") as fp:
+            write_rttm(turns, file_id, fp)
+    except OSError as exc:
+        raise UserError(f"cannot write the RTTM file {path}: {exc.strerror or exc}") from None
+
+
+def cmd_transcribe(args) -> int:
+    from stream.audio import AudioFormatError
+    from stream.sources import SourceError, file_source, read_file_info, require_piped_stdin, stdin_source
+
+    from_stdin = args.file == "-"
+    try:
+        # Fail fast, before loading the model.
+        require_piped_stdin() if from_stdin else read_file_info(args.file)
     except SourceError as exc:
         raise UserError(str(exc)) from None
     check_subtitles_path(args.subtitles)
     check_output_path("--rttm", args.rttm)
     pipeline = load_pipeline(args)
     printer = CaptionPrinter(json_lines=args.json)
+    stream = pipeline.new_stream()
+    source = (stdin_source(realtime=args.realtime) if from_stdin
+              else file_source(args.file, realtime=args.realtime))
+    failure, status = None, 0
     try:
-        stream = asyncio.run(_run_source(pipeline, file_source(args.file, realtime=args.realtime), printer))
-    except (SourceError, AudioFormatError) as exc:
-        # A file damaged part-way: what was transcribed before the damage still goes to --subtitles.
-        write_subtitles_of(printer, args.subtitles)
-        raise UserError(str(exc) if isinstance(exc, SourceError) else f"{args.file}: {exc}") from None
+        asyncio.run(_run_source(stream, source, printer))
+    except SourceError as exc:
+        failure = UserError(str(exc))
+    except AudioFormatError as exc:
+        failure = UserError(f"{'standard input' if from_stdin else args.file}: {exc}")
+    except KeyboardInterrupt:
+        status = 130        # a live pipe stopped with Ctrl-C
+    # Also after a source that failed part-way (a damaged file) or Ctrl-C: what was transcribed
+    # before it still goes to the output files.
     write_subtitles_of(printer, args.subtitles)
-    if args.rttm:
-        turns = stream.speaker_turns()
-        if not turns and pipeline.speaker_source_factory is None:
-            print("warning: no speaker tracking (the model has no speaker head; use --speaker-model); "
-                  "the RTTM file is empty", file=sys.stderr)
-        try:
-            with open(args.rttm, "w") as fp:
-                write_rttm(turns, Path(args.file).stem, fp)
-        except OSError as exc:
-            raise UserError(f"cannot write the RTTM file {args.rttm}: {exc.strerror or exc}") from None
-    return 0
+    write_rttm_of(stream, pipeline, args.rttm, "stdin" if from_stdin else Path(args.file).stem)
+    if failure is not None:
+        raise failure
+    return status
 
 
 def cmd_mic(args) -> int:
@@ -310,7 +327,7 @@ def cmd_mic(args) -> int:
         raise UserError(str(exc)) from None
     printer = CaptionPrinter(json_lines=args.json)
     try:
-        asyncio.run(_run_source(pipeline, microphone_source(device), printer))
+        asyncio.run(_run_source(pipeline.new_stream(), microphone_source(device), printer))
     except SourceError as exc:
         write_subtitles_of(printer, args.subtitles)
         raise UserError(str(exc)) from None

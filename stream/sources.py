@@ -45,25 +45,71 @@ async def file_source(path: str | Path, block_ms: float = 100.0,
     """Blocks of a file as float32 (n, channels); ``realtime`` paces them at 1x speed."""
     import soundfile as sf
 
-    info = read_file_info(path)
-    block = max(1, int(info.samplerate * block_ms / 1000))
+    read_file_info(path)
+    with sf.SoundFile(str(path)) as f:
+        async for item in _sound_file_blocks(f, f"audio file {path}", block_ms, realtime, blocking=False):
+            yield item
+
+
+def require_piped_stdin() -> None:
+    """SourceError unless standard input is a pipe or file (not a terminal, not closed)."""
+    import sys
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise SourceError("nothing is piped into standard input; pipe audio with a header into it, e.g. "
+                          "`arecord -f S16_LE -r 16000 -t wav | wavlm-stream transcribe -` or "
+                          "`ffmpeg -i URL -f wav - | wavlm-stream transcribe -`")
+
+
+async def stdin_source(block_ms: float = 100.0, realtime: bool = False) -> AsyncIterator[tuple[np.ndarray, int]]:
+    """Blocks of audio piped into standard input, as float32 (n, channels).
+
+    The stream must carry its own header (WAV, FLAC, Ogg, ... as libsndfile reads from a pipe),
+    e.g. ``arecord -f S16_LE -r 16000 -t wav`` or ``ffmpeg -i URL -f wav -``. A live pipe
+    paces itself; ``realtime`` paces a pipe that is faster than real time (``cat file.wav``).
+    Reads block until the writer sends more, so they run off the event loop.
+    """
+    import sys
+
+    import soundfile as sf
+
+    require_piped_stdin()
+    try:
+        f = await asyncio.to_thread(sf.SoundFile, sys.stdin.fileno(), closefd=False)
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
+        raise SourceError(f"cannot read audio from standard input: {exc} (it needs a header: WAV, FLAC, "
+                          f"OGG or another format libsndfile reads from a pipe; raw PCM is not enough)") from None
+    with f:
+        async for item in _sound_file_blocks(f, "standard input", block_ms, realtime, blocking=True):
+            yield item
+
+
+async def _sound_file_blocks(f, name: str, block_ms: float, realtime: bool,
+                             blocking: bool) -> AsyncIterator[tuple[np.ndarray, int]]:
+    """An open soundfile's blocks; ``blocking``: reads may wait on a writer (a pipe), run them in a thread."""
+    import soundfile as sf
+
+    rate = f.samplerate
+    block = max(1, int(rate * block_ms / 1000))
     started = time.monotonic()
     sent = 0
     try:
-        with sf.SoundFile(str(path)) as f:
-            while True:
+        while True:
+            if blocking:
+                data = await asyncio.to_thread(f.read, block, dtype="float32", always_2d=True)
+            else:
                 data = f.read(block, dtype="float32", always_2d=True)
-                if data.shape[0] == 0:
-                    break
-                if realtime:
-                    # Deliver each block when its last sample would have been captured live.
-                    due = started + (sent + data.shape[0]) / info.samplerate
-                    await asyncio.sleep(max(0.0, due - time.monotonic()))
-                sent += data.shape[0]
-                yield data, info.samplerate
+            if data.shape[0] == 0:
+                break
+            if realtime:
+                # Deliver each block when its last sample would have been captured live.
+                due = started + (sent + data.shape[0]) / rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            sent += data.shape[0]
+            yield data, rate
     except sf.LibsndfileError as exc:
-        # A file truncated mid-way: what was read has been delivered already.
-        raise SourceError(f"audio file {path} is damaged after {sent / info.samplerate:.2f} s: {exc}") from None
+        # Truncated mid-way: what was read has been delivered already.
+        raise SourceError(f"{name} is damaged after {sent / rate:.2f} s: {exc}") from None
 
 
 def _import_sounddevice():

@@ -235,3 +235,66 @@ def test_a_very_long_file(tmp_path, capsys, ckpt):
     finals = [e for e in assert_events(out, 30 * 60 + 0.1) if e["type"] == "final"]
     assert finals[-1]["end"] > 30 * 60 - 15
     assert max(f["end"] - f["start"] for f in finals) <= 15.0 + 0.05    # max_segment_s holds all along
+
+
+# -- standard input ------------------------------------------------------------------------
+
+
+def _cli(*argv, **kwargs):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.Popen([sys.executable, "-m", "stream.cli", *argv], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kwargs)
+
+
+def test_audio_piped_into_stdin_gives_what_the_file_gives(tmp_path, capsys, ckpt):
+    path = tmp_path / "a.wav"
+    sf.write(str(path), speech_like(3.0, 22050, seed=4), 22050, subtype="PCM_16")
+    assert main(["transcribe", str(path), "--model", ckpt, *ARGS]) == 0
+    from_file = assert_events(capsys.readouterr()[0], 3.05)
+    with open(path, "rb") as audio:
+        proc = _cli("transcribe", "-", "--model", ckpt, *ARGS, stdin=audio)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    from_pipe = assert_events(out.decode(), 3.05)
+    def finals(events):     # everything but the latency, which is wall-clock
+        return [{k: v for k, v in e.items() if k != "latency"} for e in events if e["type"] == "final"]
+    assert finals(from_pipe) == finals(from_file) and finals(from_file)
+
+
+@pytest.mark.parametrize("stdin_bytes,needle", [
+    (b"", "cannot read audio from standard input"),
+    (b"plain text, not audio\n" * 20, "raw PCM is not enough"),
+])
+def test_stdin_without_an_audio_header_is_one_clear_error(tmp_path, ckpt, stdin_bytes, needle):
+    import subprocess
+
+    proc = _cli("transcribe", "-", "--model", ckpt, *ARGS, stdin=subprocess.PIPE)
+    out, err = proc.communicate(stdin_bytes, timeout=120)
+    assert proc.returncode == 2 and out == b"", err
+    assert err.decode().startswith("error: ") and needle in err.decode() and b"Traceback" not in err
+
+
+def test_ctrl_c_on_a_live_pipe_keeps_what_was_heard(tmp_path, ckpt):
+    """A live pipe (arecord/ffmpeg into ``transcribe -``) stopped with Ctrl-C: the finals of what
+    was heard are printed and written to --subtitles, and the exit status is 130."""
+    import io
+    import signal
+    import subprocess
+
+    header_and_audio = io.BytesIO()
+    sf.write(header_and_audio, speech_like(3.0, 16000, seed=5), 16000, format="WAV", subtype="PCM_16")
+    subtitles = tmp_path / "live.srt"
+    proc = _cli("transcribe", "-", "--model", ckpt, *ARGS, "--subtitles", str(subtitles), stdin=subprocess.PIPE)
+    proc.stdin.write(header_and_audio.getvalue()[:44 + 2 * 16000 * 2])     # the header and 2 s; the pipe stays open
+    proc.stdin.flush()
+    first = proc.stdout.readline()                     # the engine is running on the pipe's audio
+    assert json.loads(first)["type"] in ("partial", "final")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and b"Traceback" not in err, err.decode()
+    finals = [e for e in map(json.loads, [first, *out.splitlines()]) if e["type"] == "final" and e["text"]]
+    assert finals and subtitles.read_text().count("-->") >= 1

@@ -202,17 +202,13 @@ def test_ctrl_c_during_a_feed_finishes_the_stream_only_after_that_feed():
 
     stream = _SlowStream()
 
-    class OnePipeline:
-        def new_stream(self):
-            return stream
-
     async def interrupt_soon():
         await asyncio.to_thread(stream.feeding.wait)
         signal.raise_signal(signal.SIGINT)        # asyncio.run turns it into a cancel of the main task
 
     async def main():
         asyncio.get_running_loop().create_task(interrupt_soon())
-        await _run_source(OnePipeline(), endless(), CaptionPrinter(out=io.StringIO(), json_lines=False))
+        await _run_source(stream, endless(), CaptionPrinter(out=io.StringIO(), json_lines=False))
 
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(main())
