@@ -167,9 +167,10 @@ class CaptionPrinter:
     not a terminal only finals and speaker changes are printed, one per line.
     """
 
-    def __init__(self, out=None, json_lines: bool = False):
+    def __init__(self, out=None, json_lines: bool = False, keep_finals: bool = False):
         self.out = sys.stdout if out is None else out
-        self.finals: list[Final] = []      # every final shown, for --subtitles
+        self.keep_finals = keep_finals
+        self.finals: list[Final] = []      # with keep_finals: every final shown, for --subtitles
         self.json_lines = json_lines
         self.live = not json_lines and self.out.isatty()
         self.last_speaker = None
@@ -177,7 +178,7 @@ class CaptionPrinter:
         self._partial_shown = False
 
     def show(self, event: Event) -> None:
-        if isinstance(event, Final):
+        if self.keep_finals and isinstance(event, Final):
             self.finals.append(event)
         if self.json_lines:
             print(event.to_json(), file=self.out, flush=True)
@@ -291,7 +292,7 @@ def cmd_transcribe(args) -> int:
     check_subtitles_path(args.subtitles)
     check_output_path("--rttm", args.rttm)
     pipeline = load_pipeline(args)
-    printer = CaptionPrinter(json_lines=args.json)
+    printer = CaptionPrinter(json_lines=args.json, keep_finals=args.subtitles is not None)
     stream = pipeline.new_stream()
     source = (stdin_source(realtime=args.realtime) if from_stdin
               else file_source(args.file, realtime=args.realtime))
@@ -325,7 +326,7 @@ def cmd_mic(args) -> int:
         pipeline = load_pipeline(args)
     except SourceError as exc:
         raise UserError(str(exc)) from None
-    printer = CaptionPrinter(json_lines=args.json)
+    printer = CaptionPrinter(json_lines=args.json, keep_finals=args.subtitles is not None)
     try:
         asyncio.run(_run_source(pipeline.new_stream(), microphone_source(device), printer))
     except SourceError as exc:
