@@ -110,6 +110,9 @@ async def _sound_file_blocks(f, name: str, block_ms: float, realtime: bool,
     except sf.LibsndfileError as exc:
         # Truncated mid-way: what was read has been delivered already.
         raise SourceError(f"{name} is damaged after {sent / rate:.2f} s: {exc}") from None
+    if sent == 0:
+        # A header and no samples (or a header whose data size says 0, as some writers put in a pipe).
+        raise SourceError(f"{name} holds no audio (a header, 0 samples)")
 
 
 def _import_sounddevice():

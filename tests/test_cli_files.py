@@ -265,9 +265,18 @@ def test_audio_piped_into_stdin_gives_what_the_file_gives(tmp_path, capsys, ckpt
     assert finals(from_pipe) == finals(from_file) and finals(from_file)
 
 
+def _wav_header_only() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(0), 16000, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize("stdin_bytes,needle", [
     (b"", "cannot read audio from standard input"),
     (b"plain text, not audio\n" * 20, "raw PCM is not enough"),
+    (_wav_header_only(), "standard input holds no audio"),
 ])
 def test_stdin_without_an_audio_header_is_one_clear_error(tmp_path, ckpt, stdin_bytes, needle):
     import subprocess
