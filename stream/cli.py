@@ -279,8 +279,25 @@ def write_rttm_of(stream, pipeline, path: str | None, file_id: str) -> None:
         raise UserError(f"cannot write the RTTM file {path}: {exc.strerror or exc}") from None
 
 
-def cmd_transcribe(args) -> int:
+def run_keeping_what_was_heard(stream, source, printer: CaptionPrinter, name: str) -> tuple[UserError | None, bool]:
+    """Run a source through a stream; a source that fails part-way (a damaged file, a lost
+    device) or Ctrl-C ends the run without raising, so the caller still writes its output files
+    from what was transcribed. Returns (the error to report after that or None, interrupted)."""
     from stream.audio import AudioFormatError
+    from stream.sources import SourceError
+
+    try:
+        asyncio.run(_run_source(stream, source, printer))
+    except SourceError as exc:
+        return UserError(str(exc)), False
+    except AudioFormatError as exc:
+        return UserError(f"{name}: {exc}"), False
+    except KeyboardInterrupt:
+        return None, True
+    return None, False
+
+
+def cmd_transcribe(args) -> int:
     from stream.sources import SourceError, file_source, read_file_info, require_piped_stdin, stdin_source
 
     from_stdin = args.file == "-"
@@ -296,22 +313,13 @@ def cmd_transcribe(args) -> int:
     stream = pipeline.new_stream()
     source = (stdin_source(realtime=args.realtime) if from_stdin
               else file_source(args.file, realtime=args.realtime))
-    failure, status = None, 0
-    try:
-        asyncio.run(_run_source(stream, source, printer))
-    except SourceError as exc:
-        failure = UserError(str(exc))
-    except AudioFormatError as exc:
-        failure = UserError(f"{'standard input' if from_stdin else args.file}: {exc}")
-    except KeyboardInterrupt:
-        status = 130        # a live pipe stopped with Ctrl-C
-    # Also after a source that failed part-way (a damaged file) or Ctrl-C: what was transcribed
-    # before it still goes to the output files.
+    failure, interrupted = run_keeping_what_was_heard(stream, source, printer,
+                                                      "standard input" if from_stdin else args.file)
     write_subtitles_of(printer, args.subtitles)
     write_rttm_of(stream, pipeline, args.rttm, "stdin" if from_stdin else Path(args.file).stem)
     if failure is not None:
         raise failure
-    return status
+    return 130 if interrupted else 0        # 130: a live pipe stopped with Ctrl-C
 
 
 def cmd_mic(args) -> int:
@@ -327,15 +335,11 @@ def cmd_mic(args) -> int:
     except SourceError as exc:
         raise UserError(str(exc)) from None
     printer = CaptionPrinter(json_lines=args.json, keep_finals=args.subtitles is not None)
-    try:
-        asyncio.run(_run_source(pipeline.new_stream(), microphone_source(device), printer))
-    except SourceError as exc:
-        write_subtitles_of(printer, args.subtitles)
-        raise UserError(str(exc)) from None
-    except KeyboardInterrupt:
-        pass
+    failure, _ = run_keeping_what_was_heard(pipeline.new_stream(), microphone_source(device), printer, "microphone")
     write_subtitles_of(printer, args.subtitles)
-    return 0
+    if failure is not None:
+        raise failure
+    return 0                                # Ctrl-C is how mic ends
 
 
 def main(argv: list[str] | None = None) -> int:
