@@ -62,7 +62,8 @@ if TYPE_CHECKING:
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig, Turn, read_rttm, write_rttm  # noqa: E402
+from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig  # noqa: E402
+from decoders.turns import Turn, read_rttm, write_rttm  # noqa: E402
 from speaker_metrics import ChangeCounts, DERCounts, diarization_error, reference_changes  # noqa: E402
 
 SR = 16000
@@ -350,7 +351,8 @@ def engine_extractor(args, config: SpeakerTrackerConfig, model):
 def offline_extractor(args, config: SpeakerTrackerConfig, model):
     """A function meeting -> Extracted: the bundled model's offline forward in blocks, cut into
     --chunk-ms chunks emitted --right-ms after their end (as the engine would)."""
-    from stream.speakers import EnergyVAD, offline_speaker_features
+    from stream.speakers import offline_speaker_features
+    from stream.vad import EnergyVAD
 
     if not callable(getattr(model, "speaker_frame_features", None)):
         raise SystemExit("--via offline needs the bundled model (a speaker head)")
@@ -379,7 +381,7 @@ def oracle_extractor(args, noise: float, outliers: float = 0.0, dim: int = 64):
     What the tracker scores here is its own timing and logic on the real turn structure
     (pauses, overlaps, short turns), with embeddings as good as `noise` allows.
     """
-    from stream.speakers import EnergyVAD
+    from stream.vad import EnergyVAD
 
     chunk_s, right_s = args.chunk_ms / 1000, args.right_ms / 1000
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from decoders.speaker import change_times as reference_changes  # noqa: F401  (re-exported for the bench)
+from decoders.turns import change_times as reference_changes  # noqa: F401  (re-exported for the bench)
 
 
 def match_changes(ref: list[float], hyp: list[float], collar: float) -> list[tuple[int, int]]:

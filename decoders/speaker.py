@@ -7,7 +7,7 @@ window that is speech, and turns them into
 - `SpeakerChange` events, each carrying the estimated time the new speaker started
   (not the time the change was detected) and a score;
 - stable labels S1, S2, ... (`label_for` an interval, for finals);
-- the diarization as speaker turns (`turns`, `write_rttm`).
+- the diarization as speaker turns (`turns`; decoders.turns cuts them and writes RTTM).
 
 How it decides
 --------------
@@ -95,12 +95,12 @@ import bisect
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import IO, NamedTuple
 
 import numpy as np
 
 from decoders.clustering import OnlineClusters, unit
 from decoders.events import SpeakerChange
+from decoders.turns import Turn, append_turn, turns_from_frames, turns_from_windows
 
 
 @dataclass(frozen=True)
@@ -215,14 +215,6 @@ class SpeakerTrackerConfig:
     def windows_per_span(self) -> int:
         """How many consecutive windows overlap any one instant."""
         return math.ceil(self.window_s / self.hop_s - 1e-9)
-
-
-class Turn(NamedTuple):
-    """One speaker turn: [start, end) seconds from stream start, label like "S1"."""
-
-    start: float
-    end: float
-    label: str
 
 
 @dataclass
@@ -744,121 +736,13 @@ class SpeakerTracker:
         out = self._turns_from_frames(t0, min(t1, known))
         if t1 > known:
             for t in self._turns_from_windows(max(t0, known), t1):
-                if out and out[-1].label == t.label and abs(out[-1].end - t.start) <= 1e-9:
-                    out[-1] = Turn(out[-1].start, t.end, t.label)
-                else:
-                    out.append(t)
+                append_turn(out, *t)
         return out
 
     def _turns_from_frames(self, t0: float, t1: float) -> list[Turn]:
-        if t1 <= t0:
-            return []
-        frames = self._speech_frames()
-        fs = self._frame_s
-        # Look a little beyond [t0, t1] so that pauses cut by the edges are judged whole.
-        pad = int(math.ceil(self.config.min_pause_s / fs)) + 1
-        i0 = max(0, int(math.floor(t0 / fs)) - pad)
-        i1 = min(self._n_frames, int(math.ceil(t1 / fs)) + pad)
-        sp = frames[i0:i1].copy()
-        idx = np.flatnonzero(sp)
-        if len(idx) == 0:
-            return []
-        # Fill pauses shorter than min_pause_s between speech frames.
-        gaps = np.flatnonzero(np.diff(idx) > 1)
-        for g in gaps:
-            a, b = idx[g] + 1, idx[g + 1]
-            if (b - a) * fs < self.config.min_pause_s:
-                sp[a:b] = True
-        edges = np.flatnonzero(np.diff(np.concatenate([[False], sp, [False]]).astype(np.int8)))
-        cuts = sorted(t for t in self._change_times if t0 < t < t1)
-        out: list[Turn] = []
-        for a, b in zip(edges[::2], edges[1::2]):
-            s0, s1 = max(t0, (i0 + a) * fs), min(t1, (i0 + b) * fs)
-            if s1 <= s0:
-                continue
-            bounds = [s0] + [c for c in cuts if s0 < c < s1] + [s1]
-            for x, y in zip(bounds[:-1], bounds[1:]):
-                label = self.label_at(0.5 * (x + y))
-                if label is None:
-                    continue
-                if out and out[-1].label == label and abs(out[-1].end - x) <= 1e-9:
-                    out[-1] = Turn(out[-1].start, y, label)
-                else:
-                    out.append(Turn(x, y, label))
-        return out
+        return turns_from_frames(self._speech_frames(), self._frame_s, t0, t1, self.config.min_pause_s,
+                                 self._change_times, self.label_at)
 
     def _turns_from_windows(self, t0: float, t1: float) -> list[Turn]:
-        """Labelled speech intervals within [t0, t1], from the windows overlapping it."""
-        starts, ends, fracs = self._w_start, self._w_end, self._w_frac
-        lo = bisect.bisect_right(ends, t0)      # first window ending after t0
-        hi = bisect.bisect_left(starts, t1)     # windows from here start at or after t1
-        if lo >= hi:
-            return []
-        bounds = set()
-        for j in range(lo, hi):
-            bounds.add(starts[j])
-            bounds.add(ends[j])
-        bounds.update(t for t in self._change_times if t0 < t < t1)
-        edges = sorted(b for b in bounds if t0 <= b <= t1)
-        if not edges or edges[0] > t0:
-            edges.insert(0, t0)
-        if edges[-1] < t1:
-            edges.append(t1)
-        out: list[Turn] = []
-        for a, b in zip(edges[:-1], edges[1:]):
-            if b - a <= 1e-9:
-                continue
-            # Windows covering [a, b]: start <= a and end >= b (a contiguous index range).
-            j0 = bisect.bisect_left(ends, b - 1e-9)
-            j1 = bisect.bisect_right(starts, a + 1e-9)
-            if j0 >= j1:
-                continue
-            # Speech in a window of length L with fraction f can fill at most f*L of [a, b].
-            fill = min(min(1.0, fracs[j] * (ends[j] - starts[j]) / (b - a)) for j in range(j0, j1))
-            if fill < 0.5:
-                continue
-            label = self.label_at(0.5 * (a + b))
-            if label is None:
-                continue
-            if out and out[-1].label == label and abs(out[-1].end - a) <= 1e-9:
-                out[-1] = Turn(out[-1].start, b, label)
-            else:
-                out.append(Turn(a, b, label))
-        return out
-
-
-def change_times(turns) -> list[float]:
-    """Speaker-change times of a diarization [(start, end, label), ...]: the start of each turn
-    whose speaker differs from the speaker of the turn before it (pauses in between do not matter)."""
-    out, prev = [], None
-    for start, _, label in sorted(turns):
-        if prev is not None and label != prev:
-            out.append(float(start))
-        prev = label
-    return out
-
-
-def write_rttm(turns, file_id: str, fp: IO[str]) -> None:
-    """Write turns [(start, end, label), ...] as RTTM SPEAKER lines (times in seconds, 3 decimals)."""
-    if not file_id or any(ch.isspace() for ch in file_id):
-        raise ValueError(f"RTTM file id must be non-empty without whitespace, got {file_id!r}")
-    for start, end, label in turns:
-        if end <= start:
-            continue
-        fp.write(f"SPEAKER {file_id} 1 {start:.3f} {end - start:.3f} <NA> <NA> {label} <NA> <NA>\n")
-
-
-def read_rttm(fp: IO[str]) -> dict[str, list[Turn]]:
-    """Read RTTM SPEAKER lines -> {file_id: [Turn, ...] sorted by start}."""
-    out: dict[str, list[Turn]] = {}
-    for n, line in enumerate(fp, 1):
-        parts = line.split()
-        if not parts or parts[0] != "SPEAKER":
-            continue
-        if len(parts) < 8:
-            raise ValueError(f"RTTM line {n}: expected at least 8 fields, got {len(parts)}")
-        start, dur = float(parts[3]), float(parts[4])
-        out.setdefault(parts[1], []).append(Turn(start, start + dur, parts[7]))
-    for turns in out.values():
-        turns.sort()
-    return out
+        return turns_from_windows(self._w_start, self._w_end, self._w_frac, t0, t1, self._change_times,
+                                  self.label_at)

@@ -264,7 +264,7 @@ def write_subtitles_of(printer: CaptionPrinter, path: str | None) -> None:
 
 
 def write_rttm_of(stream, pipeline, path: str | None, file_id: str) -> None:
-    from decoders.speaker import write_rttm
+    from decoders.turns import write_rttm
 
     if path is None:
         return

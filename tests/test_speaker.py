@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from bench_scripts import bench_script
-from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig, Turn, read_rttm, write_rttm
+from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig
+from decoders.turns import Turn, change_times, read_rttm, turns_from_frames, turns_from_windows, write_rttm
 
 DIM = 32
 # Thresholds for the crafted voices below (nearly orthogonal, cosine distance ~1 between
@@ -215,6 +216,27 @@ def test_frame_speech_gives_turn_boundaries_and_bridges_short_pauses():
     assert tracker.label_for(8.8, 9.9) == "S2"              # 0.3 s of S2 speech against 0.2 s of S1
     with pytest.raises(ValueError, match="contiguous"):
         tracker.push_speech(10, 0.02, frames[:5])
+
+
+def test_turn_cutting_on_its_own_a_label_timeline_and_two_views_of_speech():
+    def label_at(t):      # S1 until 5 s, then S2
+        return "S1" if t < 5.0 else "S2"
+    speech = np.zeros(500, dtype=bool)                   # 10 ms frames over 5 s
+    speech[0:200] = speech[210:300] = speech[400:500] = True  # a 0.1 s and a 1 s pause
+    assert turns_from_frames(speech, 0.01, 0.0, 5.0, 0.3, [], label_at) == [Turn(0.0, 3.0, "S1"), Turn(4.0, 5.0, "S1")]
+    # A change inside speech cuts the turn there; a view of [t0, t1] sees the pauses it cuts whole.
+    cut = turns_from_frames(speech, 0.01, 0.0, 5.0, 0.3, [4.5], lambda t: "S1" if t < 4.5 else "S2")
+    assert cut == [Turn(0.0, 3.0, "S1"), Turn(4.0, 4.5, "S1"), Turn(4.5, 5.0, "S2")]
+    assert turns_from_frames(speech, 0.01, 1.0, 2.05, 0.3, [], label_at) == [Turn(1.0, 2.05, "S1")]
+    assert turns_from_frames(speech, 0.01, 3.1, 3.9, 0.3, [], label_at) == []
+    # Windows [0, 2), [1, 3), [2, 4): with [1, 3) half speech (1 s), each 1 s stretch it covers can be
+    # all speech; with a tenth (0.2 s, under half of a stretch) [1, 3) is silence.
+    starts, ends = [0.0, 1.0, 2.0], [2.0, 3.0, 4.0]
+    assert turns_from_windows(starts, ends, [1.0, 0.5, 1.0], 0.0, 4.0, [], label_at) == [Turn(0.0, 4.0, "S1")]
+    assert turns_from_windows(starts, ends, [1.0, 0.1, 1.0], 0.0, 4.0, [], label_at) == \
+        [Turn(0.0, 1.0, "S1"), Turn(3.0, 4.0, "S1")]
+    assert turns_from_windows(starts, ends, [1.0, 1.0, 1.0], 0.0, 4.0, [], lambda t: None) == []
+    assert change_times([(5, 6, "A"), (0, 2, "A"), (3, 4, "B"), (7, 8, "B")]) == [3.0, 5.0, 7.0]
 
 
 def frames_of(segs, total, fs=0.02):

@@ -15,8 +15,8 @@ import torch
 from conftest import hf_model, save_hf
 from decoders.speaker import SpeakerTrackerConfig
 from model import WavLMConfig, build_model, load_model
-from stream.speakers import (BundledSpeakerHead, EnergyVAD, FrameActivitySource, SpeakerWindow, XVectorSource,
-                             speaker_source_factory)
+from stream.speakers import BundledSpeakerHead, FrameActivitySource, SpeakerWindow, XVectorSource, speaker_source_factory
+from stream.vad import EnergyVAD
 from stream.window import Window, WindowOutput
 
 SR = 16000

@@ -16,7 +16,7 @@ result with bench/speaker_eval.py either way).
 
 Features of the meetings are computed once by the frozen model (offline, in 20 s blocks,
 ``stream.speakers.offline_speaker_features``) and cached next to the meetings. Targets: a
-triangle of half-width 0.15 s around each reference speaker change (`decoders.speaker.change_times`),
+triangle of half-width 0.15 s around each reference speaker change (`decoders.turns.change_times`),
 binary cross-entropy with positive weight 5 (changes are rare frames), AdamW with a one-cycle
 learning rate, batches of 32 random 10 s crops. Each frame's input is log(1 + features) and the
 energy VAD's speech flag, as a stream computes them. The held-out evaluation is
@@ -45,7 +45,7 @@ FRAME_S = 0.02
 
 def change_targets(turns, frames: int, width_s: float = 0.15) -> np.ndarray:
     """Per-frame target (frames,) in [0, 1]: 1 at each speaker change, falling to 0 at +-width_s."""
-    from decoders.speaker import change_times
+    from decoders.turns import change_times
     centres = (np.arange(frames) + 0.5) * FRAME_S
     y = np.zeros(frames, dtype=np.float32)
     for c in change_times(turns):
@@ -65,8 +65,9 @@ def backbone_fingerprint(model) -> str:
 
 def meeting_features(model, meetings: Path, cache: Path | None = None) -> list[tuple[torch.Tensor, ...]]:
     """[(features (T, P), speech (T,), targets (T,)), ...] for every NAME.wav + NAME.rttm in `meetings`."""
-    from decoders.speaker import read_rttm
-    from stream.speakers import EnergyVAD, offline_speaker_features
+    from decoders.turns import read_rttm
+    from stream.speakers import offline_speaker_features
+    from stream.vad import EnergyVAD
     from train.data import load_audio
 
     wavs = sorted(p for p in meetings.glob("*.wav") if p.with_suffix(".rttm").exists())

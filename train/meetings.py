@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from decoders import turns
 from train.data import Clip, load_audio, read_manifest
 
 CACHE = Path.home() / ".cache" / "wavlm-stream"
@@ -78,9 +79,9 @@ def make_meeting(by_speaker: dict[str, list[Clip]], rng: random.Random, name: st
 
 
 def write_rttm(path: Path, name: str, utterances: list[dict]) -> None:
+    """The reference turns of one meeting (utterances with start, end, speaker) as an RTTM file."""
     with open(path, "w") as f:
-        for u in utterances:
-            f.write(f"SPEAKER {name} 1 {u['start']:.3f} {u['end'] - u['start']:.3f} <NA> <NA> {u['speaker']} <NA> <NA>\n")
+        turns.write_rttm([(u["start"], u["end"], u["speaker"]) for u in utterances], name, f)
 
 
 def main(argv: list[str] | None = None) -> None:
