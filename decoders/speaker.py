@@ -1,6 +1,6 @@
 """Speaker tracking for a stream: change detection with hysteresis + online clustering.
 
-The tracker sees one speaker embedding per rolling window (e.g. 1.5 s every 0.5 s,
+The tracker sees one speaker embedding per rolling window (e.g. 1.28 s every 0.5 s,
 from any `stream.speakers.EmbeddingSource`) together with the fraction of the
 window that is speech, and turns them into
 
