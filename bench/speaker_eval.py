@@ -43,6 +43,7 @@ test numbers are not tuned on themselves.
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
 import glob
 import itertools
@@ -63,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig  # noqa: E402
-from decoders.turns import Turn, read_rttm, write_rttm  # noqa: E402
+from decoders.turns import SpeechActivity, Turn, read_rttm, write_rttm  # noqa: E402
 from speaker_metrics import ChangeCounts, DERCounts, diarization_error, reference_changes  # noqa: E402
 
 SR = 16000
@@ -485,19 +486,20 @@ def run_baseline(windows: list[Recorded], speech: np.ndarray, config: SpeakerTra
             t = max(sw[i].start, sw[i].end - config.window_s / 2)
             emitted = sw[i + 1].emitted_at if i + 1 < len(sw) else sw[i].emitted_at
             changes.append((t, emitted))
-    # Turns: the same speech/silence rules as the tracker, labels switching at each change.
-    grid = SpeakerTracker(config)
+    # Turns: the same speech/silence rules as the tracker, a new label at each change.
+    activity = SpeechActivity()
     if len(speech):
-        grid.push_speech(0, 0.02, speech)
+        activity.add_frames(0, 0.02, speech)
     for w in windows:
-        grid._w_start.append(w.start)
-        grid._w_end.append(w.end)
-        grid._w_frac.append(w.fraction if w.embedding is not None else 0.0)
+        activity.add_window(w.start, w.end, w.fraction if w.embedding is not None else 0.0)
     if not sw:
         return Result(changes, [])
-    grid._change_times = [sw[0].start] + [t for t, _ in changes]
-    grid._change_labels = list(range(len(grid._change_times)))
-    return Result(changes, grid.turns())
+    times = [sw[0].start] + [t for t, _ in changes]
+
+    def label_at(t: float) -> str | None:
+        return f"S{bisect.bisect_right(times, t)}" if t >= times[0] else None
+
+    return Result(changes, activity.turns(*activity.span(), times, label_at, config.min_pause_s))
 
 
 @dataclass

@@ -100,7 +100,7 @@ import numpy as np
 
 from decoders.clustering import OnlineClusters, unit
 from decoders.events import SpeakerChange
-from decoders.turns import Turn, append_turn, turns_from_frames, turns_from_windows
+from decoders.turns import SpeechActivity, Turn
 
 
 @dataclass(frozen=True)
@@ -269,10 +269,9 @@ class SpeakerTracker:
         self._detector_peaks: deque[float] = deque(maxlen=64)
         c = self.config
         self._clusters = OnlineClusters(c.max_speakers, c.centroid_max_count)
-        # Every window, for the speech/silence grid of `turns` (starts and ends are nondecreasing).
-        self._w_start: list[float] = []
-        self._w_end: list[float] = []
-        self._w_frac: list[float] = []   # 0 for windows without an embedding
+        # Every window's speech and the frame-level speech (push_speech), for `turns` and the change
+        # times' snap to onsets.
+        self.speech = SpeechActivity()
         # Recent speech windows, enough to look back over a change and the windows that decide it.
         self._recent: deque[_SpeechWindow] = deque(maxlen=c.hysteresis + 2 * c.windows_per_span + 2)
         # Jumps of the last speech windows, those in _recent included, for the relative peak test.
@@ -287,10 +286,6 @@ class SpeakerTracker:
         self._last_was_speech = False
         self._onset = 0.0
         self._finished = False
-        # Optional frame-level speech activity (push_speech): frames of _frame_s from time 0.
-        self._frame_s: float | None = None
-        self._frames: list[np.ndarray] = []
-        self._n_frames = 0
 
     # ------------------------------------------------------------------ input
 
@@ -306,16 +301,11 @@ class SpeakerTracker:
         start_s, end_s, speech_fraction = float(start_s), float(end_s), float(speech_fraction)
         if not (math.isfinite(start_s) and math.isfinite(end_s) and end_s > start_s >= 0.0):
             raise ValueError(f"bad window [{start_s}, {end_s})")
-        if self._w_start and (start_s < self._w_start[-1] or end_s < self._w_end[-1]):
-            raise ValueError(f"windows must come in time order: [{start_s}, {end_s}) after "
-                             f"[{self._w_start[-1]}, {self._w_end[-1]})")
         if not 0.0 <= speech_fraction <= 1.0:
             raise ValueError(f"speech_fraction must be in [0, 1], got {speech_fraction}")
-        index = len(self._w_start)
+        index = len(self.speech.starts)
         is_speech = embedding is not None and speech_fraction >= self.config.min_speech_fraction
-        self._w_start.append(start_s)
-        self._w_end.append(end_s)
-        self._w_frac.append(speech_fraction if embedding is not None else 0.0)
+        self.speech.add_window(start_s, end_s, speech_fraction if embedding is not None else 0.0)
         if not is_speech:
             self._last_was_speech = False
             return []
@@ -392,17 +382,7 @@ class SpeakerTracker:
         speech : np.ndarray, shape = (n,), of frames [first_frame, first_frame + n), each
                  `frame_s` long from stream start; True / >= 0.5 = speech. Contiguous calls.
         """
-        if self._frame_s is None:
-            if not frame_s > 0:
-                raise ValueError(f"frame_s must be > 0, got {frame_s}")
-            self._frame_s = float(frame_s)
-        elif abs(frame_s - self._frame_s) > 1e-12:
-            raise ValueError(f"frame_s changed from {self._frame_s} to {frame_s}")
-        if first_frame != self._n_frames:
-            raise ValueError(f"speech frames must be contiguous: expected {self._n_frames}, got {first_frame}")
-        x = np.asarray(speech).reshape(-1) >= 0.5
-        self._frames.append(x)
-        self._n_frames += len(x)
+        self.speech.add_frames(first_frame, frame_s, speech)
 
     def finish(self) -> list[SpeakerChange]:
         """End of stream. A peak followed by fewer than `hysteresis` windows (but at least one)
@@ -458,9 +438,8 @@ class SpeakerTracker:
 
     def turns(self) -> list[Turn]:
         """The diarization so far: speech intervals with their labels, in time order."""
-        if not self._w_start:
-            return []
-        return self._turns(self._w_start[0], self._w_end[-1])
+        span = self.speech.span()
+        return [] if span is None else self._turns(*span)
 
     # -------------------------------------------------------------- internals
 
@@ -689,10 +668,10 @@ class SpeakerTracker:
         """Turns change at pauses: move t to the onset that follows the longest pause (>= 0.1 s,
         counted up to 1 s) within snap_s of it and inside (lo, hi]; t itself if there is none
         or no frame-level speech is known there."""
-        if self.config.snap_s <= 0 or self._frame_s is None:
+        fs = self.speech.frame_s
+        if self.config.snap_s <= 0 or fs is None:
             return t
-        fs = self._frame_s
-        sp = self._speech_frames()
+        sp = self.speech.frames()
         a = max(1, int(math.ceil(max(lo + 1e-6, t - self.config.snap_s) / fs)))
         b = min(len(sp), int(math.floor(min(hi, t + self.config.snap_s) / fs)) + 1)
         min_gap, max_gap = max(1, round(0.1 / fs)), max(1, round(1.0 / fs))
@@ -709,11 +688,6 @@ class SpeakerTracker:
                 best, best_key = i * fs, key
         return best
 
-    def _speech_frames(self) -> np.ndarray:
-        if len(self._frames) > 1:
-            self._frames = [np.concatenate(self._frames)]
-        return self._frames[0] if self._frames else np.zeros(0, dtype=bool)
-
     def _defer(self, w: _SpeechWindow) -> None:
         self._deferred.append(w)
         # A window can straddle a change confirmed at most `hysteresis` windows later.
@@ -729,20 +703,4 @@ class SpeakerTracker:
 
     def _turns(self, t0: float, t1: float) -> list[Turn]:
         """Labelled speech intervals within [t0, t1]."""
-        if self._frame_s is None:
-            return self._turns_from_windows(t0, t1)
-        # Frame-level speech where it is known; the windows beyond it.
-        known = self._n_frames * self._frame_s
-        out = self._turns_from_frames(t0, min(t1, known))
-        if t1 > known:
-            for t in self._turns_from_windows(max(t0, known), t1):
-                append_turn(out, *t)
-        return out
-
-    def _turns_from_frames(self, t0: float, t1: float) -> list[Turn]:
-        return turns_from_frames(self._speech_frames(), self._frame_s, t0, t1, self.config.min_pause_s,
-                                 self._change_times, self.label_at)
-
-    def _turns_from_windows(self, t0: float, t1: float) -> list[Turn]:
-        return turns_from_windows(self._w_start, self._w_end, self._w_frac, t0, t1, self._change_times,
-                                  self.label_at)
+        return self.speech.turns(t0, t1, self._change_times, self.label_at, self.config.min_pause_s)

@@ -2,12 +2,12 @@
 
 A tracker (decoders.speaker.SpeakerTracker) decides *who* speaks from when (a label timeline:
 change times and labels); this module decides *where there is speech* inside that timeline and
-cuts it into turns, from either of two views of speech activity:
+cuts it into turns (`SpeechActivity.turns`), from either of two views of speech activity:
 
 - frame-level speech (e.g. an energy VAD at 20 ms): `turns_from_frames`, pauses shorter than
   `min_pause_s` kept inside a turn;
 - the speech fractions of the embedding windows alone: `turns_from_windows`, at the resolution
-  of the window boundaries (one hop).
+  of the window boundaries (one hop), used beyond the last frame the caller gave.
 
 RTTM is the NIST diarization format (one ``SPEAKER`` line per turn) that diarization scorers
 and the bench read.
@@ -114,6 +114,69 @@ def turns_from_windows(starts: list[float], ends: list[float], fractions: list[f
         if label is not None:
             append_turn(out, a, b, label)
     return out
+
+
+class SpeechActivity:
+    """Where a stream has speech, as far as it has been seen: every embedding window's speech
+    fraction and, when the caller gives it, per-frame speech.
+
+    add_window(start_s, end_s, fraction)            windows in time order
+    add_frames(first_frame, frame_s, speech (n,))   contiguous frames of one length
+    turns(t0, t1, cuts, label_at, min_pause_s) -> list[Turn]
+    """
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        self.fractions: list[float] = []     # 0 for windows without an embedding
+        self.frame_s: float | None = None
+        self._frames: list[np.ndarray] = []
+        self.n_frames = 0
+
+    def add_window(self, start_s: float, end_s: float, fraction: float) -> None:
+        if self.starts and (start_s < self.starts[-1] or end_s < self.ends[-1]):
+            raise ValueError(f"windows must come in time order: [{start_s}, {end_s}) after "
+                             f"[{self.starts[-1]}, {self.ends[-1]})")
+        self.starts.append(start_s)
+        self.ends.append(end_s)
+        self.fractions.append(fraction)
+
+    def add_frames(self, first_frame: int, frame_s: float, speech: np.ndarray) -> None:
+        """speech: (n,) of frames [first_frame, first_frame + n), each frame_s long from stream
+        start; True / >= 0.5 = speech. Calls must be contiguous and keep frame_s."""
+        if self.frame_s is None:
+            if not frame_s > 0:
+                raise ValueError(f"frame_s must be > 0, got {frame_s}")
+            self.frame_s = float(frame_s)
+        elif abs(frame_s - self.frame_s) > 1e-12:
+            raise ValueError(f"frame_s changed from {self.frame_s} to {frame_s}")
+        if first_frame != self.n_frames:
+            raise ValueError(f"speech frames must be contiguous: expected {self.n_frames}, got {first_frame}")
+        x = np.asarray(speech).reshape(-1) >= 0.5
+        self._frames.append(x)
+        self.n_frames += len(x)
+
+    def frames(self) -> np.ndarray:
+        """Every frame's speech so far, (n_frames,) bool."""
+        if len(self._frames) > 1:
+            self._frames = [np.concatenate(self._frames)]
+        return self._frames[0] if self._frames else np.zeros(0, dtype=bool)
+
+    def span(self) -> tuple[float, float] | None:
+        """(start of the first window, end of the last), None before any window."""
+        return (self.starts[0], self.ends[-1]) if self.starts else None
+
+    def turns(self, t0: float, t1: float, cuts: list[float], label_at: LabelAt, min_pause_s: float) -> list[Turn]:
+        """Labelled speech intervals within [t0, t1]: frame-level speech where it is known, the
+        windows beyond it (cuts, label_at as for turns_from_frames)."""
+        if self.frame_s is None:
+            return turns_from_windows(self.starts, self.ends, self.fractions, t0, t1, cuts, label_at)
+        known = self.n_frames * self.frame_s
+        out = turns_from_frames(self.frames(), self.frame_s, t0, min(t1, known), min_pause_s, cuts, label_at)
+        if t1 > known:
+            for t in turns_from_windows(self.starts, self.ends, self.fractions, max(t0, known), t1, cuts, label_at):
+                append_turn(out, *t)
+        return out
 
 
 def change_times(turns) -> list[float]:

@@ -294,4 +294,4 @@ def test_same_api_for_every_source_through_the_stream_glue(kind, bundled, xvecto
         direct = src.push_frames(bundled.speaker_frame_features(hidden)[0].detach(), 0) + src.finish()
     else:
         direct = src.push_audio(audio, 0) + src.finish()
-    assert speakers.tracker._w_end == [w.end_s for w in direct]
+    assert speakers.tracker.speech.ends == [w.end_s for w in direct]
