@@ -582,10 +582,14 @@ def _detector_settings(config: SpeakerTrackerConfig) -> str:
             f"detector_verify {config.detector_verify:.2f}, detector_sure {config.detector_sure:.2f}, "
             f"detector_second_look_s {config.detector_second_look_s:.2f}, "
             f"detector_window_gap_s {config.detector_window_gap_s}, "
-            f"detector_support {config.detector_support:.2f}")
+            f"detector_support {config.detector_support:.2f}, "
+            f"detector_support_waived {config.detector_support_waived:.2f}")
 
 
-def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], config, model, tune: bool) -> None:
+def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], config, model, tune: bool,
+             also: list[tuple[str, float]] = ()) -> SpeakerTrackerConfig:
+    """Print the scores of `config` (tuned first with `tune`) on the meetings, with the windows alone
+    and the baseline, and replays of the same windows with each of `also`'s (field, value) changes."""
     print(f"\n== {name}: {len(meetings)} meetings, {sum(len(m.audio) for m in meetings) / SR / 60:.1f} min, "
           f"{sum(len(reference_changes(m.ref)) for m in meetings)} speaker changes")
 
@@ -666,6 +670,9 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
     for set_name, idx in sets:
         ms = [meetings[i] for i in idx]
         print(score(ms, results(config, idx)).line(f"[{set_name}] tracker"))
+        for field, value in also:
+            variant = dataclasses.replace(config, **{field: value})
+            print(score(ms, results(variant, idx)).line(f"[{set_name}] tracker, {field} {value:g}"))
         if detector:
             windows_only = dataclasses.replace(config, change_detector=False)
             print(score(ms, results(windows_only, idx)).line(f"[{set_name}] windows only"))
@@ -682,9 +689,27 @@ TRACKER_OPTIONS = (
     ("--detector-weak-threshold", "detector_weak_threshold"), ("--detector-after", "detector_after_s"),
     ("--detector-verify", "detector_verify"), ("--detector-sure", "detector_sure"),
     ("--detector-second-look", "detector_second_look_s"), ("--detector-gap", "detector_window_gap_s"),
-    ("--detector-support", "detector_support"), ("--max-speakers", "max_speakers"),
+    ("--detector-support", "detector_support"), ("--detector-support-waived", "detector_support_waived"),
+    ("--max-speakers", "max_speakers"),
     ("--min-speech", "min_speech_fraction"),
 )
+
+
+def _field_change(item: str) -> tuple[str, float]:
+    """'detector_support=0.1' -> ('detector_support', 0.1), checked against SpeakerTrackerConfig."""
+    field, _, value = item.partition("=")
+    default = getattr(SpeakerTrackerConfig, field.strip(), None)
+    if not isinstance(default, (int, float)) or isinstance(default, bool) or not value:
+        raise SystemExit(f"--also {item!r}: expected FIELD=NUMBER with a numeric SpeakerTrackerConfig field")
+    try:
+        number = type(default)(value)
+    except ValueError:
+        raise SystemExit(f"--also {item!r}: {value!r} is not a {type(default).__name__}") from None
+    try:
+        SpeakerTrackerConfig(**{field.strip(): number})      # its own range checks
+    except ValueError as e:
+        raise SystemExit(f"--also {item!r}: {e}") from None
+    return field.strip(), number
 
 
 def main(argv=None) -> None:
@@ -708,6 +733,9 @@ def main(argv=None) -> None:
         default = getattr(SpeakerTrackerConfig, field)
         p.add_argument(flag, dest=field, type=type(default), default=default)
     p.add_argument("--no-change-detector", action="store_true", help="the windows alone, not the model's detector")
+    p.add_argument("--also", action="append", default=[], metavar="FIELD=VALUE",
+                   help="also score the tracker with this one SpeakerTrackerConfig field changed, on the same "
+                        "windows (no second model pass; repeatable)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rttm-dir", default=None, help="write the tracker's RTTM per meeting here")
     p.add_argument("--oracle-noise", type=float, default=None, metavar="NOISE",
@@ -716,6 +744,7 @@ def main(argv=None) -> None:
     p.add_argument("--oracle-outliers", type=float, default=0.0, metavar="P",
                    help="with --oracle-noise: this fraction of speech windows get an unrelated random embedding")
     args = p.parse_args(argv)
+    also = [_field_change(item) for item in args.also]
 
     import torch
     from model import load_model
@@ -762,7 +791,7 @@ def main(argv=None) -> None:
                     print(f"warning: {m.name}: engine events differ from the replay of its windows")
         audio_s = sum(len(m.audio) for m in meetings) / SR
         print(f"\n[{name}] embeddings: {time.perf_counter() - t0:.0f} s for {audio_s:.0f} s of audio")
-        used = evaluate(name, meetings, extracted, config, model, args.tune)
+        used = evaluate(name, meetings, extracted, config, model, args.tune, also)
         if args.rttm_dir:
             Path(args.rttm_dir).mkdir(parents=True, exist_ok=True)
             for m, ex in zip(meetings, extracted):

@@ -322,7 +322,7 @@ def test_window_peaks_add_only_the_changes_the_detector_missed():
 
 
 def test_a_window_peak_needs_a_detector_peak_near_its_change_time():
-    config = SpeakerTrackerConfig(detector_support=0.2, detector_support_s=0.5)
+    config = SpeakerTrackerConfig(detector_support=0.2, detector_support_s=0.5, detector_support_waived=2.0)
     quiet = tracker_after([A] * 6 + [B] * 4, config)          # the detector heard nothing: no change
     assert [e.from_speaker for e in quiet.events] == [None]
     heard = SpeakerTracker(config, candidates=True)
@@ -330,6 +330,12 @@ def test_a_window_peak_needs_a_detector_peak_near_its_change_time():
     tracker_after([A] * 6 + [B] * 4, tracker=heard)
     assert [(e.from_speaker, e.to_speaker) for e in heard.events] == [(None, "S1"), ("S1", "S2")]
     assert abs(heard.events[1].time - 3.3) <= 0.5
+    # Voices this far apart (A and B are orthogonal: cosine distance 1) need no detector peak once
+    # the support is waived at that distance; at a larger one they still do.
+    waived = tracker_after([A] * 6 + [B] * 4, dataclasses.replace(config, detector_support_waived=0.9))
+    assert [(e.from_speaker, e.to_speaker) for e in waived.events] == [(None, "S1"), ("S1", "S2")]
+    still = tracker_after([A] * 6 + [B] * 4, dataclasses.replace(config, detector_support_waived=1.5))
+    assert [e.from_speaker for e in still.events] == [None]
 
 
 def test_a_candidates_label_is_confirmed_by_the_windows_after_it():

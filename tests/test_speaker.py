@@ -300,6 +300,8 @@ def test_invalid_input_is_refused():
         tracker.push(0.5, 2.0, np.ones(DIM), 1.5)
     with pytest.raises(ValueError, match="hop_s"):
         SpeakerTrackerConfig(window_s=1.0, hop_s=2.0)
+    with pytest.raises(ValueError, match="detector_support_waived"):
+        SpeakerTrackerConfig(detector_support_waived=0.0)
     tracker.finish()
     with pytest.raises(RuntimeError):
         tracker.push(1.0, 2.5, np.ones(DIM), 1.0)
