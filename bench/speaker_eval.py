@@ -638,11 +638,12 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
             # buy change F1 with labels.
             windows_only_der = trial(dataclasses.replace(config, change_detector=False), dev)[2]
             trials = []
-            for weak, after, verify, sure, gap, support in itertools.product(
-                    (0.6, 0.8, 0.95), (0.5, 0.75), (0.3, 0.4), (0.0, 0.6), (1.5, math.inf), (0.0, 0.05, 0.1)):
+            for weak, after, verify, sure, gap, support, waived in itertools.product(
+                    (0.6, 0.8, 0.95), (0.5, 0.75), (0.3, 0.4), (0.0, 0.6), (1.5, math.inf), (0.0, 0.05, 0.1),
+                    (0.7, 2.0)):
                 cfg = dataclasses.replace(config, detector_weak_threshold=weak, detector_after_s=after,
                                           detector_verify=verify, detector_sure=sure, detector_window_gap_s=gap,
-                                          detector_support=support)
+                                          detector_support=support, detector_support_waived=waived)
                 trials.append(trial(cfg, dev))
             kept = [t for t in trials if t[2] <= windows_only_der + 0.02]
             if kept:
