@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from decoders.clustering import OnlineClusters  # noqa: E402
 from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig  # noqa: E402
 from decoders.turns import SpeechActivity, Turn, read_rttm, write_rttm  # noqa: E402
 from speaker_metrics import ChangeCounts, DERCounts, diarization_error, reference_changes  # noqa: E402
@@ -497,7 +498,8 @@ def run_baseline(windows: list[Recorded], speech: np.ndarray, config: SpeakerTra
     times = [sw[0].start] + [t for t, _ in changes]
 
     def label_at(t: float) -> str | None:
-        return f"S{bisect.bisect_right(times, t)}" if t >= times[0] else None
+        i = bisect.bisect_right(times, t) - 1
+        return None if i < 0 else OnlineClusters.label(i)
 
     return Result(changes, activity.turns(*activity.span(), times, label_at, config.min_pause_s))
 
@@ -698,8 +700,8 @@ TRACKER_OPTIONS = (
 
 def _field_change(item: str) -> tuple[str, float]:
     """'detector_support=0.1' -> ('detector_support', 0.1), checked against SpeakerTrackerConfig."""
-    field, _, value = item.partition("=")
-    default = getattr(SpeakerTrackerConfig, field.strip(), None)
+    field, _, value = (part.strip() for part in item.partition("="))
+    default = getattr(SpeakerTrackerConfig, field, None)
     if not isinstance(default, (int, float)) or isinstance(default, bool) or not value:
         raise SystemExit(f"--also {item!r}: expected FIELD=NUMBER with a numeric SpeakerTrackerConfig field")
     try:
@@ -707,10 +709,10 @@ def _field_change(item: str) -> tuple[str, float]:
     except ValueError:
         raise SystemExit(f"--also {item!r}: {value!r} is not a {type(default).__name__}") from None
     try:
-        SpeakerTrackerConfig(**{field.strip(): number})      # its own range checks
+        SpeakerTrackerConfig(**{field: number})      # its own range checks
     except ValueError as e:
         raise SystemExit(f"--also {item!r}: {e}") from None
-    return field.strip(), number
+    return field, number
 
 
 def main(argv=None) -> None:
