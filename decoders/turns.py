@@ -41,8 +41,8 @@ def append_turn(out: list[Turn], start: float, end: float, label: str) -> None:
         out.append(Turn(start, end, label))
 
 
-def turns_from_frames(speech: np.ndarray, frame_s: float, t0: float, t1: float, min_pause_s: float,
-                      cuts: list[float], label_at: LabelAt) -> list[Turn]:
+def turns_from_frames(speech: np.ndarray, frame_s: float, t0: float, t1: float, cuts: list[float],
+                      label_at: LabelAt, min_pause_s: float) -> list[Turn]:
     """Labelled speech intervals within [t0, t1] from frame-level speech activity.
 
     speech: (n,) bool, frame i covers [i * frame_s, (i + 1) * frame_s); cuts: the timeline's change
@@ -172,7 +172,7 @@ class SpeechActivity:
         if self.frame_s is None:
             return turns_from_windows(self.starts, self.ends, self.fractions, t0, t1, cuts, label_at)
         known = self.n_frames * self.frame_s
-        out = turns_from_frames(self.frames(), self.frame_s, t0, min(t1, known), min_pause_s, cuts, label_at)
+        out = turns_from_frames(self.frames(), self.frame_s, t0, min(t1, known), cuts, label_at, min_pause_s)
         if t1 > known:
             for t in turns_from_windows(self.starts, self.ends, self.fractions, max(t0, known), t1, cuts, label_at):
                 append_turn(out, *t)

@@ -223,12 +223,12 @@ def test_turn_cutting_on_its_own_a_label_timeline_and_two_views_of_speech():
         return "S1" if t < 5.0 else "S2"
     speech = np.zeros(500, dtype=bool)                   # 10 ms frames over 5 s
     speech[0:200] = speech[210:300] = speech[400:500] = True  # a 0.1 s and a 1 s pause
-    assert turns_from_frames(speech, 0.01, 0.0, 5.0, 0.3, [], label_at) == [Turn(0.0, 3.0, "S1"), Turn(4.0, 5.0, "S1")]
+    assert turns_from_frames(speech, 0.01, 0.0, 5.0, [], label_at, 0.3) == [Turn(0.0, 3.0, "S1"), Turn(4.0, 5.0, "S1")]
     # A change inside speech cuts the turn there; a view of [t0, t1] sees the pauses it cuts whole.
-    cut = turns_from_frames(speech, 0.01, 0.0, 5.0, 0.3, [4.5], lambda t: "S1" if t < 4.5 else "S2")
+    cut = turns_from_frames(speech, 0.01, 0.0, 5.0, [4.5], lambda t: "S1" if t < 4.5 else "S2", 0.3)
     assert cut == [Turn(0.0, 3.0, "S1"), Turn(4.0, 4.5, "S1"), Turn(4.5, 5.0, "S2")]
-    assert turns_from_frames(speech, 0.01, 1.0, 2.05, 0.3, [], label_at) == [Turn(1.0, 2.05, "S1")]
-    assert turns_from_frames(speech, 0.01, 3.1, 3.9, 0.3, [], label_at) == []
+    assert turns_from_frames(speech, 0.01, 1.0, 2.05, [], label_at, 0.3) == [Turn(1.0, 2.05, "S1")]
+    assert turns_from_frames(speech, 0.01, 3.1, 3.9, [], label_at, 0.3) == []
     # Windows [0, 2), [1, 3), [2, 4): with [1, 3) half speech (1 s), each 1 s stretch it covers can be
     # all speech; with a tenth (0.2 s, under half of a stretch) [1, 3) is silence.
     starts, ends = [0.0, 1.0, 2.0], [2.0, 3.0, 4.0]
