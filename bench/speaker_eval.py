@@ -30,10 +30,13 @@ Meetings: ``--meetings DIR`` (``*.wav``/``*.flac`` with an ``.rttm`` of the same
 default ~/.cache/wavlm-stream/meetings, held-out voices), and ``--real N``: N meetings
 assembled from real recorded voices shipped by Debian (asterisk-core-sounds-{en,fr,it,ru}-wav:
 four professional voice talents, 8 kHz telephone prompts, in four languages) with an
-exact RTTM from the assembly.
+exact RTTM from the assembly; ``--real-wide N``: N meetings assembled the same way from real
+wideband microphone recordings (ktuberling-data's spoken words, a volunteer per language, 13
+voices), which tell a telephone-channel mismatch from a real-voice one. Four meetings of four
+voices are a small sample: use 24 (``--real 24``) and 16 (``--real-wide 16``) to rank models.
 
     python bench/speaker_eval.py [--model DIR] [--speaker-model DIR] [--via engine|offline]
-        [--meetings DIR] [--limit N] [--real N] [--tune] [--window 1.5 --hop 0.5 ...]
+        [--meetings DIR] [--limit N] [--real N] [--real-wide N] [--tune] [--window 1.5 --hop 0.5 ...]
 
 ``--tune`` picks the window geometry and the tracker's thresholds and hysteresis on the first half of the meetings
 (dev), then the change detector's settings (if the model has one), and reports both halves, so that the
@@ -113,6 +116,9 @@ def load_meetings(directory: Path, limit: int | None) -> list[Meeting]:
 
 REAL_VOICES = ("en_US_f_Allison", "fr_CA_f_June", "it_IT_m_Carlo", "ru_RU_f_IvrvoiceRU")
 ASTERISK = Path("/usr/share/asterisk/sounds")
+# ktuberling-data: the words of a children's game recorded by a volunteer per language, 22-44 kHz.
+KTUBERLING = Path("/usr/share/ktuberling/sounds")
+WIDE_MIN_SPEECH_S = 40.0   # languages with less (4-15 words) are too short to fill a meeting's turns
 
 
 def _trim(x: np.ndarray, rate: int, db: float = -40.0) -> np.ndarray:
@@ -186,6 +192,31 @@ def build_real_meetings(n: int, seconds: float = 90.0, seed: int = 0) -> list[Me
                 clips.append(soxr.resample(x, rate, SR).astype(np.float32))
         prompts[v] = clips
     return assemble_meetings(prompts, n, seconds, seed, "real")
+
+
+def build_wide_meetings(n: int, seconds: float = 90.0, seed: int = 0) -> list[Meeting]:
+    """Meetings of real wideband voices: ktuberling-data's spoken words, one folder per language,
+    taken as one speaker each (the languages with at least WIDE_MIN_SPEECH_S of speech, 13 here).
+
+    Unlike the asterisk prompts these are full-band microphone recordings, so the two sets
+    together separate a telephone-channel mismatch from a real-voice one."""
+    import soundfile as sf
+    import soxr
+    if not KTUBERLING.is_dir():
+        raise SystemExit("--real-wide needs the Debian package ktuberling-data (apt-get install ktuberling-data)")
+    prompts: dict[str, list[np.ndarray]] = {}
+    for folder in sorted(p for p in KTUBERLING.iterdir() if p.is_dir()):
+        clips = []
+        for f in sorted(folder.glob("*.ogg")):
+            x, rate = sf.read(f, dtype="float32")
+            x = _trim(x if x.ndim == 1 else x.mean(axis=1), rate)
+            if len(x) >= 0.4 * rate:
+                clips.append(soxr.resample(x, rate, SR).astype(np.float32))
+        if sum(len(c) for c in clips) >= WIDE_MIN_SPEECH_S * SR:
+            prompts[folder.name] = clips
+    if len(prompts) < 2:
+        raise SystemExit(f"--real-wide: fewer than two voices with {WIDE_MIN_SPEECH_S:g} s of speech in {KTUBERLING}")
+    return assemble_meetings(prompts, n, seconds, seed, "wide")
 
 
 def build_clip_meetings(directory: Path, n: int, seconds: float = 90.0, seed: int = 0,
@@ -723,6 +754,8 @@ def main(argv=None) -> None:
     p.add_argument("--meetings", default=str(Path.home() / ".cache/wavlm-stream/meetings"))
     p.add_argument("--limit", type=int, default=None, help="at most this many synthetic meetings")
     p.add_argument("--real", type=int, default=0, help="also N meetings of real recorded voices")
+    p.add_argument("--real-wide", type=int, default=0,
+                   help="also N meetings of real wideband voices (ktuberling-data's recorded words)")
     p.add_argument("--real-seconds", type=float, default=90.0, help="length of each assembled meeting")
     p.add_argument("--clips", default=None, metavar="DIR",
                    help="also assemble meetings from per-speaker clip folders in DIR (e.g. held-out voices)")
@@ -766,8 +799,10 @@ def main(argv=None) -> None:
                        build_clip_meetings(Path(args.clips).expanduser(), args.clips_n, args.real_seconds)))
     if args.real:
         groups.append(("real recorded voices (asterisk prompts)", build_real_meetings(args.real, args.real_seconds)))
+    if args.real_wide:
+        groups.append(("real wideband voices (ktuberling words)", build_wide_meetings(args.real_wide, args.real_seconds)))
     if not groups:
-        raise SystemExit(f"no meetings: {mdir} has no audio with .rttm, and --real was not given")
+        raise SystemExit(f"no meetings: {mdir} has no audio with .rttm, and neither --real nor --real-wide was given")
     if args.oracle_noise is not None:
         model = None
         extract = oracle_extractor(args, args.oracle_noise, args.oracle_outliers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -379,3 +380,39 @@ def test_der_and_change_metrics_on_hand_made_cases():
     c = M.ChangeCounts()
     assert c.add([10, 22], [10.4, 21.0, 22.3], collar=0.5) == [(0, 0), (1, 2)]
     assert (c.precision, c.recall) == pytest.approx((2 / 3, 1.0))
+
+
+def test_assembled_meetings_have_an_exact_reference():
+    """bench/speaker_eval's meetings from clips of known voices: every reference turn covers
+    exactly one clip of its voice, turns alternate speakers, and one group never meets itself."""
+    E = bench_script("speaker_eval")
+    rng = np.random.default_rng(0)
+    # A voice's clips are a constant level unique to it, so a span of audio names its voice.
+    levels = {"a_p0": 0.1, "a_p250": 0.2, "b_p0": 0.3, "c_p0": 0.4, "d_p0": 0.5}
+    prompts = {v: [np.full(int(E.SR * rng.uniform(0.5, 2.0)), x, np.float32) for _ in range(4)]
+               for v, x in levels.items()}
+    meetings = E.assemble_meetings(prompts, 6, 40.0, seed=3, prefix="t", group=lambda v: v.split("_p")[0])
+    assert [m.name for m in meetings] == [f"t{i:02d}" for i in range(6)]
+    for m in meetings:
+        cast = {t.label for t in m.ref}
+        assert len(cast) in (3, 4) and not {"a_p0", "a_p250"} <= cast
+        assert m.ref[-1].end <= len(m.audio) / E.SR and len(m.audio) / E.SR >= 40.0
+        for turn in m.ref:
+            span = m.audio[round(turn.start * E.SR):round(turn.end * E.SR)]
+            assert np.all(span == levels[turn.label])
+        speech = np.zeros(len(m.audio), bool)
+        for turn in m.ref:
+            speech[round(turn.start * E.SR):round(turn.end * E.SR)] = True
+        assert not m.audio[~speech].any()   # the gaps are silence
+        turns = [t.label for i, t in enumerate(m.ref) if i == 0 or m.ref[i - 1].label != t.label]
+        assert all(x != y for x, y in zip(turns, turns[1:]))
+
+
+@pytest.mark.skipif(not Path("/usr/share/ktuberling/sounds").is_dir(), reason="needs Debian's ktuberling-data")
+def test_wideband_real_voice_meetings_from_ktuberling():
+    E = bench_script("speaker_eval")
+    meetings = E.build_wide_meetings(2, seconds=20.0)
+    for m in meetings:
+        labels = {t.label for t in m.ref}
+        assert 2 <= len(labels) <= 4 and labels <= {p.name for p in E.KTUBERLING.iterdir()}
+        assert m.audio.dtype == np.float32 and np.isfinite(m.audio).all()
