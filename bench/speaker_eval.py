@@ -620,9 +620,9 @@ def _detector_settings(config: SpeakerTrackerConfig) -> str:
 
 
 def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], config, model, tune: bool,
-             also: list[tuple[str, float]] = ()) -> SpeakerTrackerConfig:
+             also: list[dict[str, float]] = ()) -> SpeakerTrackerConfig:
     """Print the scores of `config` (tuned first with `tune`) on the meetings, with the windows alone
-    and the baseline, and replays of the same windows with each of `also`'s (field, value) changes."""
+    and the baseline, and replays of the same windows with each of `also`'s {field: value} changes."""
     print(f"\n== {name}: {len(meetings)} meetings, {sum(len(m.audio) for m in meetings) / SR / 60:.1f} min, "
           f"{sum(len(reference_changes(m.ref)) for m in meetings)} speaker changes")
 
@@ -704,9 +704,10 @@ def evaluate(name: str, meetings: list[Meeting], extracted: list[Extracted], con
     for set_name, idx in sets:
         ms = [meetings[i] for i in idx]
         print(score(ms, results(config, idx)).line(f"[{set_name}] tracker"))
-        for field, value in also:
-            variant = dataclasses.replace(config, **{field: value})
-            print(score(ms, results(variant, idx)).line(f"[{set_name}] tracker, {field} {value:g}"))
+        for changes in also:
+            variant = dataclasses.replace(config, **changes)
+            label = ", ".join(f"{field} {value:g}" for field, value in changes.items())
+            print(score(ms, results(variant, idx)).line(f"[{set_name}] tracker, {label}"))
         if detector:
             windows_only = dataclasses.replace(config, change_detector=False)
             print(score(ms, results(windows_only, idx)).line(f"[{set_name}] windows only"))
@@ -729,21 +730,25 @@ TRACKER_OPTIONS = (
 )
 
 
-def _field_change(item: str) -> tuple[str, float]:
-    """'detector_support=0.1' -> ('detector_support', 0.1), checked against SpeakerTrackerConfig."""
-    field, _, value = (part.strip() for part in item.partition("="))
-    default = getattr(SpeakerTrackerConfig, field, None)
-    if not isinstance(default, (int, float)) or isinstance(default, bool) or not value:
-        raise SystemExit(f"--also {item!r}: expected FIELD=NUMBER with a numeric SpeakerTrackerConfig field")
+def _field_changes(item: str) -> dict[str, float]:
+    """'peak_threshold=0.2,peak_ratio=0' -> {'peak_threshold': 0.2, 'peak_ratio': 0.0}, each field
+    checked against SpeakerTrackerConfig (its type and, together, its range checks)."""
+    changes = {}
+    for part in item.split(","):
+        field, _, value = (x.strip() for x in part.partition("="))
+        default = getattr(SpeakerTrackerConfig, field, None)
+        if not isinstance(default, (int, float)) or isinstance(default, bool) or not value:
+            raise SystemExit(f"--also {item!r}: expected FIELD=NUMBER[,FIELD=NUMBER...] with numeric "
+                             f"SpeakerTrackerConfig fields, got {part!r}")
+        try:
+            changes[field] = type(default)(value)
+        except ValueError:
+            raise SystemExit(f"--also {item!r}: {value!r} is not a {type(default).__name__}") from None
     try:
-        number = type(default)(value)
-    except ValueError:
-        raise SystemExit(f"--also {item!r}: {value!r} is not a {type(default).__name__}") from None
-    try:
-        SpeakerTrackerConfig(**{field: number})      # its own range checks
+        SpeakerTrackerConfig(**changes)      # its own range checks
     except ValueError as e:
         raise SystemExit(f"--also {item!r}: {e}") from None
-    return field, number
+    return changes
 
 
 def main(argv=None) -> None:
@@ -769,9 +774,9 @@ def main(argv=None) -> None:
         default = getattr(SpeakerTrackerConfig, field)
         p.add_argument(flag, dest=field, type=type(default), default=default)
     p.add_argument("--no-change-detector", action="store_true", help="the windows alone, not the model's detector")
-    p.add_argument("--also", action="append", default=[], metavar="FIELD=VALUE",
-                   help="also score the tracker with this one SpeakerTrackerConfig field changed, on the same "
-                        "windows (no second model pass; repeatable)")
+    p.add_argument("--also", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE...]",
+                   help="also score the tracker with these SpeakerTrackerConfig fields changed, on the same "
+                        "windows (no second model pass; repeatable, one variant each)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rttm-dir", default=None, help="write the tracker's RTTM per meeting here")
     p.add_argument("--oracle-noise", type=float, default=None, metavar="NOISE",
@@ -780,7 +785,7 @@ def main(argv=None) -> None:
     p.add_argument("--oracle-outliers", type=float, default=0.0, metavar="P",
                    help="with --oracle-noise: this fraction of speech windows get an unrelated random embedding")
     args = p.parse_args(argv)
-    also = [_field_change(item) for item in args.also]
+    also = [_field_changes(item) for item in args.also]
 
     import torch
     from model import load_model

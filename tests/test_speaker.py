@@ -416,3 +416,13 @@ def test_wideband_real_voice_meetings_from_ktuberling():
         labels = {t.label for t in m.ref}
         assert 2 <= len(labels) <= 4 and labels <= {p.name for p in E.KTUBERLING.iterdir()}
         assert m.audio.dtype == np.float32 and np.isfinite(m.audio).all()
+
+
+def test_speaker_eval_also_parses_variants_of_several_fields():
+    E = bench_script("speaker_eval")
+    assert E._field_changes("peak_threshold=0.2, peak_ratio=0") == {"peak_threshold": 0.2, "peak_ratio": 0.0}
+    assert E._field_changes("hysteresis=3") == {"hysteresis": 3}
+    for bad in ("peak_threshold", "bogus=1", "peak_threshold=x", "peak_threshold=0.2,change_detector=1",
+                "peak_threshold=-1"):
+        with pytest.raises(SystemExit, match="--also"):
+            E._field_changes(bad)
