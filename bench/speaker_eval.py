@@ -174,23 +174,26 @@ def assemble_meetings(prompts: dict[str, list[np.ndarray]], n: int, seconds: flo
     return meetings
 
 
-def build_real_meetings(n: int, seconds: float = 90.0, seed: int = 0) -> list[Meeting]:
-    """Meetings of four real recorded speakers (Debian asterisk prompts, see module docstring)."""
+def _recorded_clips(files, min_seconds: float) -> list[np.ndarray]:
+    """Recordings as 16 kHz mono float32 clips, leading/trailing silence cut, shorter ones dropped."""
     import soundfile as sf
     import soxr
+    clips = []
+    for f in files:
+        x, rate = sf.read(f, dtype="float32")
+        x = _trim(x if x.ndim == 1 else x.mean(axis=1), rate)
+        if len(x) >= min_seconds * rate:
+            clips.append(soxr.resample(x, rate, SR).astype(np.float32))
+    return clips
+
+
+def build_real_meetings(n: int, seconds: float = 90.0, seed: int = 0) -> list[Meeting]:
+    """Meetings of four real recorded speakers (Debian asterisk prompts, see module docstring)."""
     voices = [v for v in REAL_VOICES if (ASTERISK / v).is_dir()]
     if len(voices) < 2:
         raise SystemExit("--real needs the Debian packages asterisk-core-sounds-{en,fr,it,ru}-wav "
                          "(apt-get install asterisk-core-sounds-en-wav ...)")
-    prompts: dict[str, list[np.ndarray]] = {}
-    for v in voices:
-        clips = []
-        for f in sorted(glob.glob(str(ASTERISK / v / "*.wav"))):
-            x, rate = sf.read(f, dtype="float32")
-            x = _trim(x if x.ndim == 1 else x.mean(axis=1), rate)
-            if len(x) >= 1.0 * rate:
-                clips.append(soxr.resample(x, rate, SR).astype(np.float32))
-        prompts[v] = clips
+    prompts = {v: _recorded_clips(sorted(glob.glob(str(ASTERISK / v / "*.wav"))), 1.0) for v in voices}
     return assemble_meetings(prompts, n, seconds, seed, "real")
 
 
@@ -200,18 +203,11 @@ def build_wide_meetings(n: int, seconds: float = 90.0, seed: int = 0) -> list[Me
 
     Unlike the asterisk prompts these are full-band microphone recordings, so the two sets
     together separate a telephone-channel mismatch from a real-voice one."""
-    import soundfile as sf
-    import soxr
     if not KTUBERLING.is_dir():
         raise SystemExit("--real-wide needs the Debian package ktuberling-data (apt-get install ktuberling-data)")
     prompts: dict[str, list[np.ndarray]] = {}
     for folder in sorted(p for p in KTUBERLING.iterdir() if p.is_dir()):
-        clips = []
-        for f in sorted(folder.glob("*.ogg")):
-            x, rate = sf.read(f, dtype="float32")
-            x = _trim(x if x.ndim == 1 else x.mean(axis=1), rate)
-            if len(x) >= 0.4 * rate:
-                clips.append(soxr.resample(x, rate, SR).astype(np.float32))
+        clips = _recorded_clips(sorted(folder.glob("*.ogg")), 0.4)   # single words: most last 0.7-1.6 s
         if sum(len(c) for c in clips) >= WIDE_MIN_SPEECH_S * SR:
             prompts[folder.name] = clips
     if len(prompts) < 2:
