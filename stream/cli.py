@@ -46,7 +46,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between speaker embeddings (default 0.5; shorter reacts sooner)")
     p.add_argument("--speaker-peak-threshold", type=float, default=None, metavar="D",
                    help="cosine distance between neighbouring speaker embeddings that can be a change "
-                        "(default 0.35, tuned for the bundled model; bench/speaker_eval.py --tune finds "
+                        "(default 0.2, tuned for the bundled model; bench/speaker_eval.py --tune finds "
                         "one for other speaker models)")
     p.add_argument("--no-change-detector", action="store_true",
                    help="find speaker changes from the embedding windows alone, not with the bundled model's "
