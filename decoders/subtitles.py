@@ -6,7 +6,8 @@ of at most two lines of 42 characters and at most 7 s on screen (common broadcas
 A final without word times (a model whose finals carry none) stays one cue, wrapped.
 
 Speakers: WebVTT names each cue's speaker with a voice span (``<v S1>``); SubRip has no such
-markup, so a cue whose speaker differs from the previous cue's starts with ``[S1]``.
+markup, so a cue whose speaker differs from the previous cue's starts with ``[S1]``, and its
+first line is wrapped with room for that tag (``speaker_tags``).
 """
 
 from __future__ import annotations
@@ -37,43 +38,60 @@ class Cue:
     speaker: str | None = None
 
 
-def wrap_words(words: list[str], width: int = MAX_LINE_CHARS) -> list[str]:
-    """Greedy line breaking at spaces; a word longer than ``width`` gets a line of its own."""
+def wrap_words(words: list[str], width: int = MAX_LINE_CHARS, first_line_reserved: int = 0) -> list[str]:
+    """Greedy line breaking at spaces; a word longer than ``width`` gets a line of its own.
+    ``first_line_reserved`` characters of the first line are taken by something put before it
+    (a speaker tag)."""
     lines: list[str] = []
     for word in words:
-        if lines and len(lines[-1]) + 1 + len(word) <= width:
+        room = width - (first_line_reserved if len(lines) == 1 else 0)
+        if lines and len(lines[-1]) + 1 + len(word) <= room:
             lines[-1] += " " + word
         else:
             lines.append(word)
     return lines
 
 
+def srt_speaker_tag(speaker: str) -> str:
+    """What a SubRip cue starts with when its speaker changes: ``[S1] ``."""
+    return f"[{speaker}] "
+
+
 def cues_from_finals(finals: Iterable[Final], max_line_chars: int = MAX_LINE_CHARS,
-                     max_lines: int = MAX_CUE_LINES, max_seconds: float = MAX_CUE_SECONDS) -> list[Cue]:
-    """Cues in time order; empty finals are skipped. Each cue ends before the next one starts."""
+                     max_lines: int = MAX_CUE_LINES, max_seconds: float = MAX_CUE_SECONDS,
+                     speaker_tags: bool = False) -> list[Cue]:
+    """Cues in time order; empty finals are skipped. Each cue ends before the next one starts.
+    ``speaker_tags``: the first line of a cue whose speaker differs from the previous cue's keeps
+    room for SubRip's ``[S1] `` (format_srt adds it)."""
     cues: list[Cue] = []
+
+    def reserved(speaker: str | None) -> int:
+        last = cues[-1].speaker if cues else None
+        return len(srt_speaker_tag(speaker)) if speaker_tags and speaker is not None and speaker != last else 0
+
     for final in finals:
         if not final.text.strip():
             continue
         if not final.words:
-            cues.append(Cue(final.start, final.end, tuple(wrap_words(final.text.split(), max_line_chars)),
-                            final.speaker))
+            lines = wrap_words(final.text.split(), max_line_chars, reserved(final.speaker))
+            cues.append(Cue(final.start, final.end, tuple(lines), final.speaker))
             continue
         group: list = []
         for word in final.words:
             candidate = [*group, word]
-            too_long = len(wrap_words([w.word for w in candidate], max_line_chars)) > max_lines
+            lines = wrap_words([w.word for w in candidate], max_line_chars, reserved(final.speaker))
             too_slow = word.end - candidate[0].start > max_seconds
-            if group and (too_long or too_slow):
-                cues.append(_cue(group, max_line_chars, final.speaker))
+            if group and (len(lines) > max_lines or too_slow):
+                cues.append(_cue(group, max_line_chars, final.speaker, reserved(final.speaker)))
                 candidate = [word]
             group = candidate
-        cues.append(_cue(group, max_line_chars, final.speaker))
+        cues.append(_cue(group, max_line_chars, final.speaker, reserved(final.speaker)))
     return _readable_times(cues)
 
 
-def _cue(words, width: int, speaker: str | None) -> Cue:
-    return Cue(words[0].start, words[-1].end, tuple(wrap_words([w.word for w in words], width)), speaker)
+def _cue(words, width: int, speaker: str | None, first_line_reserved: int) -> Cue:
+    lines = wrap_words([w.word for w in words], width, first_line_reserved)
+    return Cue(words[0].start, words[-1].end, tuple(lines), speaker)
 
 
 def _readable_times(cues: list[Cue]) -> list[Cue]:
@@ -99,7 +117,7 @@ def format_srt(cues: list[Cue]) -> str:
     for number, cue in enumerate(cues, start=1):
         lines = list(cue.lines)
         if cue.speaker is not None and cue.speaker != last_speaker:
-            lines[0] = f"[{cue.speaker}] {lines[0]}"
+            lines[0] = srt_speaker_tag(cue.speaker) + lines[0]
         last_speaker = cue.speaker
         times = f"{_timestamp(cue.start, ',')} --> {_timestamp(cue.end, ',')}"
         blocks.append("\n".join([str(number), times, *lines]))
@@ -132,6 +150,6 @@ def subtitle_format(path: str | Path) -> str:
 def write_subtitles(path: str | Path, finals: Iterable[Final]) -> int:
     """Write the finals as subtitles in the format the file name says; returns the number of cues."""
     fmt = subtitle_format(path)
-    cues = cues_from_finals(finals)
+    cues = cues_from_finals(finals, speaker_tags=fmt == "srt")
     Path(path).write_text(format_srt(cues) if fmt == "srt" else format_webvtt(cues), encoding="utf-8")
     return len(cues)

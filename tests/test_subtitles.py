@@ -75,6 +75,26 @@ def test_srt_numbers_cues_and_tags_a_speaker_when_it_changes():
         "3\n01:01:01,500 --> 01:01:02,000\n[S2] bye\nnow\n")
 
 
+def test_srt_keeps_room_for_the_speaker_tag_in_its_lines():
+    # 8 five-letter words: "aaaaa bbbbb ... " fills 41 of 42 characters on the first line.
+    words = "alpha bravo charl delta echos foxtr golfs hotel india julie kilos limas"
+    a = final(0, steady_words("hello", 0.0, 0.3), speaker="S1")
+    b = final(1, steady_words(words, 1.0, 0.3), speaker="S2")
+    plain = cues_from_finals([a, b])
+    tagged = cues_from_finals([a, b], speaker_tags=True)
+    assert plain[1].lines[0] == "alpha bravo charl delta echos foxtr golfs"     # 41 characters
+    assert tagged[1].lines[0] == "alpha bravo charl delta echos foxtr"           # + "[S2] " = 40
+    srt = format_srt(tagged)
+    text_lines = [line for line in srt.splitlines() if line and not line[0].isdigit()]
+    assert "[S2] alpha bravo charl delta echos foxtr" in text_lines
+    assert all(len(line) <= MAX_LINE_CHARS for line in text_lines)
+    assert " ".join(" ".join(c.lines) for c in tagged) == "hello " + words
+    # Later cues of the same speaker carry no tag, so they keep the whole width.
+    long_s2 = final(2, steady_words(" ".join([words] * 3), 6.0, 0.15), speaker="S2")
+    more = cues_from_finals([a, b, long_s2], speaker_tags=True)
+    assert more[2].speaker == "S2" and len(more[2].lines[0]) > MAX_LINE_CHARS - len("[S2] ")
+
+
 def test_webvtt_has_its_header_voice_spans_and_escapes_markup():
     cues = [Cue(0.5, 2.25, ("a <b> & c",), "S1"), Cue(2.5, 3.0, ("no speaker",), None)]
     assert format_webvtt(cues) == (
