@@ -8,6 +8,8 @@ stream off the event loop and yields events as they come.
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -47,7 +49,10 @@ async def file_source(path: str | Path, block_ms: float = 100.0,
 
     read_file_info(path)
     with sf.SoundFile(str(path)) as f:
-        async for item in _sound_file_blocks(f, f"audio file {path}", block_ms, realtime, blocking=False):
+        async def read(frames: int) -> np.ndarray:
+            return f.read(frames, dtype="float32", always_2d=True)
+
+        async for item in _sound_file_blocks(read, f.samplerate, f"audio file {path}", block_ms, realtime):
             yield item
 
 
@@ -67,38 +72,94 @@ async def stdin_source(block_ms: float = 100.0, realtime: bool = False) -> Async
     The stream must carry its own header (WAV, FLAC, Ogg, ... as libsndfile reads from a pipe),
     e.g. ``arecord -f S16_LE -r 16000 -t wav`` or ``ffmpeg -i URL -f wav -``. A live pipe
     paces itself; ``realtime`` paces a pipe that is faster than real time (``cat file.wav``).
-    Reads block until the writer sends more, so they run off the event loop.
+    Reads block until the writer sends more, so they run in a reader thread (_PipeReader).
     """
     import sys
 
-    import soundfile as sf
-
     require_piped_stdin()
+    reader = _PipeReader(sys.stdin.fileno(), asyncio.get_running_loop())
     try:
-        f = await asyncio.to_thread(sf.SoundFile, sys.stdin.fileno(), closefd=False)
-    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
-        raise SourceError(f"cannot read audio from standard input: {exc} (it needs a header: WAV, FLAC, "
-                          f"OGG or another format libsndfile reads from a pipe; raw PCM is not enough)") from None
-    with f:
-        async for item in _sound_file_blocks(f, "standard input", block_ms, realtime, blocking=True):
+        try:
+            rate = await reader.open()
+        except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
+            raise SourceError(f"cannot read audio from standard input: {exc} (it needs a header: WAV, FLAC, "
+                              f"OGG or another format libsndfile reads from a pipe; raw PCM is not enough)") from None
+        async for item in _sound_file_blocks(reader.read, rate, "standard input", block_ms, realtime):
             yield item
+    finally:
+        reader.close()
 
 
-async def _sound_file_blocks(f, name: str, block_ms: float, realtime: bool,
-                             blocking: bool) -> AsyncIterator[tuple[np.ndarray, int]]:
-    """An open soundfile's blocks; ``blocking``: reads may wait on a writer (a pipe), run them in a thread."""
+class _PipeReader:
+    """A pipe's audio read by a daemon thread, one request at a time (so nothing is read ahead).
+
+    A read from a pipe waits until the writer sends more. In asyncio's default executor such a
+    wait would hold up the end of ``asyncio.run`` after Ctrl-C until the writer's next block; a
+    daemon thread does not, and it owns the SoundFile (opened and closed there), so nothing closes
+    it under a read in flight.
+    """
+
+    def __init__(self, fileno: int, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, args=(fileno,), name="pipe-reader", daemon=True).start()
+
+    async def open(self) -> int:
+        """Read the header; returns the sample rate."""
+        return await self._ask(None)
+
+    async def read(self, frames: int) -> np.ndarray:
+        """Up to ``frames`` frames as float32 (n, channels); n = 0 at the end of the stream."""
+        return await self._ask(frames)
+
+    def close(self) -> None:
+        self._requests.put(None)        # the thread closes the file after any read in flight
+
+    async def _ask(self, frames: int | None):
+        future = self._loop.create_future()
+        self._requests.put((future, frames))
+        return await future
+
+    def _serve(self, fileno: int) -> None:
+        import soundfile as sf
+
+        f = None
+        try:
+            while (request := self._requests.get()) is not None:
+                future, frames = request
+                try:
+                    if frames is None:
+                        f = sf.SoundFile(fileno, closefd=False)
+                        self._reply(future, f.samplerate, None)
+                    else:
+                        self._reply(future, f.read(frames, dtype="float32", always_2d=True), None)
+                except Exception as exc:
+                    self._reply(future, None, exc)
+        finally:
+            if f is not None:
+                f.close()
+
+    def _reply(self, future: asyncio.Future, result, exc: BaseException | None) -> None:
+        def settle():
+            if not future.done():       # cancelled by Ctrl-C meanwhile
+                future.set_exception(exc) if exc is not None else future.set_result(result)
+        try:
+            self._loop.call_soon_threadsafe(settle)
+        except RuntimeError:
+            pass                        # the loop has closed: nobody waits for this any more
+
+
+async def _sound_file_blocks(read, rate: int, name: str, block_ms: float,
+                             realtime: bool) -> AsyncIterator[tuple[np.ndarray, int]]:
+    """Blocks from ``read(frames)`` (an async read of an open soundfile) at ``rate``."""
     import soundfile as sf
 
-    rate = f.samplerate
     block = max(1, int(rate * block_ms / 1000))
     started = time.monotonic()
     sent = 0
     try:
         while True:
-            if blocking:
-                data = await asyncio.to_thread(f.read, block, dtype="float32", always_2d=True)
-            else:
-                data = f.read(block, dtype="float32", always_2d=True)
+            data = await read(block)
             if data.shape[0] == 0:
                 break
             if realtime:

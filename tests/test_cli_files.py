@@ -288,11 +288,13 @@ def test_stdin_without_an_audio_header_is_one_clear_error(tmp_path, ckpt, stdin_
 
 
 def test_ctrl_c_on_a_live_pipe_keeps_what_was_heard(tmp_path, ckpt):
-    """A live pipe (arecord/ffmpeg into ``transcribe -``) stopped with Ctrl-C: the finals of what
-    was heard are printed and written to --subtitles, and the exit status is 130."""
+    """A live pipe (arecord/ffmpeg into ``transcribe -``) stopped with Ctrl-C while the writer still
+    holds it open: the run ends at once, the finals of what was heard are printed and written to
+    --subtitles, and the exit status is 130."""
     import io
     import signal
     import subprocess
+    import time
 
     header_and_audio = io.BytesIO()
     sf.write(header_and_audio, speech_like(3.0, 16000, seed=5), 16000, format="WAV", subtype="PCM_16")
@@ -302,8 +304,12 @@ def test_ctrl_c_on_a_live_pipe_keeps_what_was_heard(tmp_path, ckpt):
     proc.stdin.flush()
     first = proc.stdout.readline()                     # the engine is running on the pipe's audio
     assert json.loads(first)["type"] in ("partial", "final")
+    time.sleep(3)                                      # it has read all 2 s and waits on the pipe for more
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    # The writer keeps the pipe open, as a live arecord would: Ctrl-C alone must end the run, not the
+    # writer's next block or its end (a read waiting on the pipe must not hold the exit up).
+    proc.wait(timeout=60)
+    out, err = proc.communicate(timeout=10)
     assert proc.returncode == 130 and b"Traceback" not in err, err.decode()
     finals = [e for e in map(json.loads, [first, *out.splitlines()]) if e["type"] == "final" and e["text"]]
     assert finals and subtitles.read_text().count("-->") >= 1
