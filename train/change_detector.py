@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train.meetings import CACHE
+from train import CACHE
 
 DEFAULT_SPEC = {"channels": 96, "kernel_size": 3, "dilations": [1, 2, 4, 8, 16, 32], "lookahead": 20}
 FRAME_S = 0.02

@@ -32,12 +32,11 @@ import soundfile as sf
 import torch
 
 from model import load_model
+from train import CACHE
 from train.data import Clip, bucket_batches, collate, read_manifest
 from train.export import DEFAULT_OUT
 from train.metrics import equal_error_rate, error_rates, greedy_decode
 from train.real_speech import real_recordings
-
-CACHE = Path.home() / ".cache" / "wavlm-stream"
 
 
 @torch.no_grad()

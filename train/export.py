@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from train import CACHE
+
 # Token ids: blank and the tokenizer's specials first, then the word delimiter and the letters.
 VOCAB: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>", "|", *"abcdefghijklmnopqrstuvwxyz", "'")
 BLANK_ID = 0
@@ -29,7 +31,7 @@ DELIMITER_ID = 4
 MAX_BYTES = 30 * 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "model" / "default"
-DEFAULT_CHECKPOINT = Path.home() / ".cache" / "wavlm-stream" / "train" / "best.pt"
+DEFAULT_CHECKPOINT = CACHE / "train" / "best.pt"
 
 
 def encode_text(text: str) -> list[int]:

@@ -22,9 +22,9 @@ import numpy as np
 import soundfile as sf
 
 from decoders import turns
+from train import CACHE
 from train.data import Clip, load_audio, read_manifest
 
-CACHE = Path.home() / ".cache" / "wavlm-stream"
 SR = 16000
 
 

@@ -33,9 +33,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from train import CACHE
 from train.text import normalise
 
-CACHE = Path.home() / ".cache" / "wavlm-stream"
 ASTERISK_DIR = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 ALSA_DIR = Path("/usr/share/sounds/alsa")

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from model import WavLMConfig, WavLMForCTCWithSpeaker
+from train import CACHE
 from train.data import bucket_batches, collate, read_manifest
 from train.evaluate import speaker_eer
-from train.train import CACHE, add_speaker_crop_args, log, speaker_crop_frames, speaker_crops
+from train.train import add_speaker_crop_args, log, speaker_crop_frames, speaker_crops
 
 
 def main(argv: list[str] | None = None) -> float:

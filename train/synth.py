@@ -23,10 +23,11 @@ from pathlib import Path
 
 import soundfile as sf
 
+from train import CACHE
 from train import text as text_mod
 from train.voices import HELD_OUT, MORE_VOICES, PITCH_OFFSETS, SOURCE_VOICES, render, voice_by_name
 
-DEFAULT_OUT = Path.home() / ".cache" / "wavlm-stream" / "data"
+DEFAULT_OUT = CACHE / "data"
 
 
 def sentence_split(sentence: str) -> str:

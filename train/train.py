@@ -33,6 +33,7 @@ import torch
 from model import WavLMConfig, WavLMForCTCWithSpeaker
 from model.losses import ctc_loss
 from stream.window import WindowConfig
+from train import CACHE
 from train import export as export_mod
 from train.data import Batch, Clip, bucket_batches, collate, prefetch, read_manifest
 from train.evaluate import transcribe_clips
@@ -41,7 +42,6 @@ from train.grow import add_identity_layers
 from train.metrics import error_rates
 from train.streaming_aware import StreamingAware
 
-CACHE = Path.home() / ".cache" / "wavlm-stream"
 
 # Sized by measurement on this 2-core CPU (train/README.md): the conv front end dominates the
 # cost, so its early, high-rate layers are narrow (64) and widen where the frame rate is low.
