@@ -86,11 +86,16 @@ class Meeting:
     ref: list[Turn]
 
 
-def load_audio(path: Path) -> np.ndarray:
+def _read_mono(path) -> tuple[np.ndarray, int]:
+    """A recording's samples as float32 mono (channels averaged) and its sample rate."""
     import soundfile as sf
-    import soxr
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    x = data.mean(axis=1)
+    return data.mean(axis=1), rate
+
+
+def load_audio(path: Path) -> np.ndarray:
+    import soxr
+    x, rate = _read_mono(path)
     if rate != SR:
         x = soxr.resample(x, rate, SR).astype(np.float32)
     return x
@@ -176,12 +181,11 @@ def assemble_meetings(prompts: dict[str, list[np.ndarray]], n: int, seconds: flo
 
 def _recorded_clips(files, min_seconds: float) -> list[np.ndarray]:
     """Recordings as 16 kHz mono float32 clips, leading/trailing silence cut, shorter ones dropped."""
-    import soundfile as sf
     import soxr
     clips = []
     for f in files:
-        x, rate = sf.read(f, dtype="float32")
-        x = _trim(x if x.ndim == 1 else x.mean(axis=1), rate)
+        x, rate = _read_mono(f)
+        x = _trim(x, rate)              # at the recording's own rate, before resampling
         if len(x) >= min_seconds * rate:
             clips.append(soxr.resample(x, rate, SR).astype(np.float32))
     return clips
