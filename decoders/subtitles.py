@@ -52,9 +52,10 @@ def wrap_words(words: list[str], width: int = MAX_LINE_CHARS, first_line_reserve
     return lines
 
 
-def srt_speaker_tag(speaker: str) -> str:
-    """What a SubRip cue starts with when its speaker changes: ``[S1] ``."""
-    return f"[{speaker}] "
+def srt_speaker_tag(speaker: str | None, previous: str | None) -> str:
+    """What a SubRip cue starts with: ``[S1] `` when its speaker differs from the previous cue's,
+    else nothing."""
+    return f"[{speaker}] " if speaker is not None and speaker != previous else ""
 
 
 def cues_from_finals(finals: Iterable[Final], max_line_chars: int = MAX_LINE_CHARS,
@@ -66,8 +67,7 @@ def cues_from_finals(finals: Iterable[Final], max_line_chars: int = MAX_LINE_CHA
     cues: list[Cue] = []
 
     def reserved(speaker: str | None) -> int:
-        last = cues[-1].speaker if cues else None
-        return len(srt_speaker_tag(speaker)) if speaker_tags and speaker is not None and speaker != last else 0
+        return len(srt_speaker_tag(speaker, cues[-1].speaker if cues else None)) if speaker_tags else 0
 
     for final in finals:
         if not final.text.strip():
@@ -116,8 +116,7 @@ def format_srt(cues: list[Cue]) -> str:
     blocks, last_speaker = [], None
     for number, cue in enumerate(cues, start=1):
         lines = list(cue.lines)
-        if cue.speaker is not None and cue.speaker != last_speaker:
-            lines[0] = srt_speaker_tag(cue.speaker) + lines[0]
+        lines[0] = srt_speaker_tag(cue.speaker, last_speaker) + lines[0]
         last_speaker = cue.speaker
         times = f"{_timestamp(cue.start, ',')} --> {_timestamp(cue.end, ',')}"
         blocks.append("\n".join([str(number), times, *lines]))
