@@ -17,11 +17,13 @@ from train.train import build_config
 DETECTOR = dict(DEFAULT_SPEC, channels=8, dilations=[1, 2], lookahead=3)
 
 
-def write_export(tmp_path, name: str, seed: int, **config_changes):
-    """A tiny exported model with random weights, a change detector and the given config changes."""
+def write_export(tmp_path, name: str, seed: int, detector: bool = True, **config_changes):
+    """A tiny exported model with random weights, a change detector (unless not ``detector``: as
+    train.export writes it) and the given config changes."""
     config = build_config("tiny", ["a", "b"])
-    config = dataclasses.replace(config, speaker_head=dict(config.speaker_head, change_detector=DETECTOR),
-                                 **config_changes)
+    if detector:
+        config = dataclasses.replace(config, speaker_head=dict(config.speaker_head, change_detector=DETECTOR))
+    config = dataclasses.replace(config, **config_changes)
     torch.manual_seed(seed)
     model = WavLMForCTCWithSpeaker(config)
     with torch.no_grad():
@@ -46,6 +48,17 @@ def test_average_is_the_mean_of_each_weight_and_keeps_the_first_detector(tmp_pat
     # The first export's config is written, and the package loads the result.
     assert json.loads((out / "config.json").read_text())["hidden_dropout"] == 0.0
     assert load_model(out).change_detector is not None
+
+
+def test_exports_without_a_detector_average_with_those_that_have_one(tmp_path):
+    with_detector, fresh = write_export(tmp_path, "one", 0), write_export(tmp_path, "two", 1, detector=False)
+    a, b = (load_file(str(d / "model.safetensors")) for d in (with_detector, fresh))
+    for order, detector_kept in (([with_detector, fresh], True), ([fresh, with_detector], False)):
+        out = average_exports(order, tmp_path / "avg")
+        avg = load_file(str(out / "model.safetensors"))
+        assert torch.allclose(avg["lm_head.weight"], (a["lm_head.weight"] + b["lm_head.weight"]) / 2, atol=1e-7)
+        assert (load_model(out).change_detector is not None) == detector_kept
+        assert any(k.startswith("speaker_head.change_detector.") for k in avg) == detector_kept
 
 
 def test_an_export_averaged_with_itself_computes_the_same_model(tmp_path):

@@ -52,27 +52,29 @@ def _architecture(config: dict) -> dict:
 
 
 def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The mean of each floating-point weight; the detector and non-float buffers from the first.
+    """The mean of each floating-point weight; the first export's detector (if it has one; the
+    others' are ignored, as a fresh train.export has none) and non-float buffers.
 
     Raises ValueError when the weights' names or shapes differ.
     """
-    first = states[0]
-    for i, state in enumerate(states[1:], start=2):
+    weights = [{k: v for k, v in state.items() if not k.startswith(DETECTOR_PREFIX)} for state in states]
+    first = weights[0]
+    for i, state in enumerate(weights[1:], start=2):
         if state.keys() != first.keys():
-            missing = sorted(first.keys() ^ state.keys())[:3]
-            raise ValueError(f"export {i} has other weights than export 1 (e.g. {missing})")
+            differing = sorted(first.keys() ^ state.keys())[:3]
+            raise ValueError(f"export {i} has other weights than export 1 (e.g. {differing})")
         for name, tensor in first.items():
             if state[name].shape != tensor.shape:
                 raise ValueError(f"export {i}: {name} is {tuple(state[name].shape)}, "
                                  f"export 1 has {tuple(tensor.shape)}")
-    averaged = {}
+    averaged = {k: v.clone() for k, v in states[0].items() if k.startswith(DETECTOR_PREFIX)}
     for name, tensor in first.items():
-        if name.startswith(DETECTOR_PREFIX) or not tensor.is_floating_point():
+        if not tensor.is_floating_point():
             averaged[name] = tensor.clone()
         else:
             # Sum in float64 so the mean does not depend on the order of the exports.
-            total = sum(state[name].to(torch.float64) for state in states)
-            averaged[name] = (total / len(states)).to(tensor.dtype)
+            total = sum(state[name].to(torch.float64) for state in weights)
+            averaged[name] = (total / len(weights)).to(tensor.dtype)
     return averaged
 
 
