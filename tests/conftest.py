@@ -59,6 +59,17 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt during the test, as in an interactive run, even when
+    pytest was started with SIGINT ignored (as `cmd &` in a script starts it)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def checkpoint(tmp_path):
     """Factory: checkpoint(cls_name, **config) -> (hf_model, directory)."""
     def make(cls_name: str, seed: int = 0, vocab: list[str] | None = None, **config):

@@ -299,7 +299,10 @@ def test_ctrl_c_on_a_live_pipe_keeps_what_was_heard(tmp_path, ckpt):
     header_and_audio = io.BytesIO()
     sf.write(header_and_audio, speech_like(3.0, 16000, seed=5), 16000, format="WAV", subtype="PCM_16")
     subtitles = tmp_path / "live.srt"
-    proc = _cli("transcribe", "-", "--model", ckpt, *ARGS, "--subtitles", str(subtitles), stdin=subprocess.PIPE)
+    # The run must hear Ctrl-C even when pytest itself was started with SIGINT ignored (as `cmd &` in a
+    # script starts it), which the child would inherit.
+    proc = _cli("transcribe", "-", "--model", ckpt, *ARGS, "--subtitles", str(subtitles), stdin=subprocess.PIPE,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     proc.stdin.write(header_and_audio.getvalue()[:44 + 2 * 16000 * 2])     # the header and 2 s; the pipe stays open
     proc.stdin.flush()
     first = proc.stdout.readline()                     # the engine is running on the pipe's audio

@@ -188,7 +188,7 @@ class _SlowStream(_RecordingStream):
         return super().finish()
 
 
-def test_ctrl_c_during_a_feed_finishes_the_stream_only_after_that_feed():
+def test_ctrl_c_during_a_feed_finishes_the_stream_only_after_that_feed(ctrl_c_raises):
     """The CLI's Ctrl-C path (stream.cli._run_source): the task is cancelled while the model
     runs a block in a worker thread; finish() must not touch the stream while that block is
     still being fed (the stream is not thread-safe)."""

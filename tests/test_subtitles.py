@@ -183,7 +183,7 @@ def test_a_file_damaged_part_way_still_gets_subtitles_of_what_came_before(tmp_pa
     assert '"final"' in out and SRT_BLOCK.match(out_file.read_text())
 
 
-def test_mic_stopped_with_ctrl_c_writes_the_subtitles_of_what_was_heard(tmp_path, capsys, ckpt, monkeypatch):
+def test_mic_stopped_with_ctrl_c_writes_the_subtitles_of_what_was_heard(tmp_path, capsys, ckpt, monkeypatch, ctrl_c_raises):
     import asyncio
     import json
     import signal
