@@ -61,7 +61,9 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture
 def ctrl_c_raises():
     """Ctrl-C (SIGINT) raises KeyboardInterrupt during the test, as in an interactive run, even when
-    pytest was started with SIGINT ignored (as `cmd &` in a script starts it)."""
+    pytest was started with SIGINT ignored (as `cmd &` in a script starts it); a process the test
+    starts then gets the default disposition too (an ignored signal stays ignored across exec, a
+    handled one is reset)."""
     import signal
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)

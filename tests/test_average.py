@@ -69,7 +69,7 @@ def test_an_export_averaged_with_itself_computes_the_same_model(tmp_path):
         assert torch.equal(load_model(only).eval()(x).logits, load_model(out).eval()(x).logits)
 
 
-def test_other_architectures_and_missing_exports_are_refused_by_name(tmp_path, capsys):
+def test_other_architectures_and_missing_exports_are_refused_by_name(tmp_path):
     first = write_export(tmp_path, "one", 0)
     wider = write_export(tmp_path, "wide", 1, intermediate_size=48)
     with pytest.raises(ValueError, match="another architecture.*intermediate_size"):

@@ -287,7 +287,7 @@ def test_stdin_without_an_audio_header_is_one_clear_error(tmp_path, ckpt, stdin_
     assert err.decode().startswith("error: ") and needle in err.decode() and b"Traceback" not in err
 
 
-def test_ctrl_c_on_a_live_pipe_keeps_what_was_heard(tmp_path, ckpt):
+def test_ctrl_c_on_a_live_pipe_keeps_what_was_heard(tmp_path, ckpt, ctrl_c_raises):
     """A live pipe (arecord/ffmpeg into ``transcribe -``) stopped with Ctrl-C while the writer still
     holds it open: the run ends at once, the finals of what was heard are printed and written to
     --subtitles, and the exit status is 130."""
@@ -299,10 +299,7 @@ def test_ctrl_c_on_a_live_pipe_keeps_what_was_heard(tmp_path, ckpt):
     header_and_audio = io.BytesIO()
     sf.write(header_and_audio, speech_like(3.0, 16000, seed=5), 16000, format="WAV", subtype="PCM_16")
     subtitles = tmp_path / "live.srt"
-    # The run must hear Ctrl-C even when pytest itself was started with SIGINT ignored (as `cmd &` in a
-    # script starts it), which the child would inherit.
-    proc = _cli("transcribe", "-", "--model", ckpt, *ARGS, "--subtitles", str(subtitles), stdin=subprocess.PIPE,
-                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = _cli("transcribe", "-", "--model", ckpt, *ARGS, "--subtitles", str(subtitles), stdin=subprocess.PIPE)
     proc.stdin.write(header_and_audio.getvalue()[:44 + 2 * 16000 * 2])     # the header and 2 s; the pipe stays open
     proc.stdin.flush()
     first = proc.stdout.readline()                     # the engine is running on the pipe's audio

@@ -85,9 +85,10 @@ def average_exports(directories: list[Path], out: Path) -> Path:
     exports = [read_export(d) for d in directories]
     reference = _architecture(exports[0][0])
     for directory, (config, _) in zip(directories[1:], exports[1:]):
-        if _architecture(config) != reference:
-            differing = sorted(k for k in reference.keys() | config.keys()
-                               if reference.get(k) != _architecture(config).get(k))
+        architecture = _architecture(config)
+        if architecture != reference:
+            differing = sorted(k for k in reference.keys() | architecture.keys()
+                               if reference.get(k) != architecture.get(k))
             raise ValueError(f"{directory} is another architecture than {directories[0]} "
                              f"(config differs in {', '.join(differing)})")
     return export(average_states([state for _, state in exports]), exports[0][0], out)
