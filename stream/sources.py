@@ -141,8 +141,12 @@ class _PipeReader:
 
     def _reply(self, future: asyncio.Future, result, exc: BaseException | None) -> None:
         def settle():
-            if not future.done():       # cancelled by Ctrl-C meanwhile
-                future.set_exception(exc) if exc is not None else future.set_result(result)
+            if future.done():           # cancelled by Ctrl-C meanwhile
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
         try:
             self._loop.call_soon_threadsafe(settle)
         except RuntimeError:

@@ -5,6 +5,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from train import evaluate
@@ -48,11 +49,16 @@ def test_language_model_rates_decode_the_clips_with_and_without_the_lm(tmp_path,
     lm = tmp_path / "lm.arpa"
     write_arpa(lm, *bigram_model([line for c in clips for line in (EXAMPLES / f"{c.speaker}.txt").read_text()
                                   .splitlines() if line.strip()]))
-    greedy = evaluate.transcribe_clips(model, clips)
+    log_probs = evaluate.clip_log_probs(model, clips)
+    assert [lp.shape for lp in log_probs] == [lp.shape for lp in evaluate.offline_log_probs(
+        model, [np.asarray(evaluate._load(c.path)) for c in clips])]
     args = argparse.Namespace(kenlm=lm, lm_weight=1.0, word_bonus=1.0)
     lm_beam = evaluate.language_model_finaliser(model, args)
-    rates = evaluate.language_model_rates(model, clips, greedy, lm_beam, args, stream_clips=1)
+    rates = evaluate.language_model_rates(model, clips, log_probs, lm_beam, args, stream_clips=1)
     assert rates["clips"] == 2 and rates["stream_clips"] == 1
+    # The greedy numbers come from the same log-probs as the clips' greedy transcripts.
+    refs = [c.text for c in clips]
+    assert rates["greedy_cer"] == evaluate.error_rates(refs, evaluate.transcribe_clips(model, clips))[0]
     # The bundled model reads its own examples well; the in-domain LM does not make it worse.
     assert rates["greedy_cer"] < 0.2 and rates["beam_cer"] < 0.2
     assert rates["lm_cer"] <= rates["beam_cer"] and rates["lm_wer"] <= rates["beam_wer"]

@@ -63,23 +63,28 @@ def offline_batches(model, clips: list[Clip]) -> list[tuple[list[Clip], int | No
 
 
 @torch.no_grad()
-def transcribe_clips(model, clips: list[Clip], device: torch.device | str = "cpu",
-                     autocast: bool = False) -> list[str]:
-    """Greedy CTC of clips (aligned with the input), batched by offline_batches.
-
-    The model must already be on ``device`` in eval mode; ``autocast`` runs it in bf16.
-    """
+def clip_log_probs(model, clips: list[Clip], device: torch.device | str = "cpu",
+                   autocast: bool = False) -> list[np.ndarray]:
+    """CTC log-probabilities (T_i, V) float32 of each clip (aligned with the input, padding cut
+    off), batched by offline_batches. The model must already be on ``device`` in eval mode;
+    ``autocast`` runs it in bf16."""
     device = torch.device(device)
-    hyps: dict[str, str] = {}
+    out: dict[str, np.ndarray] = {}
     for batch, pad in offline_batches(model, clips):
         b = collate(batch, {}, None, pad)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(b.audio.to(device), b.attention_mask.to(device)).logits
-        ids = logits.float().argmax(-1).cpu().numpy()
+        log_probs = torch.log_softmax(logits.float(), -1).cpu().numpy()
         frames = model.wavlm.feat_extract_output_lengths(b.lengths).tolist()
-        for c, row, n in zip(batch, ids, frames):
-            hyps[c.path] = greedy_decode(row[:n])
-    return [hyps[c.path] for c in clips]
+        for c, lp, n in zip(batch, log_probs, frames):
+            out[c.path] = lp[:n]
+    return [out[c.path] for c in clips]
+
+
+def transcribe_clips(model, clips: list[Clip], device: torch.device | str = "cpu",
+                     autocast: bool = False) -> list[str]:
+    """Greedy CTC of clips (aligned with the input); see clip_log_probs."""
+    return [greedy_decode(lp.argmax(-1)) for lp in clip_log_probs(model, clips, device, autocast)]
 
 
 @torch.no_grad()
@@ -134,15 +139,16 @@ def language_model_finaliser(model, args):
                          beta=args.word_bonus)
 
 
-def language_model_rates(model, clips: list[Clip], hyps_greedy: list[str], lm_beam, args,
+def language_model_rates(model, clips: list[Clip], log_probs: list[np.ndarray], lm_beam, args,
                          stream_clips: int) -> dict:
-    """CER/WER of the held-out clips decoded by the beam search without and with the LM finaliser
-    ``lm_beam`` (from language_model_finaliser; printed)."""
+    """CER/WER of the held-out clips decoded from their offline ``log_probs`` (clip_log_probs)
+    greedily and by the beam search without and with the LM finaliser ``lm_beam`` (from
+    language_model_finaliser; printed)."""
     from decoders.beam import BeamFinaliser
 
     refs = [c.text for c in clips]
     t = time.time()
-    log_probs = offline_log_probs(model, [np.asarray(_load(c.path)) for c in clips])
+    hyps_greedy = [greedy_decode(lp.argmax(-1)) for lp in log_probs]
     plain_beam = BeamFinaliser(lm_beam.vocab)
     plain = error_rates(refs, [plain_beam.decode(lp)[0] for lp in log_probs])
     with_lm = error_rates(refs, [lm_beam.decode(lp)[0] for lp in log_probs])
@@ -213,7 +219,9 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         clips = subset(read_manifest(f))
         t = time.time()
-        hyps = transcribe_clips(model, clips)
+        # One forward per clip serves the greedy numbers and, with --kenlm, the beam searches.
+        log_probs = clip_log_probs(model, clips)
+        hyps = [greedy_decode(lp.argmax(-1)) for lp in log_probs]
         refs = [c.text for c in clips]
         cer, wer = error_rates(refs, hyps)
         results[f"{split}_offline"] = {"cer": cer, "wer": wer, "clips": len(clips)}
@@ -234,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{eer['eer_voice']:.3f} same speaker vs different source voice "
                   f"({eer['speakers']} speakers, {eer['trials']} trials)")
             if lm_beam is not None:
-                results["test_language_model"] = language_model_rates(model, clips, hyps, lm_beam, args,
+                results["test_language_model"] = language_model_rates(model, clips, log_probs, lm_beam, args,
                                                                       args.stream_clips)
             if args.stream_clips:
                 sc = clips[: args.stream_clips]
