@@ -329,7 +329,8 @@ class Stream:
 
     @property
     def pending_windows(self) -> int:
-        """Number of windows ready to run now (0 or more)."""
+        """1 if a window is ready to run now, else 0 (a truthy count: whether more are ready is only
+        known once this one has run, since each window starts where the previous one emitted)."""
         return 0 if self._next_window() is None else 1
 
     def _next_window(self):

@@ -64,3 +64,26 @@ def test_language_model_rates_decode_the_clips_with_and_without_the_lm(tmp_path,
     assert rates["lm_cer"] <= rates["beam_cer"] and rates["lm_wer"] <= rates["beam_wer"]
     assert rates["stream_lm_cer"] < 0.2
     assert "beam + LM" in capsys.readouterr().out
+
+
+def test_clip_log_probs_of_padded_batches_match_each_clip_run_alone(tmp_path):
+    """Layer-norm front ends run in padded, masked batches: each clip's log-probs, cut to its own
+    frames, are those of the clip run alone, in the order of the input."""
+    import soundfile as sf
+
+    from model import load_model
+    from tests.checkpoints import write_ctc_checkpoint
+
+    model = load_model(write_ctc_checkpoint(tmp_path / "ckpt", norm="layer")).eval()
+    rng = np.random.default_rng(0)
+    clips = []
+    for i, seconds in enumerate((1.3, 0.7, 2.0, 1.1)):
+        path = tmp_path / f"clip{i}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
+        clips.append(Clip(str(path), "a", "s", "v", seconds))
+    assert any(len(batch) > 1 for batch, _ in evaluate.offline_batches(model, clips))
+    batched = evaluate.clip_log_probs(model, clips)
+    alone = evaluate.offline_log_probs(model, [np.asarray(evaluate._load(c.path)) for c in clips])
+    for b, a in zip(batched, alone):
+        assert b.shape == a.shape
+        np.testing.assert_allclose(b, a, atol=1e-4)
