@@ -45,9 +45,14 @@ def offline_log_probs(model, waves: list[np.ndarray]) -> list[np.ndarray]:
     return [torch.log_softmax(model(torch.from_numpy(w)[None]).logits[0].float(), -1).numpy() for w in waves]
 
 
+def greedy_transcripts(log_probs: list[np.ndarray]) -> list[str]:
+    """Greedy CTC text of each (T, V) log-prob array."""
+    return [greedy_decode(lp.argmax(-1)) for lp in log_probs]
+
+
 def transcribe_offline(model, waves: list[np.ndarray]) -> list[str]:
     """Greedy CTC of each 16 kHz float32 wave, one forward per wave (no padding effects)."""
-    return [greedy_decode(lp.argmax(-1)) for lp in offline_log_probs(model, waves)]
+    return greedy_transcripts(offline_log_probs(model, waves))
 
 
 def offline_batches(model, clips: list[Clip]) -> list[tuple[list[Clip], int | None]]:
@@ -84,7 +89,7 @@ def clip_log_probs(model, clips: list[Clip], device: torch.device | str = "cpu",
 def transcribe_clips(model, clips: list[Clip], device: torch.device | str = "cpu",
                      autocast: bool = False) -> list[str]:
     """Greedy CTC of clips (aligned with the input); see clip_log_probs."""
-    return [greedy_decode(lp.argmax(-1)) for lp in clip_log_probs(model, clips, device, autocast)]
+    return greedy_transcripts(clip_log_probs(model, clips, device, autocast))
 
 
 @torch.no_grad()
@@ -148,7 +153,7 @@ def language_model_rates(model, clips: list[Clip], log_probs: list[np.ndarray], 
 
     refs = [c.text for c in clips]
     t = time.time()
-    hyps_greedy = [greedy_decode(lp.argmax(-1)) for lp in log_probs]
+    hyps_greedy = greedy_transcripts(log_probs)
     plain_beam = BeamFinaliser(lm_beam.vocab)
     plain = error_rates(refs, [plain_beam.decode(lp)[0] for lp in log_probs])
     with_lm = error_rates(refs, [lm_beam.decode(lp)[0] for lp in log_probs])
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         t = time.time()
         # One forward per clip serves the greedy numbers and, with --kenlm, the beam searches.
         log_probs = clip_log_probs(model, clips)
-        hyps = [greedy_decode(lp.argmax(-1)) for lp in log_probs]
+        hyps = greedy_transcripts(log_probs)
         refs = [c.text for c in clips]
         cer, wer = error_rates(refs, hyps)
         results[f"{split}_offline"] = {"cer": cer, "wer": wer, "clips": len(clips)}
