@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .activations import get_activation
 from .config import WavLMConfig
-from .linear import Linear, linear
+from .linear import Linear, linear, onednn_off_in_this_thread
 
 
 def conv_output_lengths(lengths: torch.Tensor, kernels: tuple[int, ...], strides: tuple[int, ...]) -> torch.Tensor:
@@ -16,6 +16,27 @@ def conv_output_lengths(lengths: torch.Tensor, kernels: tuple[int, ...], strides
     for kernel, stride in zip(kernels, strides):
         lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
     return lengths
+
+
+def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1,
+           padding: int = 0, groups: int = 1) -> torch.Tensor:
+    """``F.conv1d``: x (B, C_in, T), weight (C_out, C_in / groups, k) -> (B, C_out, T').
+
+    Inside ``model.linear.without_onednn`` it calls the native convolution that torch picks when
+    oneDNN is switched off, directly (per group, as torch does then), so the numbers are those of
+    ``torch.backends.mkldnn.enabled = False`` without switching that flag for every thread.
+    oneDNN keeps state per input shape, which a stream's windows reuse, but the finals' passes
+    over segments of every length would pile up (stream/pipeline.py ``offline_log_probs``).
+    """
+    if not onednn_off_in_this_thread() or x.device.type != "cpu":
+        return F.conv1d(x, weight, bias, stride=stride, padding=padding, groups=groups)
+    if padding:
+        x = F.pad(x, (padding, padding))
+    kernel, strides = (1, weight.shape[-1]), (1, stride)
+    xs, ws = x.unsqueeze(2).chunk(groups, 1), weight.unsqueeze(2).chunk(groups, 0)
+    bs = [None] * groups if bias is None else bias.chunk(groups)
+    out = [torch.ops.aten._slow_conv2d_forward(xg, wg, kernel, bg, strides, (0, 0)) for xg, wg, bg in zip(xs, ws, bs)]
+    return (out[0] if groups == 1 else torch.cat(out, 1)).squeeze(2)
 
 
 class ConvLayer(nn.Module):
@@ -42,7 +63,7 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C_in, T) -> (B, C_out, T') with T' = (T - kernel_size) // stride + 1."""
-        x = self.conv(x)
+        x = conv1d(x, self.conv.weight, self.conv.bias, self.stride)
         if self.norm == "group":
             x = self.layer_norm(x)
         elif self.norm == "layer":
@@ -177,7 +198,7 @@ class WeightNormConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, T) -> (B, C, T + 1 - kernel_size % 2)."""
-        return F.conv1d(x, self.weight, self.bias, padding=self.padding, groups=self.groups)
+        return conv1d(x, self.weight, self.bias, padding=self.padding, groups=self.groups)
 
 
 class PositionalConvEmbedding(nn.Module):
@@ -207,5 +228,5 @@ class PositionalConvEmbedding(nn.Module):
         start = first_row - pad
         x = hidden[:, max(0, start):].transpose(1, 2)
         x = F.pad(x, (max(0, -start), self.kernel_size - 1 - pad))
-        x = F.conv1d(x, self.conv.weight, self.conv.bias, groups=self.conv.groups)
+        x = conv1d(x, self.conv.weight, self.conv.bias, groups=self.conv.groups)
         return self.activation(x).transpose(1, 2)

@@ -12,12 +12,13 @@ summation order: ~2e-6 on unit-scale outputs).
 front end's products of strided windows with its weight): same parameters and state-dict names, the same
 ``F.linear`` whenever autograd needs the graph (training) or the product is not one oneDNN
 serves here (another device or dtype, bfloat16 on a CPU without AVX-512, or oneDNN switched off
-with ``torch.backends.mkldnn``).
+with ``torch.backends.mkldnn`` or, for one thread, ``without_onednn``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 import torch.nn as nn
@@ -38,6 +39,7 @@ def _onednn_bf16_available() -> bool:
 _AVAILABLE = _onednn_linear_available()
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16) if _AVAILABLE and _onednn_bf16_available() else (torch.float32,)
 _enabled = True
+_this_thread = threading.local()
 
 
 @contextlib.contextmanager
@@ -51,6 +53,28 @@ def onednn_linear(enabled: bool):
         _enabled = before
 
 
+@contextlib.contextmanager
+def without_onednn():
+    """No oneDNN in this thread's products and convolutions (``linear``, ``model.conv.conv1d``)
+    for the block; other threads keep it.
+
+    What ``torch.backends.mkldnn.enabled = False`` does for the model's products and convolutions,
+    bit for bit, but without switching a process-wide flag: the server computes finals on a
+    second thread while its first runs the streams' windows, which must keep oneDNN (and give the
+    same numbers whenever the other thread runs).
+    """
+    before = getattr(_this_thread, "off", False)
+    _this_thread.off = True
+    try:
+        yield
+    finally:
+        _this_thread.off = before
+
+
+def onednn_off_in_this_thread() -> bool:
+    return getattr(_this_thread, "off", False)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` through oneDNN where it serves: x (..., in) @ weight (out, in).T + bias -> (..., out)."""
     if not _use_onednn(x, weight):
@@ -59,7 +83,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if not (_AVAILABLE and _enabled and torch.backends.mkldnn.enabled):
+    if not (_AVAILABLE and _enabled and torch.backends.mkldnn.enabled) or onednn_off_in_this_thread():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False  # the oneDNN op has no backward

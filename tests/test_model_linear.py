@@ -106,3 +106,39 @@ def test_to_plain_linear_and_int8_quantize_every_transformer_linear(tmp_path):
     assert type(model.get_submodule(ours[0])) is Linear          # the original model is left as it was
     plain = to_plain_linear(model)
     assert plain is model and not any(type(m) is Linear for m in model.modules())
+
+
+def test_without_onednn_is_the_switched_off_model_for_this_thread_only():
+    # The finals' pass (another thread in the server) without oneDNN: bit for bit what the
+    # process-wide switch gives for the products, the convolutions (grouped, padded) and GELU,
+    # and so for the whole model, while a second thread in the same moment keeps oneDNN.
+    import threading
+
+    import torch.nn.functional as F
+
+    from model import WavLMConfig, build_model
+    from model.conv import conv1d
+    from model.linear import linear, onednn_off_in_this_thread, without_onednn
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 32, 300), torch.randn(32, 8, 16), torch.randn(32)
+    rows, weight = torch.randn(48, 64), torch.randn(96, 64)
+    config = WavLMConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                         conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                         feat_extract_norm="group", vocab_size=8, architectures=("WavLMForCTC",))
+    model = build_model(config).eval()
+    audio = torch.randn(1, 16000)
+    with torch.inference_mode():
+        with torch.backends.mkldnn.flags(enabled=False):
+            switched_off = (F.conv1d(x, w, b, padding=8, groups=4), F.conv1d(x, w[:, :1].expand(32, 32, 16)[:, :32], None, 3),
+                            linear(rows, weight), model.wavlm(audio).last_hidden_state)
+        seen_elsewhere = []
+        with without_onednn():
+            other = threading.Thread(target=lambda: seen_elsewhere.append(onednn_off_in_this_thread()))
+            other.start()
+            other.join()
+            here = (conv1d(x, w, b, padding=8, groups=4), conv1d(x, w[:, :1].expand(32, 32, 16)[:, :32], None, 3),
+                    linear(rows, weight), model.wavlm(audio).last_hidden_state)
+        assert seen_elsewhere == [False] and not onednn_off_in_this_thread()
+    for got, want in zip(here, switched_off):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
