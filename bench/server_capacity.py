@@ -19,6 +19,11 @@ queueing and compute.
 
     python bench/server_capacity.py                       # both models, both modes
     python bench/server_capacity.py --models bundled --duration 20
+    python bench/server_capacity.py --models bundled --modes batched --finals thread,inline
+
+``--finals``: where the server computes finals (each closed segment's second pass and beam
+search): on its finals thread (``thread``, the default) or inside the inference cycle
+(``inline``, as before 2026-12-07), where one session's final holds back every session's windows.
 """
 
 from __future__ import annotations
@@ -67,7 +72,8 @@ def build_pipeline(which: str, beam: bool | None, bundled: str | None = None):
     return Pipeline.from_pretrained(which, speakers=False, beam=bool(beam))
 
 
-def serve_child(which: str, batching: bool, threads: int, beam: bool | None, bundled: str | None, conn) -> None:
+def serve_child(which: str, batching: bool, threads: int, beam: bool | None, bundled: str | None,
+                finals_thread: bool, conn) -> None:
     import torch
 
     from stream.server import ServerConfig, ServerLimits, SpeechServer
@@ -80,7 +86,8 @@ def serve_child(which: str, batching: bool, threads: int, beam: bool | None, bun
 
     async def main():
         limits = ServerLimits(max_sessions=1000, idle_timeout_s=120)
-        server = SpeechServer(pipeline, ServerConfig(port=0, limits=limits, batching=batching))
+        server = SpeechServer(pipeline, ServerConfig(port=0, limits=limits, batching=batching,
+                                                     finals_thread=finals_thread))
         async with server:
             conn.send({"port": server.port, **info})
             while True:
@@ -99,6 +106,7 @@ def serve_child(which: str, batching: bool, threads: int, beam: bool | None, bun
 @dataclass
 class ClientResult:
     latencies: list[float]      # steady-state event latencies (s)
+    partial_latencies: list[float]  # the same, of partials alone (finals also wait for the endpoint)
     finish_lag: float           # stop message -> connection closed (s)
     slip: float                 # how far sending fell behind its real-time schedule (s)
     errors: list[str]
@@ -110,7 +118,7 @@ async def client(port: int, audio: np.ndarray, offset: float, steady_from: float
     await asyncio.sleep(offset)
     step = int(RATE * CHUNK_S)
     sent_at: list[float] = []          # send time of chunk k (covers samples [k*step, (k+1)*step))
-    latencies, errors = [], []
+    latencies, partial_latencies, errors = [], [], []
     async with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
         await ws.send(json.dumps({"type": "start", "sample_rate": RATE, "format": "pcm_s16le", "channels": 1}))
 
@@ -124,6 +132,8 @@ async def client(port: int, audio: np.ndarray, offset: float, steady_from: float
                     k = min(int(round(e["end"] * RATE)) // step, len(sent_at) - 1)
                     if k >= 0:
                         latencies.append(now - sent_at[k])
+                        if e["type"] == "partial":
+                            partial_latencies.append(now - sent_at[k])
 
         task = asyncio.create_task(reader())
         t0 = time.monotonic()
@@ -138,7 +148,7 @@ async def client(port: int, audio: np.ndarray, offset: float, steady_from: float
         stop_at = time.monotonic()
         await ws.send('{"type": "stop"}')
         await task
-        return ClientResult(latencies, time.monotonic() - stop_at, slip, errors)
+        return ClientResult(latencies, partial_latencies, time.monotonic() - stop_at, slip, errors)
 
 
 async def trial(port: int, n: int, audio: np.ndarray, duration: float):
@@ -146,10 +156,12 @@ async def trial(port: int, n: int, audio: np.ndarray, duration: float):
     results = await asyncio.gather(*[
         client(port, np.roll(audio, int(rng.integers(len(audio)))), float(rng.uniform(0, CHUNK_S * 5)),
                duration / 3) for _ in range(n)])
-    lat = np.concatenate([r.latencies for r in results]) if any(r.latencies for r in results) else np.array([])
+    lat = np.array([x for r in results for x in r.latencies])
+    partial = np.array([x for r in results for x in r.partial_latencies])
     return {
         "p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
         "p95": float(np.percentile(lat, 95)) if lat.size else float("nan"),
+        "partial_p95": float(np.percentile(partial, 95)) if partial.size else float("nan"),
         "finish_lag": max(r.finish_lag for r in results),
         "slip": max(r.slip for r in results),
         "errors": sorted({e for r in results for e in r.errors}),
@@ -175,18 +187,20 @@ def load_audio(duration: float) -> np.ndarray:
     return (x * 32767).astype(np.int16)
 
 
-def capacity(which: str, batching: bool, args, audio: np.ndarray) -> int:
+def capacity(which: str, batching: bool, finals_thread: bool, args, audio: np.ndarray) -> int:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=serve_child, args=(which, batching, args.threads, args.beam, args.bundled, child), daemon=True)
+    proc = ctx.Process(target=serve_child, args=(which, batching, args.threads, args.beam, args.bundled,
+                                                      finals_thread, child), daemon=True)
     proc.start()
     try:
         if not parent.poll(600):
             raise RuntimeError("server process did not start")
         info = parent.recv()
         print(f"\n{which} model ({info['params_m']} M params, {info['hidden']} x {info['layers']}, "
-              f"{'beam' if info['beam'] else 'greedy'} finals), batching {'on' if batching else 'off'}")
-        print(f"{'streams':>8} {'p50 s':>7} {'p95 s':>7} {'flush s':>8} {'slip s':>7} {'max batch':>9}  sustained")
+              f"{'beam' if info['beam'] else 'greedy'} finals), batching {'on' if batching else 'off'}, "
+              f"finals {'on their own thread' if finals_thread else 'in the inference cycle'}")
+        print(f"{'streams':>8} {'p50 s':>7} {'p95 s':>7} {'partial p95':>11} {'flush s':>8} {'slip s':>7} {'max batch':>9}  sustained")
         def step(n: int) -> bool:
             r = asyncio.run(trial(info["port"], n, audio, args.duration))
             parent.send("stats")
@@ -197,7 +211,7 @@ def capacity(which: str, batching: bool, args, audio: np.ndarray) -> int:
                   and (r["events"] == 0 or r["p95"] <= args.latency_limit))
             note = "  errors: " + ",".join(r["errors"]) if r["errors"] else ""
             note += "  (no caption events: flush lag and slip only)" if r["events"] == 0 else ""
-            print(f"{n:>8} {r['p50']:>7.2f} {r['p95']:>7.2f} {r['finish_lag']:>8.2f} {r['slip']:>7.2f} "
+            print(f"{n:>8} {r['p50']:>7.2f} {r['p95']:>7.2f} {r['partial_p95']:>11.2f} {r['finish_lag']:>8.2f} {r['slip']:>7.2f} "
                   f"{stats['max_batch']:>9}  {'yes' if ok else 'no'}{note}", flush=True)
             time.sleep(1.0)   # let the server drain before the next step
             return ok
@@ -227,6 +241,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="bundled,base",
                    help="comma list: bundled, base, or checkpoint directories (default: bundled,base)")
     p.add_argument("--modes", default="batched,unbatched", help="batched, unbatched or both")
+    p.add_argument("--finals", default="thread", help="thread, inline or both (thread,inline)")
     p.add_argument("--duration", type=float, default=12.0, help="seconds of audio per client per step")
     p.add_argument("--latency-limit", type=float, default=2.0, help="p95 latency and flush limit (s)")
     p.add_argument("--max-streams", type=int, default=64)
@@ -241,6 +256,9 @@ def main(argv=None) -> int:
     p.add_argument("--ladder", type=lambda s: [int(x) for x in s.split(",")],
                    default=[1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64])
     args = p.parse_args(argv)
+    finals_modes = [f.strip() for f in args.finals.split(",")]
+    if not set(finals_modes) <= {"thread", "inline"}:
+        p.error(f"--finals: thread, inline or both, got {args.finals!r}")
 
     from stream.pipeline import DEFAULT_MODEL
 
@@ -255,11 +273,12 @@ def main(argv=None) -> int:
     summary = []
     for which in models:
         for mode in [m.strip() for m in args.modes.split(",")]:
-            n = capacity(which, mode == "batched", args, audio)
-            summary.append((which, mode, n))
+            for finals in finals_modes:
+                n = capacity(which, mode == "batched", finals == "thread", args, audio)
+                summary.append((which, mode, finals, n))
     print("\nconcurrent real-time streams sustained:")
-    for which, mode, n in summary:
-        print(f"  {which:>10} {mode:>10}: {n}")
+    for which, mode, finals, n in summary:
+        print(f"  {which:>10} {mode:>10} finals {finals:>6}: {n}")
     return 0
 
 

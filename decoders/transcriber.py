@@ -10,6 +10,10 @@ encoder and emits events:
   is given, else from the greedy path; ``finish()`` closes the open segment. With a
   ``final_pass``, the final decodes that second pass's log-probs of the segment (the
   pipeline runs the model offline over the segment's audio) instead of the streamed ones.
+  With ``defer_finals``, a :class:`PendingFinal` stands in the Final's place: what the final
+  needs is captured when its segment closes, and ``PendingFinal.compute()`` (the second pass
+  and the beam search, the costly part) may run later on another thread (stream/worker.py
+  does, so one session's finals do not hold back every other session's partials).
 
 Every segment that produced a Partial gets exactly one Final with the same id; ids start
 at 0 and increase by one per segment.
@@ -20,6 +24,9 @@ T frames doing integer comparisons (no per-vocabulary work in Python).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable
+
 import numpy as np
 
 from .beam import BeamFinaliser
@@ -27,11 +34,28 @@ from .ctc import TokenRun, Vocabulary, add_to_runs, collapse, frame_time, greedy
 from .endpoint import EndpointConfig, forced_cut
 from .events import Event, Final, Partial
 
-__all__ = ["SegmentTranscriber", "coalesce_partials"]
+__all__ = ["PendingFinal", "SegmentTranscriber", "coalesce_partials"]
 
 # Frames kept before a segment's first speech frame, so the beam search can still pick up
 # a token that greedy decoding gave to the blank (160 ms).
 PREROLL_FRAMES = 8
+
+
+@dataclass(eq=False)
+class PendingFinal:
+    """A closed segment whose Final is still to be computed.
+
+    ``compute()`` returns the Final; it reads only what was captured when the segment closed
+    (its log-probs, the second pass's audio), never the transcriber, so any thread may call it,
+    once. speech_start / speech_end: seconds of the segment's speech by the streamed greedy path,
+    known at once (the pipeline labels the final's speaker from them). speaker: set by the caller.
+    """
+
+    segment: int
+    speech_start: float
+    speech_end: float
+    compute: Callable[[], Final] = field(repr=False)
+    speaker: str | None = None
 
 
 class _FrameBuffer:
@@ -91,10 +115,11 @@ class SegmentTranscriber:
     """Incremental CTC transcription of one stream (cheap to create; one per stream).
 
     vocab: the CTC vocabulary. endpoint: endpointing rule. finaliser: shared beam-search
-    finaliser; None makes finals from the greedy path. final_pass: ``(first, stop, streamed)
-    -> (stop - first, V)`` log-probs of absolute frames [first, stop) from a second pass over a
-    closing segment, given the streamed ones (``streamed``, same shape); None decodes finals
-    from the streamed log-probs.
+    finaliser; None makes finals from the greedy path. final_pass: ``(first, stop) -> pass``,
+    called when a segment of absolute frames [first, stop) closes, capturing what it needs
+    then; ``pass(streamed)`` (later, on any thread) gives the second pass's log-probs
+    (stop - first, V) from the streamed ones (same shape); None decodes finals from the
+    streamed log-probs. defer_finals: emit a :class:`PendingFinal` in place of each Final.
     """
 
     def __init__(
@@ -103,8 +128,10 @@ class SegmentTranscriber:
         endpoint: EndpointConfig | None = None,
         finaliser: BeamFinaliser | None = None,
         final_pass=None,
+        defer_finals: bool = False,
     ) -> None:
         self.vocab = vocab
+        self.defer_finals = defer_finals
         self.endpoint = endpoint or EndpointConfig()
         self.finaliser = finaliser
         self.final_pass = final_pass
@@ -135,29 +162,33 @@ class SegmentTranscriber:
         self._last_delim: int | None = None
         self._last_blank: int | None = None
 
-    def _close_segment(self, stop: int) -> Final:
-        """Final for the open segment, which owns frames [buf.start, stop)."""
+    def _close_segment(self, stop: int) -> Final | PendingFinal:
+        """Final for the open segment, which owns frames [buf.start, stop) (or its PendingFinal)."""
         seg_first = self._buf.start
-        lp = self._buf.lp(seg_first, stop)
-        if self.final_pass is not None:
-            lp = np.asarray(self.final_pass(seg_first, stop, lp), dtype=np.float32)
-            if lp.shape != (stop - seg_first, len(self.vocab)):
-                want = (stop - seg_first, len(self.vocab))
-                raise ValueError(f"final_pass returned shape {lp.shape}, expected {want}")
-        if self.finaliser is not None:
-            text, words = self.finaliser.decode(lp, seg_first)
-        else:
-            if self.final_pass is not None:
-                runs = greedy_runs(lp, self.vocab, seg_first)
+        streamed = self._buf.lp(seg_first, stop).copy()   # the buffer moves on; the final may wait
+        second_pass = None if self.final_pass is None else self.final_pass(seg_first, stop)
+        # A forced cut leaves later runs to the next segment.
+        runs = None if self.final_pass is not None else [r for r in self._runs if r.start < stop]
+        speech = frame_time(self._speech_start), frame_time(self._speech_end)
+        segment, vocab, finaliser = self._segment, self.vocab, self.finaliser
+
+        def compute() -> Final:
+            lp = streamed
+            if second_pass is not None:
+                lp = np.asarray(second_pass(streamed), dtype=np.float32)
+                if lp.shape != streamed.shape:
+                    raise ValueError(f"final_pass returned shape {lp.shape}, expected {streamed.shape}")
+            if finaliser is not None:
+                text, words = finaliser.decode(lp, seg_first)
             else:
-                runs = [r for r in self._runs if r.start < stop]  # a forced cut leaves later runs to the next segment
-            words = runs_to_words(runs, self.vocab, lp, seg_first)
-            text = " ".join(w.word for w in words)
-        if words:
-            start, end = words[0].start, words[-1].end
-        else:
-            start, end = frame_time(self._speech_start), frame_time(self._speech_end)
-        return Final(segment=self._segment, text=text, start=start, end=end, words=words)
+                seg_runs = greedy_runs(lp, vocab, seg_first) if runs is None else runs
+                words = runs_to_words(seg_runs, vocab, lp, seg_first)
+                text = " ".join(w.word for w in words)
+            start, end = (words[0].start, words[-1].end) if words else speech
+            return Final(segment=segment, text=text, start=start, end=end, words=words)
+
+        pending = PendingFinal(segment, speech[0], speech[1], compute)
+        return pending if self.defer_finals else compute()
 
     def _greedy_text(self) -> str:
         return " ".join(self._words + [self._word]) if self._word else " ".join(self._words)

@@ -10,7 +10,8 @@ the cost of one offline pass over the speech (silence between segments is not ru
 
 :class:`FinalPass` is per-stream state: the audio a later final may still need (the open
 segment and its context, trimmed as segments close) and the callable the stream's
-``SegmentTranscriber`` calls when it closes a segment.
+``SegmentTranscriber`` calls when it closes a segment, which captures that segment's audio
+and returns the pass to run over it (at once, or later on the server's finals thread).
 """
 
 from __future__ import annotations
@@ -136,18 +137,30 @@ class FinalPass:
             lo, hi = lo + shrink, hi - (less - shrink)
         return lo, hi
 
-    def __call__(self, first: int, stop: int, streamed: np.ndarray) -> np.ndarray:
-        """Log-probs (stop - first, V) of frames [first, stop) from the model over the segment's audio.
+    def __call__(self, first: int, stop: int):
+        """The pass over closing segment frames [first, stop), with its audio captured now:
+        ``pass(streamed)`` -> log-probs (stop - first, V) from the model over that audio.
 
-        Frame f reads samples [f * 320, f * 320 + 400). Rows the kept audio cannot give (a tail
-        the streaming encoder flushed with padding, audio shorter than one frame) keep their
-        streamed values (``streamed``).
+        The returned callable reads nothing of this object's later state (the stream keeps
+        pushing and trimming audio), so it may run later and on another thread. Frame f reads
+        samples [f * 320, f * 320 + 400). Rows the kept audio cannot give (a tail the streaming
+        encoder flushed with padding, audio shorter than one frame) keep their streamed values.
         """
         lo, hi = self.span(first, stop)
         if hi <= first or lo * self.frame_samples < self.audio.start:
-            return streamed
+            return _keep_streamed
+        # A view of AudioTail's joined array: the tail never writes into arrays it has handed out.
         audio = self.audio.get(lo * self.frame_samples, (hi - 1) * self.frame_samples + self.receptive_field)
-        lp = self.log_probs_of(audio)[first - lo:stop - lo]
-        if lp.shape[0] < stop - first:
-            lp = np.concatenate([lp, streamed[lp.shape[0]:]])
-        return lp
+        log_probs_of = self.log_probs_of
+
+        def second_pass(streamed: np.ndarray) -> np.ndarray:
+            lp = log_probs_of(audio)[first - lo:stop - lo]
+            if lp.shape[0] < stop - first:
+                lp = np.concatenate([lp, streamed[lp.shape[0]:]])
+            return lp
+
+        return second_pass
+
+
+def _keep_streamed(streamed: np.ndarray) -> np.ndarray:
+    return streamed

@@ -33,9 +33,9 @@ from decoders.beam import BeamFinaliser
 from decoders.ctc import Vocabulary
 from decoders.endpoint import EndpointConfig
 from decoders.events import Event, Final
-from decoders.transcriber import SegmentTranscriber, coalesce_partials
+from decoders.transcriber import PendingFinal, SegmentTranscriber, coalesce_partials
 from model import load_model
-from model.linear import to_plain_linear
+from model.linear import to_plain_linear, without_onednn
 from stream.audio import AudioIntake
 from stream.encoder import IncrementalConvEncoder
 from stream.final_pass import FinalPass
@@ -185,10 +185,14 @@ class Pipeline:
             factory = speaker_source_factory(model, extra)
         return cls(model, StreamConfig(**stream_config), factory, speaker_tracker_config)
 
-    def new_stream(self, keep_log_probs: bool = False) -> "Stream":
+    def new_stream(self, keep_log_probs: bool = False, defer_finals: bool = False) -> "Stream":
         """A fresh stream. keep_log_probs: also keep every chunk's CTC log-probs
-        (``Stream.log_probs``), for measuring the stream against the offline model."""
-        return Stream(self, keep_log_probs)
+        (``Stream.log_probs``), for measuring the stream against the offline model.
+        defer_finals: the stream's events hold a :class:`PendingFinal` where a Final is due; the
+        caller runs ``pending.compute()`` (any thread) and hands the result to
+        ``Stream.complete_final`` (the stream's own thread). The server does, so that one
+        session's second pass and beam search do not hold back every other session's partials."""
+        return Stream(self, keep_log_probs, defer_finals)
 
     @torch.inference_mode()
     def offline_log_probs(self, audio: np.ndarray) -> np.ndarray:
@@ -197,15 +201,13 @@ class Pipeline:
         oneDNN is off for it: every segment has another length, and oneDNN's convolutions keep
         per-shape state, so a stream's memory grew with each new segment length (200 lengths of
         1-19 s: RSS 253 -> 955 MB with it, 253 -> 315-356 MB without; the conv front end runs
-        about a third slower). The streaming windows keep oneDNN: their shapes repeat.
+        about a third slower). The streaming windows keep oneDNN: their shapes repeat. Off for this
+        thread only (``without_onednn``): the server runs this pass on its finals thread while its
+        inference thread runs windows.
         """
         x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(self._device)
-        onednn = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = False
-        try:
+        with without_onednn():
             hidden = self.model.wavlm(x).last_hidden_state[0]
-        finally:
-            torch.backends.mkldnn.enabled = onednn
         return torch.log_softmax(self.model.lm_head(hidden.float()).float(), dim=-1).cpu().numpy()
 
     def streaming_log_probs(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
@@ -248,8 +250,9 @@ class Pipeline:
 class Stream:
     """One live audio stream: its own intake, encoder, transformer and decoder state."""
 
-    def __init__(self, pipeline: Pipeline, keep_log_probs: bool = False):
+    def __init__(self, pipeline: Pipeline, keep_log_probs: bool = False, defer_finals: bool = False):
         self.pipeline = pipeline
+        self.defer_finals = defer_finals
         self._kept: list[np.ndarray] | None = [] if keep_log_probs else None
         self._undelivered: list[Event] = []        # produced, not yet returned to the caller
         self._intake = AudioIntake(SAMPLE_RATE)
@@ -261,8 +264,10 @@ class Stream:
         if pipeline.config.final_pass:
             self._final_pass = FinalPass(pipeline.offline_log_probs, pipeline.window_config.left,
                                          pipeline.conv.total_stride, pipeline.conv.receptive_field)
+        # Always deferred inside: _stamp labels each PendingFinal when its segment closes, so a
+        # final's speaker does not depend on when (or on which thread) it was computed.
         self._transcriber = SegmentTranscriber(pipeline.vocabulary, pipeline.endpoint,
-                                               pipeline.finaliser, self._final_pass)
+                                               pipeline.finaliser, self._final_pass, defer_finals=True)
         self._speakers = None
         if pipeline.speaker_source_factory is not None:
             self._speakers = pipeline.speaker_source_factory.new_stream(pipeline.speaker_tracker_config)
@@ -291,7 +296,11 @@ class Stream:
     def _ingest(self, audio16: np.ndarray, arrival_time: float) -> None:
         if audio16.size == 0:
             return
-        x = torch.from_numpy(np.ascontiguousarray(audio16, dtype=np.float32))
+        # Our own copy: float32 16 kHz mono comes through the intake as the caller's array, and the
+        # encoder (which waits for a window's worth) and the second pass read it later; a caller
+        # may reuse its buffer for the next block (a recording loop does).
+        audio16 = np.array(audio16, dtype=np.float32)
+        x = torch.from_numpy(audio16)
         start_sample = self._samples_in
         self._samples_in += x.shape[0]
         self._arrivals.append((self._samples_in, arrival_time))
@@ -388,14 +397,21 @@ class Stream:
             events = events + self._speakers.push_window(output, log_probs)
         return self._stamp(events)
 
-    def _stamp(self, events: list[Event]) -> list[Event]:
-        """Add latency (now minus arrival of the audio at the event's end) and speaker labels."""
+    def _stamp(self, events: list) -> list:
+        """Add latency (now minus arrival of the audio at the event's end) and speaker labels.
+
+        A PendingFinal gets its speaker (from its speech as the stream saw it) and, unless the
+        stream defers finals, is computed here; a deferred one is stamped by complete_final.
+        """
         now = time.monotonic()
         out = []
         for event in events:
+            if isinstance(event, PendingFinal):
+                if self._speakers is not None:
+                    event.speaker = self._speakers.label_for(event.speech_start, event.speech_end)
+                out.append(event if self.defer_finals else self.complete_final(event, event.compute()))
+                continue
             changes = {}
-            if isinstance(event, Final) and self._speakers is not None and event.speaker is None:
-                changes["speaker"] = self._speakers.label_for(event.start, event.end)
             end = getattr(event, "end", getattr(event, "time", None))
             if end is not None and getattr(event, "latency", None) is None:
                 arrived = self._arrival_of(end)
@@ -403,6 +419,10 @@ class Stream:
                     changes["latency"] = round(max(0.0, now - arrived), 4)
             out.append(dataclasses.replace(event, **changes) if changes else event)
         return out
+
+    def complete_final(self, pending: PendingFinal, final: Final) -> Final:
+        """The Final that ``pending.compute()`` returned, with its speaker and latency stamped."""
+        return self._stamp([dataclasses.replace(final, speaker=pending.speaker)])[0]
 
     def _arrival_of(self, seconds: float) -> float | None:
         sample = int(round(seconds * SAMPLE_RATE))

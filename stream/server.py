@@ -121,6 +121,10 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
     batching: bool = True              # one run_pending over all ready streams (False: one per stream)
+    # Finals (each closed segment's second pass and beam search) on their own thread beside the
+    # inference thread, so they do not hold back other sessions' partials (stream/worker.py).
+    # False: inside the inference cycle, as before 2026-12-07.
+    finals_thread: bool = True
     vosk_sample_rate: int = 16000      # Vosk clients that send audio without a config
 
     def __post_init__(self) -> None:
@@ -468,7 +472,8 @@ class SpeechServer:
     def __init__(self, pipeline, config: ServerConfig = ServerConfig()):
         self.pipeline = pipeline
         self.config = config
-        self.worker = InferenceWorker(pipeline, batching=config.batching, slice_s=config.limits.slice_s)
+        self.worker = InferenceWorker(pipeline, batching=config.batching, slice_s=config.limits.slice_s,
+                                      defer_finals=config.finals_thread)
         self.sessions: dict[int, _Session] = {}
         self.stats: Counter[str] = Counter()  # sessions, server_busy, slow_client, internal_error
         self._ids = itertools.count(1)

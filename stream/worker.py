@@ -9,6 +9,20 @@ the ready windows of all streams in one ``run_pending`` call (which batches wind
 equal shape into one forward), and hands each session a :class:`WorkerResult` through the
 ``deliver`` callable it registered (called on the worker thread).
 
+Finals run beside it: a stream closing a segment yields a ``PendingFinal`` (the segment's
+second pass and beam search, ~0.1-0.4 s for a 15 s segment of the bundled model), which the
+one *finals thread* computes while this thread goes on running every session's windows, so
+one session's final no longer delays everyone's partials. Each session still gets its events
+in the stream's order: what its stream produced after a pending final waits in the session's
+outbox until that final is done (the audio's consumption is reported at once, so the client's
+backpressure does not wait for it). The final's speaker label is decided when its segment
+closes, so it does not depend on when the final was computed. At most ``max_finals_queued``
+finals wait for (or run on) the finals thread: past that the inference thread waits for it, so
+a server that cannot keep up with its finals slows down its reading (backpressure to the
+clients) instead of piling up finals and the audio each one holds (a pending final keeps its
+segment's audio, up to ~1.2 MB). Waiting, not computing the final itself: two threads running
+passes of every length grew two allocator arenas (bench/soak.py).
+
 Failures stay with their session: if the engine raises for a batch, each stream of the
 batch is retried alone and only the ones that still fail get a ``fatal`` internal_error.
 """
@@ -18,12 +32,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 import numpy as np
 
 from decoders.events import ErrorEvent, Event
+from decoders.transcriber import PendingFinal
 from stream.audio import AudioFormatError
 
 log = logging.getLogger("wavlm_stream.server")
@@ -37,6 +53,12 @@ class WorkerResult:
     consumed_s: float = 0.0            # seconds of queued audio taken off the backlog
     finished: bool = False             # finish() ran: no more events will come
     fatal: ErrorEvent | None = None    # the engine failed for this session; close it
+
+    def then(self, later: "WorkerResult") -> "WorkerResult":
+        """This result followed by ``later``, as one delivery."""
+        return WorkerResult(self.events + later.events, self.done_tags + later.done_tags,
+                            self.consumed_s + later.consumed_s, self.finished or later.finished,
+                            self.fatal or later.fatal)
 
 
 @dataclass
@@ -55,6 +77,14 @@ class _Flush:
 
 
 @dataclass(eq=False)
+class _FinalInFlight:
+    """A session's final being computed on the finals thread; ``stream`` stamps it when done."""
+    future: Future
+    pending: PendingFinal
+    stream: Any
+
+
+@dataclass(eq=False)
 class _Job:
     """The worker's side of a session: its Stream and the commands queued for it, in order."""
     deliver: Callable[[WorkerResult], None]
@@ -63,23 +93,35 @@ class _Job:
     flushing: bool = False             # a final (non-reset) flush is queued: accept no more audio
     done: bool = False                 # finished or failed: nothing more to do
     closed: bool = False               # the session is gone: deliver nothing
+    # Worker thread only: what is due to the session, in order: results, and finals in flight
+    # that the results behind them wait for.
+    outbox: deque = field(default_factory=deque)  # WorkerResult | _FinalInFlight
 
 
 class InferenceWorker:
     """The one thread that runs the engine for every session (see the module docstring)."""
 
-    def __init__(self, pipeline, *, batching: bool = True, slice_s: float = 1.0):
+    def __init__(self, pipeline, *, batching: bool = True, slice_s: float = 1.0, defer_finals: bool = True,
+                 max_finals_queued: int = 16):
         self.pipeline = pipeline
         self.batching = batching
         self.slice_s = slice_s
+        self.defer_finals = defer_finals   # False: finals computed in the cycle, as Stream.feed does
+        self.max_finals_queued = max_finals_queued
         self._cv = threading.Condition()
         self._jobs: dict[int, _Job] = {}
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="wavlm-inference", daemon=True)
+        self._finals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavlm-finals")
+        self._finals_done = False          # a final finished since the worker last looked (under _cv)
+        self._finals_queued = 0            # submitted and not done (under _cv)
+        self._waiting: set[_Job] = set()   # jobs with a final in flight (worker thread only)
         # Counters for tests and the capacity benchmark (written by the worker thread only).
         self.cycles = 0
         self.max_batch = 0
         self.forwards = 0              # run_pending calls
+        self.peak_finals_queued = 0    # most finals waiting for (or on) the finals thread at once
+        self.finals_waits = 0          # times the inference thread waited for a place in the finals queue
 
     # Called from the event loop ------------------------------------------------------
 
@@ -92,6 +134,7 @@ class InferenceWorker:
             self._jobs.clear()
             self._cv.notify()
         self._thread.join(timeout=30)
+        self._finals.shutdown(wait=False, cancel_futures=True)
 
     @property
     def job_count(self) -> int:
@@ -166,16 +209,22 @@ class InferenceWorker:
         while True:
             with self._cv:
                 work = self._take()
-                while not work and not self._stopping:
+                while not work and not self._finals_done and not self._stopping:
                     self._cv.wait()
                     work = self._take()
                 if self._stopping:
                     return
+                finals_done, self._finals_done = self._finals_done, False
             try:
-                self._cycle(work)
+                if finals_done:
+                    for job in list(self._waiting):
+                        self._send_ready(job)
+                if work:
+                    self._cycle(work)
             except Exception:  # a bug here must not kill the worker for everyone
                 log.exception("inference worker cycle failed")
                 for job, _, _ in work:
+                    self._drop_outbox(job)
                     self._deliver(job, WorkerResult(fatal=ErrorEvent("internal_error", "worker cycle failed")))
 
     def _cycle(self, work) -> None:
@@ -186,7 +235,8 @@ class InferenceWorker:
             result = results[job]
             try:
                 if job.stream is None:
-                    job.stream = self.pipeline.new_stream()
+                    job.stream = (self.pipeline.new_stream(defer_finals=True) if self.defer_finals
+                                  else self.pipeline.new_stream())
                 for samples, rate, arrival, tags in _merge_small(pieces):
                     result.consumed_s += len(samples) / rate
                     try:
@@ -208,6 +258,7 @@ class InferenceWorker:
 
         for job, _, flush in work:
             result = results[job]
+            stream = job.stream                # the one that made this cycle's events (a reset drops it)
             if flush is not None and result.fatal is None and not job.closed:
                 try:
                     result.events.extend(job.stream.finish())
@@ -220,7 +271,7 @@ class InferenceWorker:
                     job.stream = None          # a fresh stream on the next audio or flush
                 else:
                     result.finished = True
-            self._deliver(job, result)
+            self._queue(job, result, stream)
 
     def _run_windows(self, ready: list[_Job]) -> dict[_Job, list[Event] | Exception]:
         """Run the ready windows of ``ready``; per job: its events, or the exception it raised."""
@@ -244,6 +295,90 @@ class InferenceWorker:
                         log.exception("run_pending failed for one stream")
                         out[job] = e1
         return out
+
+    # Delivery, in each stream's order --------------------------------------------------
+
+    def _queue(self, job: _Job, result: WorkerResult, stream) -> None:
+        """Put a cycle's result in the job's outbox, each PendingFinal in it sent to the finals
+        thread, and deliver what is ready."""
+        if result.fatal is not None or result.finished:
+            with self._cv:                     # take no more work for it; its outbox still drains
+                job.done = True
+                job.inbox.clear()
+            job.stream = None
+        piece = WorkerResult()
+        for event in result.events:
+            if isinstance(event, PendingFinal):
+                job.outbox.append(piece)
+                job.outbox.append(_FinalInFlight(self._submit_final(event), event, stream))
+                self._waiting.add(job)
+                piece = WorkerResult()
+            else:
+                piece.events.append(event)
+        piece.done_tags, piece.finished, piece.fatal = result.done_tags, result.finished, result.fatal
+        job.outbox.append(piece)
+        if result.consumed_s:
+            if isinstance(job.outbox[0], _FinalInFlight):
+                # Backpressure counts audio the engine has taken, whatever waits behind a final.
+                self._deliver(job, WorkerResult(consumed_s=result.consumed_s))
+            else:
+                job.outbox[0].consumed_s += result.consumed_s
+        self._send_ready(job)
+
+    def _submit_final(self, pending: PendingFinal) -> Future:
+        with self._cv:
+            if self._finals_queued >= self.max_finals_queued:
+                self.finals_waits += 1
+            while self._finals_queued >= self.max_finals_queued and not self._stopping:
+                self._cv.wait()
+            self._finals_queued += 1
+            self.peak_finals_queued = max(self.peak_finals_queued, self._finals_queued)
+        future = self._finals.submit(pending.compute)
+        future.add_done_callback(self._final_done)
+        return future
+
+    def _final_done(self, _future: Future) -> None:     # on the finals thread (or at once if cancelled)
+        with self._cv:
+            self._finals_done = True
+            self._finals_queued -= 1
+            self._cv.notify()
+
+    def _send_ready(self, job: _Job) -> None:
+        """Deliver, as one result, the job's outbox up to its first final still in flight."""
+        if job.closed:
+            self._drop_outbox(job)
+            return
+        ready: WorkerResult | None = None
+        while job.outbox:
+            head = job.outbox[0]
+            if isinstance(head, _FinalInFlight):
+                if not head.future.done():
+                    break
+                job.outbox.popleft()
+                try:
+                    piece = WorkerResult([head.stream.complete_final(head.pending, head.future.result())])
+                except Exception as e:
+                    log.exception("a final failed")
+                    self._drop_outbox(job)
+                    with self._cv:
+                        job.done = True
+                        job.inbox.clear()
+                    job.stream = None
+                    piece = WorkerResult(fatal=ErrorEvent("internal_error", f"the engine failed on a final: {e}"))
+            else:
+                piece = job.outbox.popleft()
+            ready = piece if ready is None else ready.then(piece)
+        if not any(isinstance(x, _FinalInFlight) for x in job.outbox):
+            self._waiting.discard(job)
+        if ready is not None:
+            self._deliver(job, ready)
+
+    def _drop_outbox(self, job: _Job) -> None:
+        for item in job.outbox:
+            if isinstance(item, _FinalInFlight):
+                item.future.cancel()
+        job.outbox.clear()
+        self._waiting.discard(job)
 
     def _deliver(self, job: _Job, result: WorkerResult) -> None:
         if result.fatal is not None or result.finished:

@@ -8,7 +8,10 @@ the same behaviour against ``stream.Pipeline`` with a tiny random-weight model.
 
 The code: audio is a sequence of symbols, each ``SYMBOL_S`` seconds of a constant level.
 Level k/10 (k = 1..8) is the word ``WORDS[k]``; level 0 is silence, which ends a segment;
-level >= 0.95 is poison: ``run_pending`` raises, as a failing model would.
+level >= 0.95 is poison: ``run_pending`` raises, as a failing model would. A stream made with
+``new_stream(defer_finals=True)`` yields a ``PendingFinal`` for each final, as ``stream.Stream``
+does, whose ``compute()`` takes ``final_cost_s`` (and raises for a segment whose first word is
+``failing_final``, as a failing second pass would).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import weakref
 import numpy as np
 
 from decoders.events import Final, Partial, Word
+from decoders.transcriber import PendingFinal
 from stream.audio import AudioFormatError, to_float_mono
 
 SYMBOL_S = 0.32
@@ -35,8 +39,9 @@ def encode(words: list[str], sample_rate: int = 16000) -> np.ndarray:
 
 
 class FakeStream:
-    def __init__(self, pipeline: "FakePipeline"):
+    def __init__(self, pipeline: "FakePipeline", defer_finals: bool = False):
         self.pipeline = pipeline
+        self.defer_finals = defer_finals
         self.rate: int | None = None
         self.buffer = np.zeros(0, np.float32)
         self.windows_done = 0
@@ -83,12 +88,24 @@ class FakeStream:
     def _text(self) -> str:
         return " ".join(w.word for w in self.words)
 
-    def _final(self) -> Final:
+    def _final(self) -> Final | PendingFinal:
         text = self._text() + " " * bool(self.pipeline.event_padding) + "x" * self.pipeline.event_padding
         final = Final(self.segment, text, self.words[0].start, self.words[-1].end,
                       tuple(self.words), speaker="S1")
         self.segment += 1
         self.words = []
+        if not self.defer_finals:
+            return final
+
+        def compute() -> Final:
+            self.pipeline.final_threads.add(threading.current_thread().name)
+            time.sleep(self.pipeline.final_cost_s)
+            if final.words[0].word == self.pipeline.failing_final:
+                raise RuntimeError("the second pass failed")
+            return final
+        return PendingFinal(final.segment, final.start, final.end, compute)
+
+    def complete_final(self, pending: PendingFinal, final: Final) -> Final:
         return final
 
     def finish(self) -> list:
@@ -105,11 +122,17 @@ class FakePipeline:
     """``window_cost_s``: sleep per window, once per batch (a batched forward costs about
     as much as one window of the longest stream in it). ``event_padding``: characters of
     filler appended to each final's text (to make big messages). ``accept_gate``: a
-    ``threading.Event`` every ``accept`` waits for, to hold the worker busy while a test sends."""
+    ``threading.Event`` every ``accept`` waits for, to hold the worker busy while a test sends.
+    ``final_cost_s``: sleep per deferred final (on the thread that computes it);
+    ``failing_final``: a word whose segments' deferred finals raise."""
 
     def __init__(self, window_cost_s: float = 0.0, event_padding: int = 0,
-                 accept_gate: threading.Event | None = None):
+                 accept_gate: threading.Event | None = None, final_cost_s: float = 0.0,
+                 failing_final: str | None = None):
         self.window_cost_s = window_cost_s
+        self.final_cost_s = final_cost_s
+        self.failing_final = failing_final
+        self.final_threads: set[str] = set()
         self.event_padding = event_padding
         self.accept_gate = accept_gate
         self.batch_sizes: list[int] = []
@@ -120,9 +143,9 @@ class FakePipeline:
         self.alive: weakref.WeakSet = weakref.WeakSet()   # streams something still references
         self._lock = threading.Lock()
 
-    def new_stream(self) -> FakeStream:
+    def new_stream(self, defer_finals: bool = False) -> FakeStream:
         self.streams_created += 1
-        stream = FakeStream(self)
+        stream = FakeStream(self, defer_finals)
         self.alive.add(stream)
         return stream
 
@@ -147,8 +170,8 @@ class ScriptedPipeline:
         self.script = list(script)
         self.every_s = every_s
 
-    def new_stream(self) -> "ScriptedStream":
-        return ScriptedStream(self)
+    def new_stream(self, defer_finals: bool = False) -> "ScriptedStream":
+        return ScriptedStream(self)        # its finals are scripted events: nothing to defer
 
     def run_pending(self, streams: list["ScriptedStream"]) -> list[list]:
         return [s._due() for s in streams]

@@ -48,8 +48,8 @@ class Recording:
         self.poisoned: weakref.WeakSet = weakref.WeakSet()
         self.failures = 0
 
-    def new_stream(self):
-        stream = _RecordedStream(self, self.pipeline.new_stream())
+    def new_stream(self, defer_finals: bool = False):
+        stream = _RecordedStream(self, self.pipeline.new_stream(defer_finals=defer_finals))
         self.refs.append(weakref.ref(stream.inner))
         return stream
 
@@ -86,6 +86,9 @@ class _RecordedStream:
             self.owner.failures += 1
             raise RuntimeError("beam search exploded (simulated)")
         return self.inner.finish()
+
+    def complete_final(self, pending, final):
+        return self.inner.complete_final(pending, final)
 
 
 async def connect_small_buffers(server, **kwargs):

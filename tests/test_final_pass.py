@@ -40,11 +40,11 @@ def test_final_pass_rows_are_the_segment_frames_in_a_bucketed_span_of_context():
     fp = FinalPass(_frame_numbering_model(lengths), context_frames=10)
     fp.push(np.arange(320 * 200, dtype=np.float32))                  # frames 0..198 complete
     streamed = np.full((30, 3), -1.0, dtype=np.float32)
-    np.testing.assert_array_equal(fp(50, 80, streamed)[:, 0], np.arange(50, 80))
+    np.testing.assert_array_equal(fp(50, 80)(streamed)[:, 0], np.arange(50, 80))
     # 10 frames of context either side (40..90) make 50 frames: 14 more on the left give 64.
     assert fp.span(50, 80) == (26, 90) and lengths[-1] == (64 - 1) * 320 + 400
     # At the start of the stream the left context is what exists; the right grows instead.
-    np.testing.assert_array_equal(fp(3, 8, streamed[:5])[:, 0], np.arange(3, 8))
+    np.testing.assert_array_equal(fp(3, 8)(streamed[:5])[:, 0], np.arange(3, 8))
     assert fp.span(3, 8) == (0, 32)
 
 
@@ -52,7 +52,7 @@ def test_final_pass_takes_less_context_where_the_audio_has_no_more():
     fp = FinalPass(_frame_numbering_model([]), context_frames=10)
     fp.push(np.arange(320 * 40 + 80, dtype=np.float32))              # frames 0..39
     assert fp.span(5, 30) == (5, 37)                                 # 40 frames -> 32: 5 on the left, 3 on the right
-    np.testing.assert_array_equal(fp(5, 30, np.zeros((25, 3), np.float32))[:, 0], np.arange(5, 30))
+    np.testing.assert_array_equal(fp(5, 30)(np.zeros((25, 3), np.float32))[:, 0], np.arange(5, 30))
     assert fp.span(0, 10) == (0, 32)                                 # no room on the left: the right grows
     fp.keep_from_frame(20)                                           # audio from frame 10 on
     assert fp.span(12, 30) == (10, 40)                               # 30 frames, and neither 32 nor 0 within reach
@@ -62,11 +62,11 @@ def test_final_pass_keeps_streamed_rows_it_cannot_compute():
     fp = FinalPass(lambda audio: np.zeros(((len(audio) - 400) // 320 + 1, 3), dtype=np.float32), context_frames=4)
     fp.push(np.zeros(320 * 10 + 80, dtype=np.float32))              # frames 0..9 exist
     streamed = np.full((4, 3), -1.0, dtype=np.float32)
-    rows = fp(8, 12, streamed)                                      # frames 10, 11: a padded tail
+    rows = fp(8, 12)(streamed)                                     # frames 10, 11: a padded tail
     np.testing.assert_array_equal(rows[:, 0], [0, 0, -1, -1])
     fp.keep_from_frame(9)                                           # keeps frames 5.. (4 of context)
     assert fp.audio.start == 5 * 320
-    np.testing.assert_array_equal(fp(2, 4, streamed[:2]), streamed[:2])   # audio already dropped
+    np.testing.assert_array_equal(fp(2, 4)(streamed[:2]), streamed[:2])   # audio already dropped
 
 
 def _stream_finals(pipe, audio, block=3200):
@@ -124,3 +124,49 @@ def test_finals_do_not_depend_on_how_the_audio_was_cut(bundled, block):
     want, _ = _stream_finals(pipe, audio, block=len(audio))
     got, _ = _stream_finals(pipe, audio, block=block)
     assert [(f.segment, f.text, f.start, f.end) for f in got] == [(f.segment, f.text, f.start, f.end) for f in want]
+
+
+def test_deferred_finals_computed_later_are_the_finals_of_the_stream():
+    # The server's way (stream/worker.py): a PendingFinal where the final is due, computed after
+    # the stream has moved on (here: after the whole file), then stamped by the stream. Same
+    # finals, speaker labels included, in the same place among the events.
+    from decoders.transcriber import PendingFinal
+
+    pipe = Pipeline.from_pretrained()                         # with the speaker head's tracking
+    audio, _ = sf.read(EXAMPLES / "two_speakers.wav", dtype="float32")
+    want = []
+    s = pipe.new_stream()
+    for i in range(0, len(audio), 3200):
+        want += s.feed(audio[i:i + 3200], 16000)
+    want += s.finish()
+
+    s = pipe.new_stream(defer_finals=True)
+    got = []
+    for i in range(0, len(audio), 3200):
+        got += s.feed(audio[i:i + 3200], 16000)
+    got += s.finish()
+    pending = [e for e in got if isinstance(e, PendingFinal)]
+    assert len(pending) >= 2 and not any(e.type == "final" for e in got if not isinstance(e, PendingFinal))
+    got = [s.complete_final(e, e.compute()) if isinstance(e, PendingFinal) else e for e in got]
+
+    def key(e):
+        return (e.type, getattr(e, "segment", None), getattr(e, "text", None), getattr(e, "speaker", None),
+                getattr(e, "words", None))
+
+    assert [key(e) for e in got] == [key(e) for e in want]
+    assert {f.speaker for f in got if f.type == "final"} >= {"S1", "S2"}
+
+
+def test_a_caller_may_reuse_its_audio_buffer(bundled):
+    # float32 16 kHz mono reaches the stream as the caller's own array; the stream reads it
+    # later (the conv encoder waits for a window's worth, the second pass for the segment's end).
+    audio, _ = sf.read(EXAMPLES / "single_speaker.wav", dtype="float32")
+    pipe = Pipeline(bundled, StreamConfig(beam=False))
+    want, _ = _stream_finals(pipe, audio, block=1600)
+    s, got, buf = pipe.new_stream(), [], np.empty(1600, dtype=np.float32)
+    for i in range(0, len(audio), 1600):
+        piece = audio[i:i + 1600]
+        buf[:len(piece)] = piece
+        got += s.feed(buf[:len(piece)], 16000)
+    got += s.finish()
+    assert [f.text for f in got if f.type == "final"] == [f.text for f in want]

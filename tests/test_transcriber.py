@@ -183,10 +183,13 @@ def test_final_pass_log_probs_make_the_final_and_partials_stay_streamed():
     second = log_probs("__HH_A_LL_L_OO" + "_" * 6)
     calls = []
 
-    def final_pass(first, stop, lp):
+    def final_pass(first, stop):
         calls.append((first, stop))
-        np.testing.assert_array_equal(lp, streamed[first - 100:stop - 100])
-        return second[first - 100:stop - 100]
+
+        def second_pass(lp):
+            np.testing.assert_array_equal(lp, streamed[first - 100:stop - 100])
+            return second[first - 100:stop - 100]
+        return second_pass
 
     tr = SegmentTranscriber(VOCAB, EndpointConfig(), None, final_pass)
     events = tr.push(streamed[:10], 100) + tr.push(streamed[10:], 110) + tr.finish()
@@ -198,7 +201,7 @@ def test_final_pass_log_probs_make_the_final_and_partials_stay_streamed():
 
 
 def test_final_pass_of_the_wrong_shape_is_an_error():
-    tr = SegmentTranscriber(VOCAB, EndpointConfig(), None, lambda first, stop, lp: lp[:-1])
+    tr = SegmentTranscriber(VOCAB, EndpointConfig(), None, lambda first, stop: lambda lp: lp[:-1])
     tr.push(log_probs("_AB__"), 0)
     with pytest.raises(ValueError, match="final_pass returned shape"):
         tr.finish()
@@ -212,3 +215,17 @@ def test_oldest_needed_frame_follows_the_open_segment():
     assert tr.oldest_needed_frame == 30 - 8          # the open segment starts after that pre-roll
     tr.push(log_probs("_" * 10), 34)
     assert tr.oldest_needed_frame > 34               # segment closed
+
+
+def test_deferred_finals_capture_their_segment_when_it_closes():
+    from decoders.transcriber import PendingFinal
+
+    lp = log_probs("__AB" + "_" * 6 + "CD" + "_" * 6 + "HE")
+    want = run(lp)
+    tr = SegmentTranscriber(VOCAB, SHORT, defer_finals=True)
+    got = tr.push(lp[:12], 0)
+    pending = [e for e in got if isinstance(e, PendingFinal)]
+    assert [(p.segment, p.speech_start, p.speech_end) for p in pending] == [(0, 0.04, 0.08)]
+    got += tr.push(lp[12:], 12) + tr.finish()               # the transcriber moves on before compute()
+    got = [e.compute() if isinstance(e, PendingFinal) else e for e in got]
+    assert got == want and texts(got, Final) == [(0, "AB"), (1, "CD"), (2, "HE")]

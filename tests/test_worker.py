@@ -120,9 +120,10 @@ def test_a_stream_the_engine_fails_on_fails_alone_in_a_batch(worker_of):
     worker.submit(2, encode(["foxtrot", ""]), RATE, 0.0)
     worker.start()
     bad = qa.get(timeout=10)
-    good = qb.get(timeout=10)
+    good = results_until(qb, lambda got: any(isinstance(e, Final) for r in got for e in r.events))
     assert bad.fatal is not None and bad.fatal.code == "internal_error"
-    assert good.fatal is None and [e.text for e in good.events if isinstance(e, Final)] == ["foxtrot"]
+    assert all(r.fatal is None for r in good)
+    assert [e.text for r in good for e in r.events if isinstance(e, Final)] == ["foxtrot"]
     assert 2 in pipeline.batch_sizes                         # they did run as one batch first
 
 
@@ -136,3 +137,106 @@ def test_closed_session_gets_nothing_more_and_its_stream_is_dropped(worker_of):
     with pytest.raises(queue.Empty):
         q.get(timeout=0.3)
     assert worker.job_count == 0
+
+
+def finals_of(results: list[WorkerResult]) -> list[str]:
+    return [e.text for r in results for e in r.events if isinstance(e, Final)]
+
+
+def test_a_slow_final_runs_beside_the_windows_of_other_sessions(worker_of):
+    """Session 1's final takes 1.5 s on the finals thread; session 2's partials come meanwhile."""
+    pipeline = FakePipeline(final_cost_s=1.5)
+    worker = worker_of(pipeline)
+    (qa, deliver_a), (qb, deliver_b) = collector(), collector()
+    worker.open(1, deliver_a)
+    worker.open(2, deliver_b)
+    worker.start()
+    worker.submit(1, encode(["alpha", ""]), RATE, 0.0)      # closes a segment: a slow final
+    first_a = qa.get(timeout=10)
+    assert finals_of([first_a]) == [] and first_a.consumed_s == pytest.approx(2 * SYMBOL_S)
+    worker.submit(2, encode(["bravo"]), RATE, 0.0)
+    got_b = qb.get(timeout=1.0)                              # not after session 1's final
+    assert [e.text for e in got_b.events] == ["bravo"]
+    assert finals_of(results_until(qa, lambda got: bool(finals_of(got)))) == ["alpha"]
+    assert pipeline.final_threads == {"wavlm-finals_0"}
+
+
+def test_a_session_gets_its_events_in_order_behind_a_final_in_flight(worker_of):
+    pipeline = FakePipeline(final_cost_s=0.5)
+    worker = worker_of(pipeline)
+    q, deliver = collector()
+    worker.open(1, deliver)
+    worker.start()
+    worker.submit(1, encode(["alpha", ""]), RATE, 0.0, tag="first")
+    results_until(q, lambda got: bool(got))                  # the partial, and the audio taken
+    worker.submit(1, encode(["bravo", "charlie"]), RATE, 0.0, tag="second")
+    worker.finish(1, tag="end")
+    got = results_until(q, lambda got: got and got[-1].finished)
+    events = [(type(e).__name__, e.text) for r in got for e in r.events]
+    assert events == [("Final", "alpha"), ("Partial", "bravo"), ("Partial", "bravo charlie"),
+                      ("Final", "bravo charlie")]
+    tags = [t for r in got for t in r.done_tags]
+    assert tags == ["first", "second", "end"]                # each after the events before it
+    # The audio behind the final was reported taken before the final was done.
+    assert got[0].consumed_s == pytest.approx(2 * SYMBOL_S) and not got[0].events
+
+
+def test_a_final_that_fails_ends_its_session_only(worker_of):
+    pipeline = FakePipeline(final_cost_s=0.1, failing_final="golf")
+    worker = worker_of(pipeline)
+    (qa, deliver_a), (qb, deliver_b) = collector(), collector()
+    worker.open(1, deliver_a)
+    worker.open(2, deliver_b)
+    worker.start()
+    worker.submit(1, encode(["golf", "", "alpha"]), RATE, 0.0)
+    worker.submit(2, encode(["hotel", ""]), RATE, 0.0)
+    bad = results_until(qa, lambda got: got and got[-1].fatal is not None)
+    assert finals_of(bad) == [] and "second pass failed" in bad[-1].fatal.message
+    assert finals_of(results_until(qb, lambda got: bool(finals_of(got)))) == ["hotel"]
+    worker.submit(1, encode(["alpha"]), RATE, 0.0)           # the failed session takes no more
+    worker.submit(2, encode(["delta", ""]), RATE, 0.0)
+    assert finals_of(results_until(qb, lambda got: bool(finals_of(got)))) == ["delta"]
+    with pytest.raises(queue.Empty):
+        qa.get(timeout=0.3)
+
+
+def test_a_session_closed_while_its_final_is_in_flight_gets_nothing_more(worker_of):
+    pipeline = FakePipeline(final_cost_s=0.5)
+    worker = worker_of(pipeline)
+    q, deliver = collector()
+    worker.open(1, deliver)
+    worker.start()
+    worker.submit(1, encode(["echo", ""]), RATE, 0.0)
+    results_until(q, lambda got: bool(got))
+    worker.close(1)
+    with pytest.raises(queue.Empty):
+        q.get(timeout=1.0)
+    assert worker.job_count == 0
+
+
+def test_finals_in_the_cycle_when_not_deferred(worker_of):
+    pipeline = FakePipeline(final_cost_s=5.0)                # would time out if it were deferred
+    worker = worker_of(pipeline, defer_finals=False)
+    q, deliver = collector()
+    worker.open(1, deliver)
+    worker.start()
+    worker.submit(1, encode(["foxtrot", ""]), RATE, 0.0)
+    assert finals_of([q.get(timeout=10)]) == ["foxtrot"] and pipeline.final_threads == set()
+
+
+def test_finals_waiting_for_the_finals_thread_are_bounded(worker_of):
+    """Past max_finals_queued the inference thread waits for the finals thread (backpressure),
+    rather than piling up finals and the audio each one holds."""
+    pipeline = FakePipeline(final_cost_s=0.1)
+    worker = worker_of(pipeline, max_finals_queued=2)
+    queues = []
+    for job in range(6):
+        q, deliver = collector()
+        queues.append(q)
+        worker.open(job, deliver)
+        worker.submit(job, encode(["alpha", ""]), RATE, 0.0)   # six finals due in the first cycle
+    worker.start()
+    for q in queues:
+        assert finals_of(results_until(q, lambda got: bool(finals_of(got)))) == ["alpha"]
+    assert worker.peak_finals_queued == 2 and worker.finals_waits == 4
+    assert pipeline.final_threads == {"wavlm-finals_0"}
