@@ -40,10 +40,10 @@ def worker_of():
         w.stop()
 
 
-def one_session(worker_of, job_id: int):
+def one_session(worker_of, job_id: int, worker_kwargs=None, **pipeline_kwargs):
     """A started worker over a FakePipeline with one session open: (pipeline, worker, its results)."""
-    pipeline = FakePipeline()
-    worker = worker_of(pipeline)
+    pipeline = FakePipeline(**pipeline_kwargs)
+    worker = worker_of(pipeline, **(worker_kwargs or {}))
     worker.start()
     q, deliver = collector()
     worker.open(job_id, deliver)
@@ -162,11 +162,7 @@ def test_a_slow_final_runs_beside_the_windows_of_other_sessions(worker_of):
 
 
 def test_a_session_gets_its_events_in_order_behind_a_final_in_flight(worker_of):
-    pipeline = FakePipeline(final_cost_s=0.5)
-    worker = worker_of(pipeline)
-    q, deliver = collector()
-    worker.open(1, deliver)
-    worker.start()
+    _, worker, q = one_session(worker_of, 1, final_cost_s=0.5)
     worker.submit(1, encode(["alpha", ""]), RATE, 0.0, tag="first")
     results_until(q, lambda got: bool(got))                  # the partial, and the audio taken
     worker.submit(1, encode(["bravo", "charlie"]), RATE, 0.0, tag="second")
@@ -201,11 +197,7 @@ def test_a_final_that_fails_ends_its_session_only(worker_of):
 
 
 def test_a_session_closed_while_its_final_is_in_flight_gets_nothing_more(worker_of):
-    pipeline = FakePipeline(final_cost_s=0.5)
-    worker = worker_of(pipeline)
-    q, deliver = collector()
-    worker.open(1, deliver)
-    worker.start()
+    _, worker, q = one_session(worker_of, 1, final_cost_s=0.5)
     worker.submit(1, encode(["echo", ""]), RATE, 0.0)
     results_until(q, lambda got: bool(got))
     worker.close(1)
@@ -215,11 +207,8 @@ def test_a_session_closed_while_its_final_is_in_flight_gets_nothing_more(worker_
 
 
 def test_finals_in_the_cycle_when_not_deferred(worker_of):
-    pipeline = FakePipeline(final_cost_s=5.0)                # would time out if it were deferred
-    worker = worker_of(pipeline, defer_finals=False)
-    q, deliver = collector()
-    worker.open(1, deliver)
-    worker.start()
+    # Computed in the cycle, the final comes in the cycle's one result (deferred, in a later one).
+    pipeline, worker, q = one_session(worker_of, 1, {"defer_finals": False}, final_cost_s=0.3)
     worker.submit(1, encode(["foxtrot", ""]), RATE, 0.0)
     assert finals_of([q.get(timeout=10)]) == ["foxtrot"] and pipeline.final_threads == set()
 
