@@ -10,10 +10,11 @@ One port (default 127.0.0.1:8765) serves, through the ``websockets`` library:
   message is a native ``start``). See :mod:`stream.protocol`.
 
 Concurrency: each connection is a :class:`_Session` on the asyncio loop with its own
-stream state. Every call into the engine happens in one :class:`stream.worker.InferenceWorker`
+stream state. Every call into a stream happens in one :class:`stream.worker.InferenceWorker`
 thread (round robin over the sessions' queued audio, one batched ``run_pending`` per cycle;
 see that module), so the loop never blocks on the model and a stream is never touched by
-two threads.
+two threads; only the finals' second pass and beam search, which read what their segment
+captured when it closed, run on a second thread beside it (``ServerConfig.finals_thread``).
 
 Isolation: a session's reader stops reading (TCP backpressure) while more than
 ``max_backlog_s`` of its audio waits for the worker (so keepalive pings never time out a
