@@ -112,7 +112,8 @@ class InferenceWorker:
         self._jobs: dict[int, _Job] = {}
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="wavlm-inference", daemon=True)
-        self._finals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavlm-finals")
+        self._finals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavlm-finals",
+                                          initializer=_one_intra_op_thread)
         self._finals_done = False          # a final finished since the worker last looked (under _cv)
         self._finals_queued = 0            # submitted and not done (under _cv)
         self._waiting: set[_Job] = set()   # jobs with a final in flight (worker thread only)
@@ -390,6 +391,17 @@ class InferenceWorker:
             job.stream = None
         else:
             job.deliver(result)
+
+
+def _one_intra_op_thread() -> None:
+    """The finals thread's torch ops run on this thread alone (torch's setting is per thread).
+
+    It runs while the inference thread uses the cores it was given (``--threads``); a second team
+    of intra-op threads on the same cores would make both wait at each other's barriers.
+    """
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _merge_small(pieces: list[tuple[_Chunk, bool]], min_s: float = 0.1):

@@ -21,6 +21,7 @@ import time
 import weakref
 
 import numpy as np
+import torch
 
 from decoders.events import Final, Partial, Word
 from decoders.transcriber import PendingFinal
@@ -99,6 +100,7 @@ class FakeStream:
 
         def compute() -> Final:
             self.pipeline.final_threads.add(threading.current_thread().name)
+            self.pipeline.final_intra_op_threads.add(torch.get_num_threads())
             time.sleep(self.pipeline.final_cost_s)
             if final.words[0].word == self.pipeline.failing_final:
                 raise RuntimeError("the second pass failed")
@@ -132,7 +134,8 @@ class FakePipeline:
         self.window_cost_s = window_cost_s
         self.final_cost_s = final_cost_s
         self.failing_final = failing_final
-        self.final_threads: set[str] = set()
+        self.final_threads: set[str] = set()           # names of the threads that computed finals
+        self.final_intra_op_threads: set[int] = set()  # torch's intra-op threads there
         self.event_padding = event_padding
         self.accept_gate = accept_gate
         self.batch_sizes: list[int] = []

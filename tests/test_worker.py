@@ -229,3 +229,17 @@ def test_finals_waiting_for_the_finals_thread_are_bounded(worker_of):
         assert finals_of(results_until(q, lambda got: bool(finals_of(got)))) == ["alpha"]
     assert worker.peak_finals_queued == 2 and worker.finals_waits == 4
     assert pipeline.final_threads == {"wavlm-finals_0"}
+
+
+def test_the_finals_thread_keeps_to_one_intra_op_thread(worker_of):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)                                 # as `serve --threads 2` sets it
+    try:
+        pipeline, worker, q = one_session(worker_of, 1)
+        worker.submit(1, encode(["alpha", ""]), RATE, 0.0)
+        results_until(q, lambda got: bool(finals_of(got)))
+        assert pipeline.final_intra_op_threads == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
