@@ -16,12 +16,14 @@ one session's final no longer delays everyone's partials. Each session still get
 in the stream's order: what its stream produced after a pending final waits in the session's
 outbox until that final is done (the audio's consumption is reported at once, so the client's
 backpressure does not wait for it). The final's speaker label is decided when its segment
-closes, so it does not depend on when the final was computed. At most ``max_finals_queued``
-finals wait for (or run on) the finals thread: past that the inference thread waits for it, so
-a server that cannot keep up with its finals slows down its reading (backpressure to the
-clients) instead of piling up finals and the audio each one holds (a pending final keeps its
-segment's audio, up to ~1.2 MB). Waiting, not computing the final itself: two threads running
-passes of every length grew two allocator arenas (bench/soak.py).
+closes, so it does not depend on when the final was computed.
+
+Finals are bounded (a pending final keeps its segment's audio, up to ~1.2 MB): a session with
+``max_finals_per_session`` finals in flight gets no more audio taken until one is done (a
+client sending faster than its finals are made is slowed by backpressure, the others are not),
+and past ``max_finals_queued`` in all the inference thread waits for the finals thread. Waiting,
+not computing the final itself: two threads running passes of every length grew two allocator
+arenas (bench/soak.py).
 
 Failures stay with their session: if the engine raises for a batch, each stream of the
 batch is retried alone and only the ones that still fail get a ``fatal`` internal_error.
@@ -102,12 +104,13 @@ class InferenceWorker:
     """The one thread that runs the engine for every session (see the module docstring)."""
 
     def __init__(self, pipeline, *, batching: bool = True, slice_s: float = 1.0, defer_finals: bool = True,
-                 max_finals_queued: int = 16):
+                 max_finals_queued: int = 16, max_finals_per_session: int = 2):
         self.pipeline = pipeline
         self.batching = batching
         self.slice_s = slice_s
         self.defer_finals = defer_finals   # False: finals computed in the cycle, as Stream.feed does
         self.max_finals_queued = max_finals_queued
+        self.max_finals_per_session = max_finals_per_session
         self._cv = threading.Condition()
         self._jobs: dict[int, _Job] = {}
         self._stopping = False
@@ -182,7 +185,7 @@ class InferenceWorker:
         """Under the lock: up to slice_s of audio from each job, and a flush that follows it."""
         work = []
         for job in self._jobs.values():
-            if job.done:
+            if job.done or self._finals_in_flight(job) >= self.max_finals_per_session:
                 continue
             budget = self.slice_s
             taken: list[tuple[_Chunk, bool]] = []   # (piece, whether it ends its message)
@@ -325,6 +328,10 @@ class InferenceWorker:
             else:
                 job.outbox[0].consumed_s += result.consumed_s
         self._send_ready(job)
+
+    @staticmethod
+    def _finals_in_flight(job: _Job) -> int:
+        return sum(isinstance(x, _FinalInFlight) and not x.future.done() for x in job.outbox)
 
     def _submit_final(self, pending: PendingFinal) -> Future:
         with self._cv:

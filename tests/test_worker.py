@@ -243,3 +243,15 @@ def test_the_finals_thread_keeps_to_one_intra_op_thread(worker_of):
         assert pipeline.final_intra_op_threads == {1} and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_session_with_finals_in_flight_waits_for_them(worker_of):
+    """A client feeding faster than its finals are made is held back (its audio stays queued, so
+    its reading pauses): at most max_finals_per_session of its finals are in flight."""
+    pipeline, worker, q = one_session(worker_of, 1, {"slice_s": 2 * SYMBOL_S, "max_finals_per_session": 1},
+                                      final_cost_s=0.2)
+    words = ["alpha", "bravo", "charlie", "delta"]
+    worker.submit(1, encode([x for w in words for x in (w, "")]), RATE, 0.0)   # one segment per cycle
+    worker.finish(1)
+    got = results_until(q, lambda got: got and got[-1].finished)
+    assert finals_of(got) == words and worker.peak_finals_queued == 1
