@@ -239,8 +239,7 @@ class InferenceWorker:
             result = results[job]
             try:
                 if job.stream is None:
-                    job.stream = (self.pipeline.new_stream(defer_finals=True) if self.defer_finals
-                                  else self.pipeline.new_stream())
+                    job.stream = self.pipeline.new_stream(defer_finals=self.defer_finals)
                 for samples, rate, arrival, tags in _merge_small(pieces):
                     result.consumed_s += len(samples) / rate
                     try:
@@ -306,10 +305,7 @@ class InferenceWorker:
         """Put a cycle's result in the job's outbox, each PendingFinal in it sent to the finals
         thread, and deliver what is ready."""
         if result.fatal is not None or result.finished:
-            with self._cv:                     # take no more work for it; its outbox still drains
-                job.done = True
-                job.inbox.clear()
-            job.stream = None
+            self._retire(job)                  # take no more work for it; its outbox still drains
         piece = WorkerResult()
         for event in result.events:
             if isinstance(event, PendingFinal):
@@ -367,11 +363,7 @@ class InferenceWorker:
                     piece = WorkerResult([head.stream.complete_final(head.pending, head.future.result())])
                 except Exception as e:
                     log.exception("a final failed")
-                    self._drop_outbox(job)
-                    with self._cv:
-                        job.done = True
-                        job.inbox.clear()
-                    job.stream = None
+                    self._drop_outbox(job)         # _deliver retires the job on the fatal result
                     piece = WorkerResult(fatal=ErrorEvent("internal_error", f"the engine failed on a final: {e}"))
             else:
                 piece = job.outbox.popleft()
@@ -388,12 +380,16 @@ class InferenceWorker:
         job.outbox.clear()
         self._waiting.discard(job)
 
+    def _retire(self, job: _Job) -> None:
+        """Finished or failed: no more work for the job, and its stream goes."""
+        with self._cv:
+            job.done = True
+            job.inbox.clear()
+            job.stream = None
+
     def _deliver(self, job: _Job, result: WorkerResult) -> None:
         if result.fatal is not None or result.finished:
-            with self._cv:
-                job.done = True
-                job.inbox.clear()
-                job.stream = None
+            self._retire(job)
         if job.closed:
             job.stream = None
         else:
