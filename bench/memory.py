@@ -47,9 +47,11 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--minutes", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-packed-weights", action="store_true",
+                        help="one copy of the Linear weights (what oneDNN's packed copy costs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pipe = Pipeline.from_pretrained(args.model)
+    pipe = Pipeline.from_pretrained(args.model, packed_weights=not args.no_packed_weights)
     rng = np.random.default_rng(0)
     block = 1600
     base = rss_mb()

@@ -11,6 +11,7 @@ Rows:
   stream cached int8          the same with int8 dynamic quantization of the Linear layers
   stream cached bf16          the same with the transformer in bfloat16 (bench/geometry.py: its CER)
   stream cached F.linear      the same with torch's F.linear instead of model.linear's oneDNN product
+  stream cached unpacked      the same oneDNN product on the plain weights, not those packed in its layout
   ours offline                our model's offline forward
   ours offline F.linear       the same with torch's F.linear
   hf offline                  transformers WavLMForCTC, one forward over the whole input
@@ -40,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model import load_model  # noqa: E402
-from model.linear import onednn_linear  # noqa: E402
+from model.linear import onednn_linear, prepacked_weights  # noqa: E402
 from stream.pipeline import DEFAULT_MODEL, Pipeline, StreamConfig, bf16_transformer, quantize_int8  # noqa: E402
 
 
@@ -90,6 +91,12 @@ def naive(model, audio: np.ndarray, window_s: float, hop_s: float) -> None:
 def plain_linear(fn) -> None:
     """Run fn with torch's F.linear instead of model.linear's oneDNN product (the lever's A/B)."""
     with onednn_linear(False):
+        fn()
+
+
+def unpacked_weights(fn) -> None:
+    """Run fn with oneDNN's product on the plain weights, not the packed copies (the lever's A/B)."""
+    with prepacked_weights(False):
         fn()
 
 
@@ -143,6 +150,7 @@ def table(name: str, checkpoint: Path, seconds: list[float], args) -> None:
                 "ours offline F.linear": lambda: plain_linear(lambda: ours(x)),
                 **{k: (lambda p=p: run_stream(p, audio)) for k, p in pipes.items()},
                 "stream cached F.linear": lambda: plain_linear(lambda: run_stream(pipes["stream cached"], audio)),
+                "stream cached unpacked": lambda: unpacked_weights(lambda: run_stream(pipes["stream cached"], audio)),
                 "hf pipeline chunked": lambda: asr(audio.copy(), chunk_length_s=10, stride_length_s=(4, 2)),
                 "naive 4s/1s": lambda: naive(ours, audio, 4.0, 1.0),
                 "naive same latency": lambda: naive(ours, audio, same_latency_s, args.chunk_ms / 1000),
@@ -162,7 +170,7 @@ def table(name: str, checkpoint: Path, seconds: list[float], args) -> None:
         print(f"floor for a stream in float32: ours offline on {seconds[short]:.0f} s = {floor:.3f} RTF = "
               f"{floor / longest:.2f}x transformers offline on {seconds[long]:.0f} s")
     naive_same = rows["naive same latency"]
-    for key in ("stream cached", "stream cached bf16"):
+    for key in ("stream cached", "stream cached unpacked", "stream cached bf16"):
         print(f"speed-up of {key} over naive recompute (float32) at the same latency: "
               + ", ".join(f"{s:.0f} s: {n / c:.2f}x" for s, c, n in zip(seconds, rows[key], naive_same)))
 

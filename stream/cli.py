@@ -68,6 +68,9 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="int8 dynamic quantization of the Linear layers (faster on CPU, slightly less accurate)")
     p.add_argument("--bf16", action="store_true",
                    help="the transformer in bfloat16 (faster on CPUs with AVX512-BF16 or AMX, slightly less accurate)")
+    p.add_argument("--no-packed-weights", action="store_true",
+                   help="keep one copy of the Linear weights: no second copy in oneDNN's layout (the stream's "
+                        "products run 1.15-1.35x faster on it, for 20 MB with the bundled model, 340 MB at base size)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -133,6 +136,7 @@ def load_pipeline(args):
             speaker_tracker_config=tracker,
             **stream_options,
             beam=not args.no_beam, hotwords=tuple(args.hotword), kenlm_path=args.kenlm, int8=args.int8, bf16=args.bf16,
+            packed_weights=not args.no_packed_weights,
             lm_weight=args.lm_weight, word_bonus=args.word_bonus, final_pass=not args.no_final_pass)
     except LanguageModelError as exc:
         raise UserError(f"--kenlm: {exc}") from None

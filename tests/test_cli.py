@@ -175,6 +175,18 @@ def test_no_final_pass_reaches_the_pipeline(ckpt, command):
         assert load_pipeline(args).config.final_pass is want
 
 
+@pytest.mark.parametrize("command", ["transcribe", "mic", "serve"])
+def test_no_packed_weights_reaches_the_model(ckpt, command):
+    from model.linear import Linear
+    from stream.cli import build_parser, load_pipeline
+
+    extra = ["x.wav"] if command == "transcribe" else []
+    for flags, want in (([], True), (["--no-packed-weights"], False)):
+        args = build_parser().parse_args([command, *extra, "--model", ckpt, "--no-speakers", *flags])
+        layers = [m for m in load_pipeline(args).model.modules() if isinstance(m, Linear)]
+        assert layers and all(m.pack_weight is want for m in layers)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("kenlm") is None,
                     reason="kenlm python bindings not installed (optional extra: pip install kenlm)")
 def test_kenlm_reaches_the_final_beam_search(tmp_path, capsys):

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from model.linear import Linear, _onednn_bf16_available, _use_onednn, onednn_linear, to_plain_linear
+from model.linear import (Linear, _onednn_bf16_available, _use_onednn, onednn_linear, prepacked_weights,
+                          to_plain_linear)
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
@@ -90,6 +91,73 @@ def test_the_benchmarks_switch_turns_it_off_for_a_block_only():
             assert not _use_onednn(x, ours.weight)
             torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
         assert _use_onednn(x, ours.weight) == torch.backends.mkldnn.is_available()
+
+
+def _unpacked(x, layer):
+    """The product on the plain weight, as before packing."""
+    with prepacked_weights(False):
+        return layer(x)
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 48), (2, 48), (48, 48), (2, 48, 48), (1, 1, 48), (3, 0, 48)])
+def test_packed_weight_gives_the_plain_weights_product_bit_for_bit(shape, dtype):
+    if dtype is torch.bfloat16 and not _onednn_bf16_available():
+        pytest.skip("no oneDNN bfloat16 product on this CPU")
+    ours, _ = _pair()
+    ours.to(dtype)
+    x = torch.randn(shape).to(dtype)
+    with torch.inference_mode():
+        got = ours(x)
+        rows = x.numel() // x.shape[-1]
+        # One row takes the plain weight: the packed one would use another kernel (~5e-5 apart).
+        assert (ours._packed is not None) == (rows > 1)
+        # Bit for bit on the AVX-512 machines measured; another CPU's kernels may round otherwise.
+        torch.testing.assert_close(got, _unpacked(x, ours), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_packed_weight_follows_the_weight_when_it_changes():
+    ours, plain = _pair()
+    x = torch.randn(8, 48)
+    with torch.inference_mode():
+        ours(x)
+    first = ours._packed[2]
+    with torch.no_grad():                          # in place: the version counter moves
+        ours.weight.mul_(-1.0)
+    plain.load_state_dict(ours.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), plain(x), rtol=1e-5, atol=1e-5)
+        assert ours._packed[2] is not first
+    ours.load_state_dict(torch.nn.Linear(48, 96).state_dict())
+    plain.load_state_dict(ours.state_dict())
+    ours.to(torch.float64).to(torch.float32)        # new storage, possibly at a freed address
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), plain(x), rtol=1e-5, atol=1e-5)
+        with prepacked_weights(False):
+            fresh = Linear(48, 96)
+            fresh(x)
+            assert fresh._packed is None
+
+
+def test_packed_weight_is_not_copied_pickled_or_saved():
+    import copy
+    import io
+    import pickle
+
+    ours, plain = _pair()
+    x = torch.randn(8, 48)
+    with torch.inference_mode():
+        want = ours(x)
+    for clone in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert clone._packed is None and list(clone.state_dict()) == ["weight", "bias"]
+        with torch.inference_mode():
+            torch.testing.assert_close(clone(x), want, rtol=0, atol=0)
+    buffer = io.BytesIO()
+    torch.save(ours.state_dict(), buffer)
+    assert list(torch.load(io.BytesIO(buffer.getvalue()))) == ["weight", "bias"]
+    assert "_packed" not in vars(to_plain_linear(torch.nn.Sequential(ours))[0])
 
 
 def test_to_plain_linear_and_int8_quantize_every_transformer_linear(tmp_path):

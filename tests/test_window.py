@@ -170,6 +170,23 @@ def test_bf16_pipeline_runs_the_transformer_in_bf16_and_stays_close(tmp_path):
         P.from_pretrained(ckpt, int8=True, bf16=True, **cfg)
 
 
+def test_packed_weights_change_nothing_but_memory(tmp_path):
+    # The packed copies give the plain weights' products bit for bit; without them a model holds
+    # one copy of its weights (the packed ones made so far are freed).
+    from model.linear import Linear, set_packed_weights
+
+    packed, plain, _, _, audio = _float32_and(tmp_path, packed_weights=False)
+    a, b = packed.streaming_log_probs(audio), plain.streaming_log_probs(audio)
+    layers = lambda pipe: [m for m in pipe.model.modules() if isinstance(m, Linear)]  # noqa: E731
+    assert all(m._packed is None for m in layers(plain))
+    if torch.backends.mkldnn.is_available():
+        assert all(m._packed is not None for m in layers(packed))
+    assert np.abs(a - b).max() <= 1e-5                 # 0.0 on the machines measured
+    set_packed_weights(packed.model, False)
+    assert all(m._packed is None and not m.pack_weight for m in layers(packed))
+    assert np.array_equal(packed.streaming_log_probs(audio), b)
+
+
 def test_a_stream_failing_mid_batch_loses_no_events_of_the_others(ctc_model):
     pipe = Pipeline(ctc_model, StreamConfig(chunk_ms=160, left_ms=400, right_ms=80, beam=False))
     audio = _audio(2.0, seed=7)
