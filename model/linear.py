@@ -49,6 +49,7 @@ def _onednn_bf16_available() -> bool:
 
 _AVAILABLE = _onednn_linear_available()
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16) if _AVAILABLE and _onednn_bf16_available() else (torch.float32,)
+_PACK_AVAILABLE = _AVAILABLE and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 _enabled = True
 _prepack = True
 _this_thread = threading.local()
@@ -143,7 +144,7 @@ class Linear(nn.Linear):
     pack_weight = True              # set_packed_weights(model, False): products read the plain weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pack_weight and _prepack and x.numel() > x.shape[-1] and _use_onednn(x, self.weight):
+        if self.pack_weight and _prepack and _PACK_AVAILABLE and x.numel() > x.shape[-1] and _use_onednn(x, self.weight):
             return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, "none", [], "")
         return linear(x, self.weight, self.bias)
 
