@@ -185,7 +185,9 @@ class Pipeline:
         factory = None
         if speakers:
             from stream.speakers import speaker_source_factory
-            extra = None if speaker_model is None else load_model(speaker_model, device=device)
+            extra = None
+            if speaker_model is not None:
+                extra = set_packed_weights(load_model(speaker_model, device=device), packed_weights)
             factory = speaker_source_factory(model, extra)
         return cls(model, StreamConfig(**stream_config), factory, speaker_tracker_config)
 

@@ -264,6 +264,20 @@ def test_wrong_kind_of_checkpoint_is_refused_with_both_names(ckpt_dir, xvector, 
     assert speaker_source_factory(load_model(ctc_dir)) is None      # nothing to track speakers with
 
 
+def test_packed_weights_false_reaches_the_speaker_model_too(ckpt_dir, tmp_path):
+    from model.linear import Linear
+    from stream.pipeline import Pipeline
+    from tests.checkpoints import write_ctc_checkpoint
+
+    ctc = write_ctc_checkpoint(tmp_path / "ctc")
+    for packed in (True, False):
+        pipe = Pipeline.from_pretrained(ctc, speaker_model=ckpt_dir("WavLMForXVector"),
+                                        packed_weights=packed, beam=False)
+        for model in (pipe.model, pipe.speaker_source_factory.model):
+            layers = [m for m in model.modules() if isinstance(m, Linear)]
+            assert layers and all(m.pack_weight is packed for m in layers)
+
+
 @pytest.mark.parametrize("kind", ["bundled", "xvector", "frames"])
 def test_same_api_for_every_source_through_the_stream_glue(kind, bundled, xvector, frame_clf):
     """Drive StreamSpeakers as the pipeline does (audio, then one WindowOutput per 0.64 s chunk)."""
