@@ -504,6 +504,9 @@ class SpeechServer:
         except BaseException:
             await asyncio.to_thread(self.worker.stop)
             raise
+        if not (self.config.web_root / "index.html").is_file():
+            log.warning("the browser demo's files are not in %s, so / answers 404; websocket clients "
+                        "are served as usual", self.config.web_root)
 
     async def stop(self) -> None:
         if self._server is not None:

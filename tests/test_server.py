@@ -13,6 +13,7 @@ import contextlib
 import gc
 import http.client
 import json
+import logging
 import re
 import threading
 import time
@@ -484,6 +485,30 @@ def test_serves_the_page_and_rejects_path_traversal(tmp_path):
     for path, (status, body, _) in got.items():
         if path not in ("/", "/index.html", "/app.js", "/app.js?v=2"):
             assert status == 404 and b"SECRET" not in body, path
+
+
+def test_a_missing_browser_demo_is_said_at_start_and_websockets_still_serve(tmp_path, caplog):
+    async def main(root):
+        async with serving(FakePipeline(), web_root=root) as server:
+            status = (await asyncio.to_thread(http_get, server.port, "/"))[0]
+            async with connect(url(server)) as ws:
+                await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "format": "f32le"}))
+                await ws.send(json.dumps({"type": "stop"}))
+                events, _ = await drain(ws)
+        return status, events
+
+    with caplog.at_level(logging.WARNING, logger="wavlm_stream.server"):
+        status, events = run(main(tmp_path / "not-installed"))
+    assert status == 404 and not any(e["type"] == "error" for e in events)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the browser demo's files are not in {tmp_path / 'not-installed'}, so / answers 404; "
+        "websocket clients are served as usual"]
+    caplog.clear()
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "index.html").write_text("<h1>hi</h1>")
+    with caplog.at_level(logging.WARNING, logger="wavlm_stream.server"):
+        assert run(main(tmp_path / "web"))[0] == 200
+    assert not caplog.records
 
 
 def test_resolve_static_on_the_real_web_root():
