@@ -327,7 +327,7 @@ def cmd_transcribe(args) -> int:
 
 
 def cmd_mic(args) -> int:
-    from stream.sources import SourceError, list_input_devices, microphone_source
+    from stream.sources import SourceError, input_device_info, list_input_devices, microphone_source
 
     try:
         if args.list_devices:
@@ -335,6 +335,7 @@ def cmd_mic(args) -> int:
             return 0
         device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
         check_subtitles_path(args.subtitles)
+        input_device_info(device)           # fail fast, before loading the model
         pipeline = load_pipeline(args)
     except SourceError as exc:
         raise UserError(str(exc)) from None

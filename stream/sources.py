@@ -197,16 +197,12 @@ def list_input_devices() -> list[str]:
     return [f"{i}: {d['name']}" for i, d in enumerate(sd.query_devices()) if d["max_input_channels"] > 0]
 
 
-async def microphone_source(device: int | str | None = None, block_ms: float = 100.0,
-                            ) -> AsyncIterator[tuple[np.ndarray, int]]:
-    """Live microphone blocks as float32 (n, 1) at the device's default rate.
-
-    PortAudio calls back on its own thread; the callback hands each block to the event
-    loop with ``call_soon_threadsafe``, so waiting for audio costs no CPU.
-    """
+def input_device_info(device: int | str | None = None) -> dict:
+    """PortAudio's description of an input device (None: the default one), or SourceError
+    naming the problem and the devices there are. `mic` asks before it loads the model."""
     sd = _import_sounddevice()
     try:
-        info = sd.query_devices(device, kind="input")
+        return sd.query_devices(device, kind="input")
     except (ValueError, sd.PortAudioError) as exc:
         names = list_input_devices()
         if not names:
@@ -216,7 +212,17 @@ async def microphone_source(device: int | str | None = None, block_ms: float = 1
                               "`wavlm-stream serve`") from None
         what = "the default input device" if device is None else f"input device {device!r}"
         raise SourceError(f"{what} is not usable: {exc}. Input devices: {'; '.join(names)}") from None
-    rate = int(info["default_samplerate"])
+
+
+async def microphone_source(device: int | str | None = None, block_ms: float = 100.0,
+                            ) -> AsyncIterator[tuple[np.ndarray, int]]:
+    """Live microphone blocks as float32 (n, 1) at the device's default rate.
+
+    PortAudio calls back on its own thread; the callback hands each block to the event
+    loop with ``call_soon_threadsafe``, so waiting for audio costs no CPU.
+    """
+    sd = _import_sounddevice()
+    rate = int(input_device_info(device)["default_samplerate"])
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue(maxsize=200)
 

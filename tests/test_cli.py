@@ -232,6 +232,18 @@ def test_bad_window_options_are_named_before_the_model_loads(tmp_path, capsys, f
     assert err.startswith("error: ") and needle in err and "Traceback" not in err, err
 
 
+def test_mic_without_a_microphone_says_so_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from test_sources import _fake_sounddevice
+
+    monkeypatch.setitem(sys.modules, "sounddevice", _fake_sounddevice([]))
+    # A checkpoint that does not exist: the microphone's error comes first, so nothing was loaded.
+    code, out, err = _run(capsys, ["mic", "--model", str(tmp_path / "missing")])
+    assert code == 2 and out == ""
+    assert err.startswith("error: no microphone: PortAudio sees no input device") and "missing" not in err, err
+
+
 def test_a_closed_stdout_pipe_ends_quietly(tmp_path, ckpt):
     """``transcribe --json | head -1``: the reader stops early; the CLI exits 141 without a traceback."""
     import subprocess
