@@ -232,6 +232,15 @@ def test_bad_window_options_are_named_before_the_model_loads(tmp_path, capsys, f
     assert err.startswith("error: ") and needle in err and "Traceback" not in err, err
 
 
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"wavlm-stream {version('wavlm-stream')}\n"
+
+
 def test_mic_without_a_microphone_says_so_before_the_model_loads(tmp_path, capsys, monkeypatch):
     import sys
 
