@@ -80,12 +80,12 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike) -> Path:
             return Path(snapshot_download(s, allow_patterns=patterns, local_files_only=True))
         except Exception:  # noqa: BLE001
             pass
+        reason = (str(first).strip().splitlines() or [""])[0]    # the hub's messages run to several lines
         raise OSError(
             f"no local directory {s!r}, and could not download it from the Hugging Face Hub, nor find it in the "
-            f"local cache "
-            f"(offline, HF_HUB_OFFLINE set, or no such repository): {type(first).__name__}: {first}. "
-            f"Download it where the network is available, e.g. `huggingface-cli download {s} --local-dir DIR`, "
-            f"copy DIR here and pass the local directory: load_model('DIR')."
+            f"local cache (offline, HF_HUB_OFFLINE set, or no such repository; {type(first).__name__}: {reason}). "
+            f"Download it where the network is available (`hf download {s} --local-dir DIR`), copy DIR here and "
+            f"pass the local directory instead (--model DIR, or load_model('DIR'))."
         ) from None
 
 

@@ -156,8 +156,11 @@ def test_hub_id_offline_says_how_to_pass_a_local_directory(monkeypatch, tmp_path
     import huggingface_hub.constants as c
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    with pytest.raises(OSError, match=r"no local directory 'someone/no-such-wavlm'.*could not download.*pass the local directory"):
+    with pytest.raises(OSError, match=r"no local directory 'someone/no-such-wavlm'.*could not download.*pass the local directory") as err:
         resolve_checkpoint("someone/no-such-wavlm")
+    message = str(err.value)
+    assert "\n" not in message and "`hf download someone/no-such-wavlm --local-dir DIR`" in message
+    assert message.endswith("(--model DIR, or load_model('DIR')).")
 
 
 def test_input_errors(checkpoint):
