@@ -198,6 +198,7 @@ def test_mic_stopped_with_ctrl_c_writes_the_subtitles_of_what_was_heard(tmp_path
         await asyncio.sleep(60)
 
     monkeypatch.setattr(stream.sources, "microphone_source", three_seconds_then_ctrl_c)
+    monkeypatch.setattr(stream.sources, "input_device_info", lambda device=None: {"name": "fake mic"})
     out_file = tmp_path / "mic.vtt"
     code = main(["mic", "--model", ckpt, "--json", "--no-speakers", "--no-beam", "--subtitles", str(out_file)])
     out, err = capsys.readouterr()
