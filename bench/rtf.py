@@ -19,6 +19,8 @@ Rows:
   naive 4s/1s                 our offline forward on the last 4 s, once per second of audio
   naive same latency          our offline forward on [left|chunk|right] of raw audio once per chunk
 
+Several ``--model``s run one after the other, each in a process of its own (see main()).
+
 With several lengths it also prints a floor for any float32 stream of these weights: our
 offline forward on the shortest input (every frame through every layer once, little
 attention) as a ratio to transformers offline on the longest.
