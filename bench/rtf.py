@@ -32,7 +32,7 @@ attention) as a ratio to transformers offline on the longest.
 from __future__ import annotations
 
 import argparse
-import subprocess
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -189,17 +189,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    if len(args.model) > 1:
-        # One process per model: run after the base model in the same process, the bundled model's
-        # stream measured 1.4-1.8x slower than alone (README, Performance), its offline rows not.
-        options = ["--seconds", *map(str, args.seconds), "--chunk-ms", str(args.chunk_ms), "--left-ms",
-                   str(args.left_ms), "--right-ms", str(args.right_ms), "--threads", str(args.threads),
-                   "--repeats", str(args.repeats)]
-        for name in args.model:
-            subprocess.run([sys.executable, __file__, "--model", name, *options], check=True)
-        return
+    # One process per model: run after the base model in the same process, the bundled model's
+    # stream measured 1.4-1.8x slower than alone (README, Performance), its offline rows not.
+    spawn = multiprocessing.get_context("spawn")
+    for name in args.model:
+        process = spawn.Process(target=model_table, args=(name, args))
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            raise SystemExit(f"the table of {name} failed (exit status {process.exitcode})")
+
+
+def model_table(name: str, args: argparse.Namespace) -> None:
+    """The table of one --model (in a process of its own, see main())."""
     torch.set_num_threads(args.threads)
-    (name,) = args.model
     with tempfile.TemporaryDirectory() as tmp:
         if name == "base":
             checkpoint = base_checkpoint(Path(tmp) / "base")
