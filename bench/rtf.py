@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     # One process per model: run after the base model in the same process, the bundled model's
-    # stream measured 1.4-1.8x slower than alone (README, Performance), its offline rows not.
+    # stream measured 1.4-1.8x slower than alone (bench/README.md, 2026-12-07), its offline rows not.
     spawn = multiprocessing.get_context("spawn")
     for name in args.model:
         process = spawn.Process(target=model_table, args=(name, args))
