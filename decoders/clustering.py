@@ -6,9 +6,14 @@ assigned to it, with the weight of a new embedding floored at `1 / max_count`
 so that a centroid keeps following a voice that drifts over a long meeting
 (microphone moves, the speaker gets louder) instead of freezing after the first
 minutes.
+
+Enrolled speakers (a name and an embedding of a recording of their voice) are clusters
+from the start, labelled by their names; the voices nobody enrolled are S1, S2, ...
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -29,24 +34,46 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / n
 
 
+_ANONYMOUS = re.compile(r"S[0-9]+")
+
+
+def check_speaker_name(name: str) -> str:
+    """An enrolled speaker's name as it will label finals, RTTM turns and subtitles: 1-32 characters
+    without whitespace, and not S<number>, which labels the voices nobody enrolled."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 32 or any(ch.isspace() for ch in name):
+        raise ValueError(f"a speaker name must be 1-32 characters without spaces, got {name!r}")
+    if _ANONYMOUS.fullmatch(name):
+        raise ValueError(f"speaker name {name!r} would be taken for an unenrolled voice's label (S1, S2, ...)")
+    return name
+
+
 class OnlineClusters:
-    """Speaker centroids with stable labels S1, S2, ... in order of creation.
+    """Speaker centroids with stable labels: enrolled names first, then S1, S2, ... in order of creation.
 
     Parameters
     ----------
-    max_speakers : the cap; `add` refuses to open more clusters.
+    max_speakers : the cap, enrolled speakers included; `add` refuses to open more clusters.
     max_count : the running mean weights a new embedding by 1/min(count, max_count).
+    enrolled : name -> embedding (E,) of that speaker's recorded voice; each is a cluster from the
+               start, counted as `max_count` embeddings (it has heard a whole recording) and
+               still following the voice as the stream goes on.
     """
 
-    def __init__(self, max_speakers: int, max_count: int = 50):
+    def __init__(self, max_speakers: int, max_count: int = 50, enrolled: dict[str, np.ndarray] | None = None):
         if max_speakers < 1:
             raise ValueError(f"max_speakers must be >= 1, got {max_speakers}")
         if max_count < 1:
             raise ValueError(f"max_count must be >= 1, got {max_count}")
+        enrolled = dict(enrolled or {})
+        if len(enrolled) > max_speakers:
+            raise ValueError(f"{len(enrolled)} enrolled speakers but max_speakers is {max_speakers}")
+        for name in enrolled:
+            check_speaker_name(name)
         self.max_speakers = max_speakers
         self.max_count = max_count
-        self._means: list[np.ndarray] = []   # running means of unit vectors, (E,) each
-        self._counts: list[int] = []
+        self.names = list(enrolled)            # labels of the first len(names) clusters
+        self._means: list[np.ndarray] = [unit(e) for e in enrolled.values()]   # running means of unit vectors, (E,) each
+        self._counts: list[int] = [max_count] * len(enrolled)
 
     def __len__(self) -> int:
         return len(self._means)
@@ -57,7 +84,18 @@ class OnlineClusters:
 
     @staticmethod
     def label(index: int) -> str:
+        """The label of the index-th voice nobody enrolled (0 -> S1)."""
         return f"S{index + 1}"
+
+    def label_of(self, index: int) -> str:
+        """The label of cluster `index`: an enrolled speaker's name, else S1, S2, ..."""
+        n = len(self.names)
+        return self.names[index] if index < n else self.label(index - n)
+
+    @property
+    def enrolled(self) -> int:
+        """How many clusters are enrolled speakers (indexes 0 .. enrolled - 1)."""
+        return len(self.names)
 
     def centroid(self, index: int) -> np.ndarray:
         """Unit-length centroid of cluster `index`, shape (E,)."""
@@ -87,8 +125,8 @@ class OnlineClusters:
 
     def drop_last(self) -> None:
         """Forget the newest cluster (opened on too little evidence); its label is free again."""
-        if not self._means:
-            raise RuntimeError("no cluster to drop")
+        if len(self._means) <= len(self.names):
+            raise RuntimeError("no cluster to drop (enrolled speakers are never dropped)")
         self._means.pop()
         self._counts.pop()
 

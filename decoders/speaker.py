@@ -6,7 +6,8 @@ window that is speech, and turns them into
 
 - `SpeakerChange` events, each carrying the estimated time the new speaker started
   (not the time the change was detected) and a score;
-- stable labels S1, S2, ... (`label_for` an interval, for finals);
+- stable labels S1, S2, ... (`label_for` an interval, for finals), or the names of
+  enrolled speakers (`enrolled`: a name and an embedding of a recording of their voice);
 - the diarization as speaker turns (`turns`; decoders.turns cuts them and writes RTTM).
 
 How it decides
@@ -274,7 +275,10 @@ class SpeakerTracker:
     finish() -> list[SpeakerChange]
     """
 
-    def __init__(self, config: SpeakerTrackerConfig | None = None, candidates: bool = False):
+    def __init__(self, config: SpeakerTrackerConfig | None = None, candidates: bool = False,
+                 enrolled: dict[str, np.ndarray] | None = None):
+        """enrolled: name -> embedding (E,) of a recording of that speaker (see `OnlineClusters`):
+        their voices get their names as labels; voices nobody enrolled are S1, S2, ..."""
         self.config = config or SpeakerTrackerConfig()
         # True when a change detector feeds push_candidate: a window peak is then a change only
         # detector_window_gap_s after the last change (see the module docstring).
@@ -286,7 +290,7 @@ class SpeakerTracker:
         # at most a few seconds after the change it places.
         self._detector_peaks: deque[float] = deque(maxlen=64)
         c = self.config
-        self._clusters = OnlineClusters(c.max_speakers, c.centroid_max_count)
+        self._clusters = OnlineClusters(c.max_speakers, c.centroid_max_count, enrolled)
         # Every window's speech and the frame-level speech (push_speech), for `turns` and the change
         # times' snap to onsets.
         self.speech = SpeechActivity()
@@ -427,7 +431,7 @@ class SpeakerTracker:
     @property
     def current_label(self) -> str | None:
         """Label of the speaker currently talking (or last heard), None before the first."""
-        return None if self._current is None else OnlineClusters.label(self._current)
+        return None if self._current is None else self._clusters.label_of(self._current)
 
     @property
     def num_speakers(self) -> int:
@@ -436,7 +440,7 @@ class SpeakerTracker:
     def label_at(self, t: float) -> str | None:
         """Label of the confirmed speaker timeline at time t (ignores silence)."""
         i = bisect.bisect_right(self._change_times, t) - 1
-        return None if i < 0 else OnlineClusters.label(self._change_labels[i])
+        return None if i < 0 else self._clusters.label_of(self._change_labels[i])
 
     def label_for(self, start_s: float, end_s: float) -> str | None:
         """The label whose speech covers most of [start_s, end_s); for a final's `speaker`.
@@ -526,7 +530,7 @@ class SpeakerTracker:
         if self._weak is not None and self._weak.previous == p.label:
             self._weak.previous = target      # a weak candidate since then is measured against the right voice
         score = float(np.clip(1.0 - float(self._clusters.centroid(p.previous) @ mean), 0.0, 1.0))
-        return [SpeakerChange(time=p.time, from_speaker=OnlineClusters.label(p.previous),
+        return [SpeakerChange(time=p.time, from_speaker=self._clusters.label_of(p.previous),
                               to_speaker=self.current_label, score=score)]
 
     def _returning_voice(self, w: _SpeechWindow) -> list[SpeakerChange]:
@@ -581,11 +585,25 @@ class SpeakerTracker:
         run, self._pending = self._pending, []
         mean = _mean_direction([p.e for p in run])
         time = self._change_time(None, run[0])
-        self._current = self._clusters.add([p.e for p in run])
+        self._current = self._enrolled_voice(mean)
+        if self._current is None:
+            self._current = self._clusters.add([p.e for p in run])
+        else:
+            for p in run:
+                self._clusters.update(self._current, p.e)
         self._change_times.append(time)
         self._change_labels.append(self._current)
         score = float(np.clip(np.mean([p.e @ mean for p in run]), 0.0, 1.0))
         return [SpeakerChange(time=time, from_speaker=None, to_speaker=self.current_label, score=score)]
+
+    def _enrolled_voice(self, mean: np.ndarray) -> int | None:
+        """The enrolled speaker whose voice unit vector `mean` (E,) is, when one is within
+        new_speaker_threshold (or when the cap leaves no room for anyone else); else None."""
+        if not self._clusters.enrolled:
+            return None
+        sims = self._clusters.similarities(mean)[:self._clusters.enrolled]
+        best = int(np.argmax(sims))
+        return best if 1.0 - float(sims[best]) <= self.config.new_speaker_threshold or self._clusters.full else None
 
     def _decide(self, peak: int, run: list[_SpeechWindow]) -> list[SpeakerChange]:
         """Who speaks in `run` (the windows after the peak at self._recent[peak])? A change

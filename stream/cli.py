@@ -48,6 +48,10 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="cosine distance between neighbouring speaker embeddings that can be a change "
                         "(default 0.2, tuned for the bundled model; bench/speaker_eval.py --tune finds "
                         "one for other speaker models)")
+    p.add_argument("--enrol", action="append", default=[], metavar="NAME=FILE",
+                   help="label a known speaker's voice NAME instead of S1, S2, ...: FILE is a few seconds of that "
+                        "speaker alone (repeatable; needs the bundled model's speaker head or an x-vector "
+                        "--speaker-model)")
     p.add_argument("--no-change-detector", action="store_true",
                    help="find speaker changes from the embedding windows alone, not with the bundled model's "
                         "learned change detector (reacts about 0.7 s later; see README, Speakers)")
@@ -140,8 +144,9 @@ def load_pipeline(args):
             check_language_model_file(args.kenlm)
         except (FileNotFoundError, ImportError, LanguageModelError) as exc:
             raise UserError(f"--kenlm: {exc}") from None
+    enrolments = parse_enrolments(args.enrol, args.no_speakers)
     try:
-        return Pipeline.from_pretrained(
+        pipeline = Pipeline.from_pretrained(
             args.model, speaker_model=args.speaker_model, speakers=not args.no_speakers,
             speaker_tracker_config=tracker,
             **stream_options,
@@ -152,6 +157,44 @@ def load_pipeline(args):
         raise UserError(f"--kenlm: {exc}") from None
     except (FileNotFoundError, ValueError, KeyError, OSError, ImportError, RuntimeError) as exc:
         raise UserError(f"cannot load the model: {exc}") from None
+    enrol_speakers(pipeline, enrolments)
+    return pipeline
+
+
+def parse_enrolments(values: list[str], no_speakers: bool) -> list[tuple[str, str]]:
+    """``--enrol NAME=FILE`` values -> [(name, path)], checked before the model loads: the form,
+    the name, no name twice, and that each file is audio that can be read."""
+    from decoders.clustering import check_speaker_name
+    from stream.sources import SourceError, read_file_info
+
+    if values and no_speakers:
+        raise UserError("--enrol labels the voices speaker tracking finds, and --no-speakers turns it off")
+    enrolments = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--enrol takes NAME=FILE (e.g. --enrol alice=alice.wav), got {value!r}")
+        try:
+            check_speaker_name(name)
+            read_file_info(path)
+        except (ValueError, SourceError) as exc:
+            raise UserError(f"--enrol {value}: {exc}") from None
+        if name in (n for n, _ in enrolments):
+            raise UserError(f"--enrol: {name!r} is given twice")
+        enrolments.append((name, path))
+    return enrolments
+
+
+def enrol_speakers(pipeline, enrolments: list[tuple[str, str]]) -> None:
+    """Teach the pipeline each enrolled voice (``Pipeline.enrol``), naming the option that fails."""
+    import soundfile as sf
+
+    for name, path in enrolments:
+        try:
+            audio, rate = sf.read(path, dtype="float32", always_2d=True)
+            pipeline.enrol(name, audio, rate)
+        except Exception as exc:  # soundfile's errors, ValueError / AudioFormatError from enrol
+            raise UserError(f"--enrol {name}={path}: {exc}") from None
 
 
 def speaker_tracker_config(args):

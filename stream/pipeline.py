@@ -33,6 +33,7 @@ from decoders.beam import BeamFinaliser
 from decoders.ctc import Vocabulary
 from decoders.endpoint import EndpointConfig
 from decoders.events import Event, Final
+from decoders.speaker import SpeakerTrackerConfig
 from decoders.transcriber import PendingFinal, SegmentTranscriber, coalesce_partials
 from model import load_model
 from model.linear import set_packed_weights, to_plain_linear, without_onednn
@@ -153,6 +154,7 @@ class Pipeline:
                                            alpha=config.lm_weight, beta=config.word_bonus)
         self.speaker_source_factory = speaker_source_factory
         self.speaker_tracker_config = speaker_tracker_config
+        self.enrolled: dict[str, np.ndarray] = {}    # name -> voice embedding (E,), see enrol()
         self._dtype = next(model.parameters()).dtype
         self._device = next(model.parameters()).device
 
@@ -190,6 +192,32 @@ class Pipeline:
                 extra = set_packed_weights(load_model(speaker_model, device=device), packed_weights)
             factory = speaker_source_factory(model, extra)
         return cls(model, StreamConfig(**stream_config), factory, speaker_tracker_config)
+
+    def enrol(self, name: str, samples, sample_rate: int) -> None:
+        """Teach the speaker tracker a voice: streams created from now on label it ``name`` (in
+        finals, speaker_change events, turns) instead of S1, S2, ...; voices nobody enrolled
+        still get S1, S2, ... A few seconds of that speaker alone, any rate, int or float, mono
+        or (n, channels). Enrolling a name again replaces its voice.
+
+        Needs speaker tracking with a speaker-embedding model (the bundled model's head or an
+        x-vector ``speaker_model``); raises ValueError otherwise, for a bad name, for more
+        speakers than ``max_speakers`` and for a recording without speech, and AudioFormatError
+        for bad audio.
+        """
+        from decoders.clustering import check_speaker_name
+
+        check_speaker_name(name)
+        if self.speaker_source_factory is None:
+            raise ValueError("enrolling a speaker needs speaker tracking: this pipeline has none (a CTC model "
+                             "without a speaker head and no speaker_model, or speakers=False)")
+        cap = (self.speaker_tracker_config or SpeakerTrackerConfig()).max_speakers
+        if name not in self.enrolled and len(self.enrolled) >= cap:
+            known = ", ".join(self.enrolled)
+            raise ValueError(f"cannot enrol {name!r}: max_speakers (--max-speakers) is {cap}, and {known} "
+                             f"{'is' if len(self.enrolled) == 1 else 'are'} enrolled already")
+        intake = AudioIntake(SAMPLE_RATE)
+        audio = np.concatenate([intake.push(samples, sample_rate), intake.flush()])
+        self.enrolled[name] = self.speaker_source_factory.enrolment_embedding(audio, self.speaker_tracker_config)
 
     def new_stream(self, keep_log_probs: bool = False, defer_finals: bool = False) -> "Stream":
         """A fresh stream. keep_log_probs: also keep every chunk's CTC log-probs
@@ -276,7 +304,8 @@ class Stream:
                                                pipeline.finaliser, self._final_pass, defer_finals=True)
         self._speakers = None
         if pipeline.speaker_source_factory is not None:
-            self._speakers = pipeline.speaker_source_factory.new_stream(pipeline.speaker_tracker_config)
+            self._speakers = pipeline.speaker_source_factory.new_stream(pipeline.speaker_tracker_config,
+                                                                        pipeline.enrolled)
         self._needs_hidden = self._speakers is not None and self._speakers.needs_hidden_states
         self._samples_in = 0                       # 16 kHz samples accepted so far
         self._unencoded: list[torch.Tensor] = []   # accepted audio not yet through the conv encoder

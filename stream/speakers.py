@@ -31,12 +31,14 @@ ValueError naming the architecture expected and the one found.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 
+from decoders.clustering import unit
 from decoders.events import SpeakerChange
 from decoders.speaker import SpeakerTracker, SpeakerTrackerConfig
 from decoders.turns import Turn
@@ -647,9 +649,10 @@ def feed_tracker(tracker: SpeakerTracker, item: SpeakerWindow | ChangeCandidate 
     return tracker.push(item.start_s, item.end_s, item.embedding, item.speech_fraction)
 
 
-def new_tracker(source: EmbeddingSource, config: SpeakerTrackerConfig) -> SpeakerTracker:
-    """The tracker for a source (told whether change candidates will come)."""
-    return SpeakerTracker(config, candidates=getattr(source, "emits_candidates", False))
+def new_tracker(source: EmbeddingSource, config: SpeakerTrackerConfig,
+                enrolled: dict[str, np.ndarray] | None = None) -> SpeakerTracker:
+    """The tracker for a source (told whether change candidates will come), knowing the enrolled voices."""
+    return SpeakerTracker(config, candidates=getattr(source, "emits_candidates", False), enrolled=enrolled)
 
 
 class SpeakerSourceFactory:
@@ -661,10 +664,44 @@ class SpeakerSourceFactory:
         self.frame_seconds = frame_seconds
         self.source_kwargs = source_kwargs
 
-    def new_stream(self, tracker_config: SpeakerTrackerConfig | None = None) -> StreamSpeakers:
+    def new_stream(self, tracker_config: SpeakerTrackerConfig | None = None,
+                   enrolled: dict[str, np.ndarray] | None = None) -> StreamSpeakers:
+        """enrolled: name -> embedding (E,) from ``enrolment_embedding``: these voices get their names."""
         config = tracker_config or SpeakerTrackerConfig()
         source = self.kind(self.model, config, **self.source_kwargs)
-        return StreamSpeakers(source, new_tracker(source, config), self.frame_seconds)
+        return StreamSpeakers(source, new_tracker(source, config, enrolled), self.frame_seconds)
+
+    def enrolment_embedding(self, audio_16k: np.ndarray, tracker_config: SpeakerTrackerConfig | None = None
+                            ) -> np.ndarray:
+        """The voice in a recording of one speaker: the unit mean (E,) of its speech windows' embeddings,
+        made as a stream's windows are (same window length and hop, VAD, pooling), so that the tracker
+        can compare it with a stream's windows.
+
+        audio_16k: float32 (N,) at 16 kHz. Raises ValueError for a frame-classification speaker model
+        (its window features are relative to the stream they come from, not a voice's own) and for a
+        recording without a speech window.
+        """
+        if self.kind is FrameActivitySource:
+            raise ValueError("enrolling a speaker needs the bundled model's speaker head or an x-vector "
+                             "--speaker-model: a frame-classification model's windows describe the local "
+                             "speaker slots of one stream, not a voice that another recording can be matched to")
+        config = dataclasses.replace(tracker_config or SpeakerTrackerConfig(), change_detector=False)
+        source = self.kind(self.model, config, **self.source_kwargs)
+        audio_16k = np.ascontiguousarray(audio_16k, dtype=np.float32)
+        if isinstance(source, BundledSpeakerHead):
+            source.add_audio(audio_16k, 0)
+            windows = source.push_frames(offline_speaker_features(self.model, audio_16k), 0) + source.finish()
+        else:
+            windows = source.push_audio(audio_16k, 0) + source.finish()
+        # Whole windows only: the shorter last one of a stream describes a voice less surely, and a
+        # recording shorter than a window is too little to know a voice by.
+        embeddings = [unit(w.embedding) for w in windows if isinstance(w, SpeakerWindow)
+                      and w.embedding is not None and w.speech_fraction >= config.min_speech_fraction
+                      and w.end_s - w.start_s >= config.window_s - 1e-6]
+        if not embeddings:
+            raise ValueError(f"no speech found in the {len(audio_16k) / SAMPLE_RATE:.2f} s of the recording "
+                             f"(it needs at least a window of {config.window_s:.2f} s that is mostly speech)")
+        return unit(np.mean(np.stack(embeddings), axis=0))
 
 
 def speaker_source_factory(model, speaker_model=None, **source_kwargs) -> SpeakerSourceFactory | None:

@@ -267,3 +267,73 @@ def test_a_closed_stdout_pipe_ends_quietly(tmp_path, ckpt):
     err = cli.stderr.read().decode()
     assert json.loads(first)["type"] in {"partial", "final"}
     assert cli.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def _reference_speaker(turns, start, end):
+    """The speaker of the reference turn that overlaps [start, end) most."""
+    return max(turns, key=lambda t: min(t.end, end) - max(t.start, start)).label
+
+
+def test_enrolled_voices_name_the_finals_and_turns(tmp_path, capsys):
+    """The two-voice example (held-out voices rh-bdl and pico-gb): single_speaker.wav, rh-bdl saying
+    other sentences, enrolled as "bdl" names that voice's turns; pico-gb, enrolled by nobody, is S1;
+    an enrolled voice that is not in the meeting (single_speaker_flite.wav's fl-rms) names nothing."""
+    from decoders.turns import read_rttm
+
+    example = str(EXAMPLES / "two_speakers.wav")
+    with open(EXAMPLES / "two_speakers.rttm") as f:
+        reference = read_rttm(f)["two_speakers"]
+    rttm = tmp_path / "turns.rttm"
+    code, out, err = _run(capsys, ["transcribe", example, "--json", "--no-beam", "--rttm", str(rttm),
+                                   "--enrol", f"bdl={EXAMPLES / 'single_speaker.wav'}",
+                                   "--enrol", f"rms={EXAMPLES / 'single_speaker_flite.wav'}"])
+    assert code == 0, err
+    name = {"rh-bdl": "bdl", "pico-gb": "S1"}
+    finals = [e for e in map(json.loads, out.splitlines()) if e["type"] == "final"]
+    assert len(finals) == 4
+    assert [f["speaker"] for f in finals] == [name[_reference_speaker(reference, f["start"], f["end"])]
+                                              for f in finals]
+    with open(rttm) as f:
+        turns = read_rttm(f)["two_speakers"]
+    assert {t.label for t in turns} == {"bdl", "S1"}
+    assert all(t.label == name[_reference_speaker(reference, t.start, t.end)] for t in turns)
+
+
+def test_enrol_mistakes_are_one_line_before_the_model_loads(tmp_path, capsys):
+    example, voice = str(EXAMPLES / "two_speakers.wav"), str(EXAMPLES / "single_speaker.wav")
+    silence = tmp_path / "silence.wav"
+    sf.write(str(silence), np.zeros(48000, dtype=np.float32), 16000)
+    for extra, message in [
+        (["--enrol", "bdl"], "--enrol takes NAME=FILE"),
+        (["--enrol", f"S2={voice}"], "unenrolled voice's label"),
+        (["--enrol", f"two words={voice}"], "without spaces"),
+        (["--enrol", "bdl=/nonexistent.wav"], "audio file not found"),
+        (["--enrol", f"a={voice}", "--enrol", f"a={voice}"], "'a' is given twice"),
+        (["--enrol", f"a={voice}", "--no-speakers"], "--no-speakers turns it off"),
+        (["--enrol", f"a={voice}", "--enrol", f"b={voice}", "--max-speakers", "1"], "max_speakers"),
+        (["--enrol", f"quiet={silence}"], "no speech found"),
+        # Checked before the model loads: a missing model is not what is reported.
+        (["--enrol", "bdl", "--model", str(tmp_path / "missing")], "--enrol takes NAME=FILE"),
+    ]:
+        code, out, err = _run(capsys, ["transcribe", example, *extra])
+        assert code == 2 and out == "" and "Traceback" not in err, (extra, err)
+        assert message in err and err.startswith("error: --enrol"), (extra, err)
+
+
+def test_the_python_api_enrols_and_refuses_what_it_cannot(ckpt):
+    from stream import Pipeline
+
+    voice, rate = sf.read(str(EXAMPLES / "single_speaker.wav"), dtype="int16")
+    pipe = Pipeline.from_pretrained(None, beam=False)
+    pipe.enrol("bdl", np.stack([voice, voice], axis=1), rate)       # int16 stereo: converted like feed()
+    assert list(pipe.enrolled) == ["bdl"]
+    audio, rate = sf.read(str(EXAMPLES / "two_speakers.wav"), dtype="float32")
+    s = pipe.new_stream()
+    events = s.feed(audio, rate) + s.finish()
+    assert [e.speaker for e in events if isinstance(e, Final)][0] == "bdl"
+    with pytest.raises(ValueError, match="needs speaker tracking"):
+        Pipeline.from_pretrained(ckpt).enrol("bdl", voice, rate)          # no speaker head
+    with pytest.raises(ValueError, match="needs speaker tracking"):
+        Pipeline.from_pretrained(None, speakers=False).enrol("bdl", voice, rate)
+    with pytest.raises(ValueError, match="speaker name"):
+        pipe.enrol("", voice, rate)

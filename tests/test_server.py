@@ -674,6 +674,29 @@ def test_real_engine_concurrent_clients_match_each_audio_run_alone(tiny_pipeline
     assert max_batch > 1
 
 
+def test_every_session_knows_the_voices_enrolled_at_start():
+    """`serve --enrol NAME=FILE` enrols into the pipeline that every session's stream comes from."""
+    import soundfile as sf
+
+    from stream import Pipeline
+    from stream.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--enrol", "bdl=x.wav"]).enrol == ["bdl=x.wav"]
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    pipeline = Pipeline.from_pretrained(None, beam=False)
+    pipeline.enrol("bdl", *sf.read(str(examples / "single_speaker.wav"), dtype="float32"))
+    audio = (sf.read(str(examples / "two_speakers.wav"), dtype="float32")[0] * 32767).astype(np.int16)
+
+    async def main():
+        async with serving(pipeline) as server:
+            return await asyncio.gather(transcribe(server, audio, chunk=3200), transcribe(server, audio, chunk=4321))
+
+    for events, code in run(main(), timeout=120):
+        assert code == 1000 and not errors(events)
+        # The example's reference turns are rh-bdl, pico-gb, rh-bdl, pico-gb (examples/two_speakers.rttm).
+        assert [e["speaker"] for e in events if e["type"] == "final"] == ["bdl", "S1", "bdl", "S1"]
+
+
 def test_wavlm_stream_serve_command(tmp_path):
     """The CLI entry point: serves the page and the websocket, stops cleanly on SIGTERM."""
     import os

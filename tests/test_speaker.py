@@ -31,7 +31,7 @@ def voices(n: int, seed: int = 0) -> np.ndarray:
     return q.T
 
 
-def simulate(segments, voice, *, window=1.5, hop=0.5, noise=0.05, seed=1, config=None, outliers=()):
+def simulate(segments, voice, *, window=1.5, hop=0.5, noise=0.05, seed=1, config=None, outliers=(), enrolled=None):
     """Feed a tracker the windows of a crafted meeting.
 
     segments : [(start, end, speaker index or None for silence), ...] covering [0, total).
@@ -42,7 +42,7 @@ def simulate(segments, voice, *, window=1.5, hop=0.5, noise=0.05, seed=1, config
     """
     rng = np.random.default_rng(seed)
     total = segments[-1][1]
-    tracker = SpeakerTracker(config or SpeakerTrackerConfig(window_s=window, hop_s=hop, **CRAFTED))
+    tracker = SpeakerTracker(config or SpeakerTrackerConfig(window_s=window, hop_s=hop, **CRAFTED), enrolled=enrolled)
     out = []
     n = int(round(total / hop))
     for k in range(1, n + 1):
@@ -176,6 +176,51 @@ def test_speaker_cap_is_respected():
     assert tracker.num_speakers == 3
     # The first three speakers still get their own labels, in order.
     assert [e.to_speaker for _, e in events][:3] == ["S1", "S2", "S3"]
+
+
+def test_enrolled_voices_keep_their_names_and_other_voices_are_numbered():
+    v = voices(3)
+    order = [1, 0, 2, 1, 0]              # voice 0 nobody enrolled, 1 is "ann", 2 is "bo"
+    segs = [(6 * i, 6 * i + 6, s) for i, s in enumerate(order)]
+    tracker, events = simulate(segs, v, enrolled={"ann": v[1], "bo": v[2]})
+    assert [e.to_speaker for _, e in events] == ["ann", "S1", "bo", "ann", "S1"]
+    assert [t.label for t in tracker.turns()] == ["ann", "S1", "bo", "ann", "S1"]
+    assert tracker.label_for(12.5, 17.5) == "bo" and tracker.num_speakers == 3
+    # Without enrolment the same meeting is S1, S2, S3 in order of appearance.
+    _, plain = simulate(segs, v)
+    assert [e.to_speaker for _, e in plain] == ["S1", "S2", "S3", "S1", "S2"]
+
+
+def test_enrolled_speakers_count_toward_the_cap():
+    v = voices(3)
+    segs = [(0, 6, 0), (6, 12, 1), (12, 18, 2)]
+    cfg = SpeakerTrackerConfig(max_speakers=2, **CRAFTED)
+    tracker, events = simulate(segs, v, config=cfg, enrolled={"ann": v[1]})
+    # Room for one voice besides ann: the third voice goes to the closest known one.
+    assert [e.to_speaker for _, e in events][:2] == ["S1", "ann"]
+    assert {t.label for t in tracker.turns()} <= {"S1", "ann"} and tracker.num_speakers == 2
+    with pytest.raises(ValueError, match="2 enrolled speakers but max_speakers is 1"):
+        SpeakerTracker(SpeakerTrackerConfig(max_speakers=1), enrolled={"a": v[0], "b": v[1]})
+
+
+def test_online_clusters_with_enrolled_names():
+    from decoders.clustering import OnlineClusters, check_speaker_name
+
+    v = voices(3)
+    c = OnlineClusters(4, enrolled={"ann": 3.0 * v[0]})
+    assert len(c) == 1 and c.enrolled == 1 and c.label_of(0) == "ann"
+    assert np.allclose(c.centroid(0), v[0])
+    assert c.label_of(c.add([v[1]])) == "S1" and c.label_of(c.add([v[2]])) == "S2"
+    c.drop_last()
+    c.drop_last()
+    with pytest.raises(RuntimeError, match="enrolled speakers are never dropped"):
+        c.drop_last()
+    c.update(0, v[1])                    # an enrolled voice follows the stream, slowly
+    assert 0.9 < float(c.centroid(0) @ v[0]) < 1.0
+    for bad in ("", "two words", "S3", "x" * 33, "tab\there"):
+        with pytest.raises(ValueError):
+            check_speaker_name(bad)
+    assert check_speaker_name("Dr.Smith") == "Dr.Smith" and check_speaker_name("S1a") == "S1a"
 
 
 def test_turns_label_for_and_rttm_round_trip():

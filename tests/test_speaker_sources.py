@@ -309,3 +309,34 @@ def test_same_api_for_every_source_through_the_stream_glue(kind, bundled, xvecto
     else:
         direct = src.push_audio(audio, 0) + src.finish()
     assert speakers.tracker.speech.ends == [w.end_s for w in direct]
+
+
+@pytest.mark.parametrize("kind", ["bundled", "xvector"])
+def test_an_enrolment_is_the_mean_voice_of_the_recordings_whole_speech_windows(kind, bundled, xvector):
+    """What a stream's tracker would see of the same recording: its windows' unit mean."""
+    from decoders.clustering import unit
+
+    factory = speaker_source_factory(bundled, {"bundled": None, "xvector": xvector}[kind])
+    audio = meeting_audio(4.0, silence=[(1.6, 2.6)], seed=3)
+    e = factory.enrolment_embedding(audio, CFG)
+    src = factory.kind(factory.model, CFG)
+    if kind == "bundled":
+        src.add_audio(audio, 0)
+        with torch.no_grad():
+            hidden = bundled(torch.from_numpy(audio)[None], output_hidden_states=True).hidden_states
+        windows = src.push_frames(bundled.speaker_frame_features(hidden)[0], 0) + src.finish()
+    else:
+        windows = src.push_audio(audio, 0) + src.finish()
+    whole = [unit(w.embedding) for w in windows if w.embedding is not None and w.speech_fraction >= 0.5
+             and w.end_s - w.start_s >= CFG.window_s - 1e-6]
+    assert 2 <= len(whole) < len(windows)            # the silent and the short last windows are left out
+    assert e.shape == whole[0].shape and np.isclose(np.linalg.norm(e), 1.0)
+    assert float(e @ unit(np.mean(whole, axis=0))) > 0.999
+    with pytest.raises(ValueError, match="no speech found"):
+        factory.enrolment_embedding(np.zeros(3 * SR, dtype=np.float32), CFG)
+
+
+def test_a_frame_classification_model_cannot_enrol(bundled, frame_clf):
+    factory = speaker_source_factory(bundled, frame_clf)
+    with pytest.raises(ValueError, match="x-vector"):
+        factory.enrolment_embedding(meeting_audio(3.0), CFG)
