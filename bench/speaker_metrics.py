@@ -129,12 +129,14 @@ def _activity(turns, labels: list[str], n: int, step: float) -> np.ndarray:
     return a
 
 
-def diarization_error(ref, hyp, collar: float = 0.25, step: float = 0.01) -> DERCounts:
+def diarization_error(ref, hyp, collar: float = 0.25, step: float = 0.01, by_name: bool = False) -> DERCounts:
     """DER counts of hypothesis turns against reference turns.
 
     collar : seconds on each side of every reference turn boundary left out of scoring
              (0.25 s is the customary forgiveness; 0 scores everything). Overlapped speech
-             is scored; speakers are mapped one-to-one to maximise the matched time.
+             is scored; speakers are mapped one-to-one to maximise the matched time, or with
+             by_name each hypothesis label only to the reference speaker of the same name
+             (enrolled speakers: the name itself must be right).
     """
     ref, hyp = list(ref), list(hyp)
     end = max([t[1] for t in ref] + [t[1] for t in hyp] + [0.0])
@@ -156,7 +158,8 @@ def diarization_error(ref, hyp, collar: float = 0.25, step: float = 0.01) -> DER
     matched = 0
     if rl and hl:
         overlap = R.T.astype(np.int64) @ H.astype(np.int64)          # (n_ref, n_hyp) frames
-        pairs = hungarian(-overlap)
+        pairs = ([(r, hl.index(label)) for r, label in enumerate(rl) if label in hl] if by_name
+                 else hungarian(-overlap))
         mapped = np.zeros(len(R), dtype=np.int64)
         for r, h in pairs:
             mapped += R[:, r] & H[:, h]

@@ -427,6 +427,21 @@ def test_der_and_change_metrics_on_hand_made_cases():
     assert (c.precision, c.recall) == pytest.approx((2 / 3, 1.0))
 
 
+def test_der_by_name_counts_a_label_right_only_where_it_is_the_speakers_own_name():
+    M = bench_script("speaker_metrics")
+    ref = [Turn(0, 10, "ann"), Turn(10, 20, "bo")]
+    assert M.diarization_error(ref, ref, collar=0, by_name=True).der == 0.0
+    swapped = [Turn(0, 10, "bo"), Turn(10, 20, "ann")]
+    assert M.diarization_error(ref, swapped, collar=0).der == 0.0      # the best mapping forgives the names
+    assert M.diarization_error(ref, swapped, collar=0, by_name=True).confusion == pytest.approx(20.0)
+    anonymous = [Turn(0, 10, "S1"), Turn(10, 20, "bo")]
+    assert M.diarization_error(ref, anonymous, collar=0, by_name=True).der == pytest.approx(0.5)
+    # bench/enrolment.py's share of speech labelled with a name (any name, right or wrong).
+    B = bench_script("enrolment")
+    hyp = [Turn(0, 5, "ann"), Turn(5, 10, "S1"), Turn(12, 20, "ann")]
+    assert B.named_share(ref, hyp, {"ann", "bo"}) == pytest.approx(13 / 20, abs=1e-3)
+
+
 def test_assembled_meetings_have_an_exact_reference():
     """bench/speaker_eval's meetings from clips of known voices: every reference turn covers
     exactly one clip of its voice, turns alternate speakers, and one group never meets itself."""
