@@ -203,7 +203,9 @@ def build_real_meetings(n: int, seconds: float = 90.0, seed: int = 0) -> list[Me
 
 def build_wide_meetings(n: int, seconds: float = 90.0, seed: int = 0) -> list[Meeting]:
     """Meetings of real wideband voices: ktuberling-data's spoken words, one folder per language,
-    taken as one speaker each (the languages with at least WIDE_MIN_SPEECH_S of speech, 13 here).
+    taken as one speaker each (the languages with at least WIDE_MIN_SPEECH_S of speech: 13 on the machine
+    of the README's --real-wide numbers, 10 with Debian 12.11's ktuberling-data 4:22.12.3-1, so compare
+    DERs measured on one machine).
 
     Unlike the asterisk prompts these are full-band microphone recordings, so the two sets
     together separate a telephone-channel mismatch from a real-voice one."""
