@@ -214,13 +214,16 @@ def offline_speaker_features(model, audio: np.ndarray, block_s: float = 20.0, co
         return torch.zeros(0, model.config.speaker_head["proj_dim"])
     block, ctx = int(block_s * SAMPLE_RATE) // stride, int(context_s * SAMPLE_RATE) // stride
     p = _param(model)
+    # The head's own precision: with a bfloat16 transformer (--bf16) the hidden states are bfloat16
+    # and the head float32, as the stream's window runner casts them.
+    head_dtype = _param(model.speaker_head).dtype
     out = []
     with torch.inference_mode():
         for b in range(0, frames, block):
             f0, f1 = max(0, b - ctx), min(frames, b + block + ctx)
             x = torch.from_numpy(np.ascontiguousarray(audio[f0 * stride:(f1 - 1) * stride + receptive]))
-            hidden = model(x[None].to(device=p.device, dtype=p.dtype), output_hidden_states=True).hidden_states
-            feats = model.speaker_frame_features(hidden)[0]
+            hidden = model.wavlm(x[None].to(device=p.device, dtype=p.dtype), output_hidden_states=True).hidden_states
+            feats = model.speaker_frame_features(tuple(h.to(head_dtype) for h in hidden))[0]
             out.append(feats[b - f0:b - f0 + min(block, frames - b)].float().cpu())
     return torch.cat(out)
 

@@ -337,3 +337,10 @@ def test_the_python_api_enrols_and_refuses_what_it_cannot(ckpt):
         Pipeline.from_pretrained(None, speakers=False).enrol("bdl", voice, rate)
     with pytest.raises(ValueError, match="speaker name"):
         pipe.enrol("", voice, rate)
+    # A bfloat16 transformer (--bf16): the enrolment feeds the head in its own precision, as a stream does.
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # a CPU without BF16 instructions warns that it runs emulated
+        fast = Pipeline.from_pretrained(None, beam=False, bf16=True)
+    fast.enrol("bdl", voice, rate)
+    assert float(fast.enrolled["bdl"] @ pipe.enrolled["bdl"]) > 0.98
