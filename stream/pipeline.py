@@ -124,6 +124,10 @@ def _cpu_has_bf16() -> bool:
     return any(check() for check in checks if check is not None)
 
 
+NO_SPEAKER_TRACKING = ("enrolling a speaker needs speaker tracking: this pipeline has none (a CTC model "
+                       "without a speaker head and no speaker_model, or speakers=False)")
+
+
 class Pipeline:
     """A loaded CTC model plus the per-shape caches shared by all of its streams."""
 
@@ -199,34 +203,49 @@ class Pipeline:
         still get S1, S2, ... A few seconds of that speaker alone, any rate, int or float, mono
         or (n, channels). Enrolling a name again replaces its voice.
 
-        Needs speaker tracking with a speaker-embedding model (the bundled model's head or an
-        x-vector ``speaker_model``); raises ValueError otherwise, for a bad name, for more
-        speakers than ``max_speakers`` and for a recording without speech, and AudioFormatError
-        for bad audio.
+        Raises ValueError for a bad name, for more speakers than ``max_speakers`` and as
+        ``voice_embedding`` does; AudioFormatError for bad audio.
         """
+        self.check_enrolment(name, self.enrolled)
+        self.enrolled[name] = self.voice_embedding(samples, sample_rate)
+
+    def check_enrolment(self, name: str, enrolled: dict[str, np.ndarray]) -> None:
+        """ValueError unless ``name`` can join ``enrolled`` (a valid name, room under max_speakers)."""
         from decoders.clustering import check_speaker_name
 
         check_speaker_name(name)
         if self.speaker_source_factory is None:
-            raise ValueError("enrolling a speaker needs speaker tracking: this pipeline has none (a CTC model "
-                             "without a speaker head and no speaker_model, or speakers=False)")
+            raise ValueError(NO_SPEAKER_TRACKING)
         cap = (self.speaker_tracker_config or SpeakerTrackerConfig()).max_speakers
-        if name not in self.enrolled and len(self.enrolled) >= cap:
-            known = ", ".join(self.enrolled)
+        if name not in enrolled and len(enrolled) >= cap:
+            known = ", ".join(enrolled)
             raise ValueError(f"cannot enrol {name!r}: max_speakers (--max-speakers) is {cap}, and {known} "
-                             f"{'is' if len(self.enrolled) == 1 else 'are'} enrolled already")
+                             f"{'is' if len(enrolled) == 1 else 'are'} enrolled already")
+
+    def voice_embedding(self, samples, sample_rate: int) -> np.ndarray:
+        """The voice of a recording of one speaker, as the speaker tracker knows voices: (E,) unit vector.
+
+        samples: any rate, int or float, mono or (n, channels). Needs speaker tracking with a
+        speaker-embedding model (the bundled model's head or an x-vector ``speaker_model``);
+        raises ValueError otherwise and for a recording without speech.
+        """
+        if self.speaker_source_factory is None:
+            raise ValueError(NO_SPEAKER_TRACKING)
         intake = AudioIntake(SAMPLE_RATE)
         audio = np.concatenate([intake.push(samples, sample_rate), intake.flush()])
-        self.enrolled[name] = self.speaker_source_factory.enrolment_embedding(audio, self.speaker_tracker_config)
+        return self.speaker_source_factory.enrolment_embedding(audio, self.speaker_tracker_config)
 
-    def new_stream(self, keep_log_probs: bool = False, defer_finals: bool = False) -> "Stream":
+    def new_stream(self, keep_log_probs: bool = False, defer_finals: bool = False,
+                   enrolled: dict[str, np.ndarray] | None = None) -> "Stream":
         """A fresh stream. keep_log_probs: also keep every chunk's CTC log-probs
         (``Stream.log_probs``), for measuring the stream against the offline model.
         defer_finals: the stream's events hold a :class:`PendingFinal` where a Final is due; the
         caller runs ``pending.compute()`` (any thread) and hands the result to
         ``Stream.complete_final`` (the stream's own thread). The server does, so that one
-        session's second pass and beam search do not hold back every other session's partials."""
-        return Stream(self, keep_log_probs, defer_finals)
+        session's second pass and beam search do not hold back every other session's partials.
+        enrolled: name -> ``voice_embedding`` of voices this stream alone knows, beside the
+        pipeline's own (``enrol``); a name in both is this stream's voice."""
+        return Stream(self, keep_log_probs, defer_finals, enrolled)
 
     @torch.inference_mode()
     def offline_log_probs(self, audio: np.ndarray) -> np.ndarray:
@@ -284,7 +303,8 @@ class Pipeline:
 class Stream:
     """One live audio stream: its own intake, encoder, transformer and decoder state."""
 
-    def __init__(self, pipeline: Pipeline, keep_log_probs: bool = False, defer_finals: bool = False):
+    def __init__(self, pipeline: Pipeline, keep_log_probs: bool = False, defer_finals: bool = False,
+                 enrolled: dict[str, np.ndarray] | None = None):
         self.pipeline = pipeline
         self.defer_finals = defer_finals
         self._kept: list[np.ndarray] | None = [] if keep_log_probs else None
@@ -305,7 +325,7 @@ class Stream:
         self._speakers = None
         if pipeline.speaker_source_factory is not None:
             self._speakers = pipeline.speaker_source_factory.new_stream(pipeline.speaker_tracker_config,
-                                                                        pipeline.enrolled)
+                                                                        {**pipeline.enrolled, **(enrolled or {})})
         self._needs_hidden = self._speakers is not None and self._speakers.needs_hidden_states
         self._samples_in = 0                       # 16 kHz samples accepted so far
         self._unencoded: list[torch.Tensor] = []   # accepted audio not yet through the conv encoder

@@ -4,7 +4,11 @@ Two dialects share one server:
 
 * ``native`` (DESIGN.md "Websocket protocol"): a JSON text message
   ``{"type": "start", "sample_rate": 48000, "format": "pcm_s16le" | "f32le", "channels": 1}``,
-  binary audio frames, then ``{"type": "stop"}``. The server answers with event JSON.
+  binary audio frames, then ``{"type": "stop"}``. The server answers with event JSON. Before
+  ``start`` a client may enrol known voices: ``{"type": "enrol", "name": "alice", "sample_rate":
+  ..., "format": ..., "channels": ...}``, binary frames of that speaker alone, ``{"type":
+  "enrol_end"}``; the server answers ``{"type": "enrolled", "name": "alice", "seconds": 6.4}``
+  (or an error event) and labels that voice ``alice`` in the stream.
 * ``vosk`` (the Vosk server protocol, so existing Vosk clients work unchanged):
   ``{"config": {"sample_rate": N, ...}}`` (optional), binary PCM16 mono, ``{"eof": 1}``;
   ``{"reset": 1}`` ends the utterance and goes on. The server answers every message that
@@ -38,7 +42,7 @@ class ProtocolError(ValueError):
     """A message the server cannot use. ``code`` goes into the ``error`` event.
 
     Codes: bad_json, bad_message, unknown_type, bad_sample_rate, bad_format,
-    bad_channels, bad_audio, not_started, already_started.
+    bad_channels, bad_audio, not_started, already_started, bad_enrolment.
     """
 
     def __init__(self, code: str, message: str):
@@ -68,6 +72,17 @@ class Stop:
     """End of stream: the server flushes finals and closes."""
 
 
+@dataclass(frozen=True)
+class Enrol(Start):
+    """Before start: the binary frames until EnrolEnd are a recording of the speaker ``name`` alone."""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class EnrolEnd:
+    """The end of an enrolment's recording: the server learns the voice and answers ``enrolled``."""
+
+
 # -- vosk dialect --------------------------------------------------------------------
 
 
@@ -88,7 +103,7 @@ class VoskReset:
     """``{"reset": 1}``: final result of what was heard so far; the session goes on."""
 
 
-TextMessage = Union[Start, Stop, VoskConfig, VoskEof, VoskReset]
+TextMessage = Union[Start, Stop, Enrol, EnrolEnd, VoskConfig, VoskEof, VoskReset]
 
 
 def _load_object(text: str) -> dict:
@@ -137,24 +152,37 @@ def detect_dialect(text: str) -> Dialect | None:
     return "native"
 
 
-def parse_native(text: str) -> Start | Stop:
+def _audio_format(obj: dict) -> dict:
+    """The sample_rate / format / channels of a start or enrol message, checked."""
+    rate = _sample_rate(obj.get("sample_rate"))
+    fmt = obj.get("format", "pcm_s16le")
+    if not isinstance(fmt, str) or fmt not in SAMPLE_BYTES:  # a list or dict is not hashable
+        raise ProtocolError("bad_format", f"format must be one of {sorted(SAMPLE_BYTES)}, got {_short(fmt)}")
+    channels = obj.get("channels", 1)
+    if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
+        raise ProtocolError("bad_channels", f"channels must be an integer 1..{MAX_CHANNELS}, got {_short(channels)}")
+    return dict(sample_rate=rate, format=fmt, channels=channels)
+
+
+def parse_native(text: str) -> Start | Stop | Enrol | EnrolEnd:
     """Parse a native-dialect text message."""
     obj = _load_object(text)
     kind = obj.get("type")
     if kind == "start":
-        rate = _sample_rate(obj.get("sample_rate"))
-        fmt = obj.get("format", "pcm_s16le")
-        if not isinstance(fmt, str) or fmt not in SAMPLE_BYTES:  # a list or dict is not hashable
-            raise ProtocolError("bad_format", f"format must be one of {sorted(SAMPLE_BYTES)}, got {_short(fmt)}")
-        channels = obj.get("channels", 1)
-        if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
-            raise ProtocolError("bad_channels", f"channels must be an integer 1..{MAX_CHANNELS}, got {_short(channels)}")
-        return Start(sample_rate=rate, format=fmt, channels=channels)
+        return Start(**_audio_format(obj))
     if kind == "stop":
         return Stop()
+    if kind == "enrol":
+        name = obj.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError("bad_enrolment", f'enrol needs a "name" string, got {_short(name)}')
+        return Enrol(name=name, **_audio_format(obj))
+    if kind == "enrol_end":
+        return EnrolEnd()
+    expected = '(expected "start", "stop", "enrol" or "enrol_end")'
     if kind is None:
-        raise ProtocolError("bad_message", 'message has no "type" (expected "start" or "stop")')
-    raise ProtocolError("unknown_type", f'unknown message type {_short(kind)} (expected "start" or "stop")')
+        raise ProtocolError("bad_message", f'message has no "type" {expected}')
+    raise ProtocolError("unknown_type", f"unknown message type {_short(kind)} {expected}")
 
 
 def parse_vosk(text: str) -> VoskConfig | VoskEof | VoskReset:

@@ -31,12 +31,14 @@ import argparse
 import asyncio
 import ipaddress
 import itertools
+import json
 import logging
 import os
 import signal
 import time
 import urllib.parse
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,9 +50,11 @@ from websockets.protocol import State
 from websockets.http11 import Request, Response
 
 from decoders.events import ErrorEvent, Partial
-from stream.audio import AudioFormatError, decode_pcm_bytes, to_float_mono
+from stream.audio import AudioFormatError, AudioIntake, decode_pcm_bytes, to_float_mono
 from stream.protocol import (
     SAMPLE_BYTES,
+    Enrol,
+    EnrolEnd,
     ProtocolError,
     Start,
     Stop,
@@ -63,7 +67,13 @@ from stream.protocol import (
     parse_vosk,
 )
 from stream.vosk import VoskReplies
-from stream.worker import InferenceWorker, WorkerResult
+from stream.worker import InferenceWorker, WorkerResult, one_intra_op_thread
+
+#: Longest recording a client may send to enrol one voice (seconds; a few are enough), and how
+#: many recordings one session may send (names can be enrolled again, each one costs a forward).
+MAX_ENROL_S = 30.0
+MAX_ENROLMENTS = 32
+ENGINE_RATE = 16000
 
 log = logging.getLogger("wavlm_stream.server")
 
@@ -213,6 +223,15 @@ def _decode_audio(data: bytes, fmt: str, channels: int) -> np.ndarray:
     return samples
 
 
+def _voice_embedding(pipeline, audio_16k: np.ndarray) -> np.ndarray:
+    """A session's enrolment, on the server's enrolment thread: without oneDNN there, as the finals' second pass,
+    since every recording has another length (oneDNN keeps state per shape)."""
+    from model.linear import without_onednn
+
+    with without_onednn():
+        return pipeline.voice_embedding(audio_16k, ENGINE_RATE)
+
+
 # -- sessions --------------------------------------------------------------------------
 
 
@@ -241,6 +260,15 @@ class _Session:
         self.close_after_send: tuple[int, str] | None = None
         self.vosk = VoskReplies()
         self.dead = False                        # connection gone or being closed by us
+        # native, before start: known voices (name -> voice embedding), the enrolment being
+        # recorded and its audio, and one recorded in full that is waiting to be learnt.
+        self.enrolled: dict[str, np.ndarray] = {}
+        self.enrolling: Enrol | None = None
+        self.enrol_intake: AudioIntake | None = None     # the enrolment's audio, to 16 kHz mono as it comes
+        self.enrol_audio: list[np.ndarray] = []
+        self.enrol_due: tuple[str, np.ndarray] | None = None
+        self.enrol_dropped = False               # an over-long enrolment: its frames until enrol_end are ignored
+        self.enrolments = 0                      # enrol messages accepted so far
 
     # Outgoing ------------------------------------------------------------------------
 
@@ -335,7 +363,7 @@ class _Session:
 
     def _open_job(self) -> None:
         if not self.opened:
-            self.server.worker.open(self.id, self.deliver_threadsafe)
+            self.server.worker.open(self.id, self.deliver_threadsafe, self.enrolled or None)
             self.opened = True
 
     def _submit(self, samples: np.ndarray, rate: int, arrival: float, tag=None) -> bool:
@@ -370,6 +398,12 @@ class _Session:
             self.server.worker.finish(self.id, "eof")
             return False
         message = parse_native(text)
+        if isinstance(message, (Enrol, EnrolEnd)):
+            self._handle_enrolment(message)
+            return True
+        if isinstance(message, Start) and self.enrolling is not None:
+            raise ProtocolError("bad_enrolment", f'end the enrolment of {self.enrolling.name!r} '
+                                                 '({"type": "enrol_end"}) before start')
         if isinstance(message, Start):
             if self.start is not None:
                 raise ProtocolError("already_started", "the stream has already started")
@@ -393,10 +427,80 @@ class _Session:
             # A bad message's error event is its one reply.
             samples = _decode_audio(data, "pcm_s16le", 1)
             return self._submit(samples, rate, arrival, tag="audio")
+        if self.enrolling is not None:
+            self._add_enrolment_audio(data)
+            return True
+        if self.enrol_dropped and self.start is None:
+            return True                  # the rest of an over-long enrolment
         if self.start is None:
             raise ProtocolError("not_started", 'audio before {"type": "start"}')
         samples = _decode_audio(data, self.start.format, self.start.channels)
         return self._submit(samples, self.start.sample_rate, arrival)
+
+    # Known voices (native, before start) ----------------------------------------------
+
+    def _handle_enrolment(self, message: Enrol | EnrolEnd) -> None:
+        dropped, self.enrol_dropped = self.enrol_dropped, False
+        if isinstance(message, EnrolEnd):
+            if dropped:
+                return                   # the end of the recording whose error was already sent
+            if self.enrolling is None:
+                raise ProtocolError("bad_enrolment", 'enrol_end without an enrolment ({"type": "enrol", ...})')
+            frames, self.enrol_audio = self.enrol_audio + [self.enrol_intake.flush()], []
+            enrol, self.enrolling, self.enrol_intake = self.enrolling, None, None
+            audio = np.concatenate(frames)
+            if not len(audio):
+                raise ProtocolError("bad_enrolment", f"no audio came between enrol and enrol_end for {enrol.name!r}")
+            self.enrol_due = (enrol.name, audio)     # learnt by read_loop, off the event loop
+            return
+        if self.start is not None or self.opened:
+            raise ProtocolError("already_started", "enrol known voices before start")
+        if self.enrolling is not None:
+            raise ProtocolError("bad_enrolment", f"the enrolment of {self.enrolling.name!r} is still open "
+                                                 '(end it with {"type": "enrol_end"})')
+        self.enrolments += 1
+        if self.enrolments > MAX_ENROLMENTS:
+            raise ProtocolError("bad_enrolment", f"more than {MAX_ENROLMENTS} enrolments in one session")
+        pipeline = self.server.pipeline
+        if not hasattr(pipeline, "check_enrolment"):
+            raise ProtocolError("bad_enrolment", "this server cannot enrol voices")
+        try:
+            pipeline.check_enrolment(message.name, {**pipeline.enrolled, **self.enrolled})
+        except ValueError as e:
+            raise ProtocolError("bad_enrolment", str(e)) from None
+        self.enrolling = message
+        self.enrol_intake = AudioIntake(ENGINE_RATE)
+
+    def _add_enrolment_audio(self, data: bytes) -> None:
+        enrol = self.enrolling
+        samples = _decode_audio(data, enrol.format, enrol.channels)
+        try:
+            self.enrol_audio.append(self.enrol_intake.push(samples, enrol.sample_rate))
+        except AudioFormatError as e:
+            raise ProtocolError("bad_audio", str(e)) from None
+        if sum(len(x) for x in self.enrol_audio) > MAX_ENROL_S * ENGINE_RATE:
+            self.enrolling, self.enrol_intake, self.enrol_audio = None, None, []
+            self.enrol_dropped = True
+            raise ProtocolError("bad_enrolment", f"the recording to enrol {enrol.name!r} is longer than "
+                                                 f"{MAX_ENROL_S:g} s (a few seconds of the speaker are enough); "
+                                                 "the enrolment is dropped, and its audio until enrol_end ignored")
+
+    async def _learn_voice(self) -> None:
+        """Learn the voice whose recording just ended, on a thread of its own, and answer."""
+        name, audio = self.enrol_due
+        self.enrol_due = None
+        pipeline = self.server.pipeline
+        try:
+            embedding = await self.loop.run_in_executor(self.server.enrolments, _voice_embedding, pipeline, audio)
+        except (ValueError, AudioFormatError) as e:
+            self.send_error("bad_enrolment", f"cannot enrol {name!r}: {e}")
+            return
+        except Exception:
+            log.exception("session %d: enrolling %r failed", self.id, name)
+            self.send_error("internal_error", f"enrolling {name!r} failed")
+            return
+        self.enrolled[name] = embedding
+        self.send(json.dumps({"type": "enrolled", "name": name, "seconds": round(len(audio) / ENGINE_RATE, 2)}))
 
     async def read_loop(self) -> None:
         limits = self.limits
@@ -426,6 +530,9 @@ class _Session:
             except ProtocolError as e:
                 self.send_error(e.code, e.message)
                 continue
+            if self.enrol_due is not None:
+                # The next message waits for it: a start right behind an enrol_end gets the voice.
+                await self._learn_voice()
             if not going:
                 self._end()
                 return
@@ -476,6 +583,10 @@ class SpeechServer:
         self.worker = InferenceWorker(pipeline, batching=config.batching, slice_s=config.limits.slice_s,
                                       defer_finals=config.finals_thread)
         self.sessions: dict[int, _Session] = {}
+        # Clients' enrolments, one at a time on one intra-op thread: beside the inference and finals
+        # threads, many sessions enrolling at once queue here instead of taking the CPU from them.
+        self.enrolments = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavlm-enrol",
+                                             initializer=one_intra_op_thread)
         self.stats: Counter[str] = Counter()  # sessions, server_busy, slow_client, internal_error
         self._ids = itertools.count(1)
         self._server = None
@@ -513,6 +624,7 @@ class SpeechServer:
             self._server.close()
             await self._server.wait_closed()
         await asyncio.to_thread(self.worker.stop)
+        self.enrolments.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> "SpeechServer":
         await self.start()

@@ -90,6 +90,7 @@ class _FinalInFlight:
 class _Job:
     """The worker's side of a session: its Stream and the commands queued for it, in order."""
     deliver: Callable[[WorkerResult], None]
+    enrolled: dict | None = None       # name -> voice embedding (E,) of the session's own known voices
     stream: Any = None
     inbox: deque = field(default_factory=deque)  # _Chunk | _Flush
     flushing: bool = False             # a final (non-reset) flush is queued: accept no more audio
@@ -116,7 +117,7 @@ class InferenceWorker:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="wavlm-inference", daemon=True)
         self._finals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavlm-finals",
-                                          initializer=_one_intra_op_thread)
+                                          initializer=one_intra_op_thread)
         self._finals_done = False          # a final finished since the worker last looked (under _cv)
         self._finals_queued = 0            # submitted and not done (under _cv)
         self._waiting: set[_Job] = set()   # jobs with a final in flight (worker thread only)
@@ -146,10 +147,11 @@ class InferenceWorker:
         with self._cv:
             return len(self._jobs)
 
-    def open(self, job_id: int, deliver: Callable[[WorkerResult], None]) -> None:
-        """Register a session; ``deliver`` is called from the worker thread with each result."""
+    def open(self, job_id: int, deliver: Callable[[WorkerResult], None], enrolled: dict | None = None) -> None:
+        """Register a session; ``deliver`` is called from the worker thread with each result.
+        ``enrolled``: voices the session's streams know by name, beside the pipeline's own."""
         with self._cv:
-            self._jobs[job_id] = _Job(deliver=deliver)
+            self._jobs[job_id] = _Job(deliver=deliver, enrolled=enrolled)
 
     def submit(self, job_id: int, samples: np.ndarray, sample_rate: int, arrival: float,
                tag: Hashable | None = None) -> None:
@@ -239,7 +241,7 @@ class InferenceWorker:
             result = results[job]
             try:
                 if job.stream is None:
-                    job.stream = self.pipeline.new_stream(defer_finals=self.defer_finals)
+                    job.stream = self.pipeline.new_stream(defer_finals=self.defer_finals, enrolled=job.enrolled)
                 for samples, rate, arrival, tags in _merge_small(pieces):
                     result.consumed_s += len(samples) / rate
                     try:
@@ -396,8 +398,9 @@ class InferenceWorker:
             job.deliver(result)
 
 
-def _one_intra_op_thread() -> None:
-    """The finals thread's torch ops run on this thread alone (torch's setting is per thread).
+def one_intra_op_thread() -> None:
+    """The finals thread's (and the server's enrolment thread's) torch ops run on this thread alone
+    (torch's setting is per thread).
 
     It runs while the inference thread uses the cores it was given (``--threads``); a second team
     of intra-op threads on the same cores would make both wait at each other's barriers.

@@ -146,7 +146,7 @@ class FakePipeline:
         self.alive: weakref.WeakSet = weakref.WeakSet()   # streams something still references
         self._lock = threading.Lock()
 
-    def new_stream(self, defer_finals: bool = False) -> FakeStream:
+    def new_stream(self, defer_finals: bool = False, enrolled: dict | None = None) -> FakeStream:
         self.streams_created += 1
         stream = FakeStream(self, defer_finals)
         self.alive.add(stream)
@@ -173,7 +173,7 @@ class ScriptedPipeline:
         self.script = list(script)
         self.every_s = every_s
 
-    def new_stream(self, defer_finals: bool = False) -> "ScriptedStream":
+    def new_stream(self, defer_finals: bool = False, enrolled: dict | None = None) -> "ScriptedStream":
         return ScriptedStream(self)        # its finals are scripted events: nothing to defer
 
     def run_pending(self, streams: list["ScriptedStream"]) -> list[list]:

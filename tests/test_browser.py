@@ -415,6 +415,47 @@ def test_page_streams_an_uploaded_file_and_reports_errors(demo_setup, tmp_path):
     assert "Cannot reach the server" in unreachable
 
 
+def test_page_enrols_a_known_voice_from_a_file(tmp_path):
+    """"Known voice…": a recording of the held-out voice rh-bdl (single_speaker.wav, saved as bdl.wav) is
+    enrolled at the start of the session; streaming the two-voice example then labels her turns "bdl"
+    and the other voice's S1, as the reference RTTM has them (rh-bdl, pico-gb, rh-bdl, pico-gb)."""
+    import shutil as sh
+
+    from stream import Pipeline
+
+    examples = ROOT / "examples"
+    voice = tmp_path / "bdl.wav"
+    sh.copy(examples / "single_speaker.wav", voice)
+    pipeline = Pipeline.from_pretrained(None, beam=False)
+
+    async def main():
+        server, chrome, page = await _browser_session(pipeline, examples / "two_speakers.wav", tmp_path / "profile")
+        try:
+            await page.open(f"http://127.0.0.1:{server.port}/")
+            doc = await page.call("DOM.getDocument")
+            for selector, path in (("#voice", voice), ("#file", examples / "two_speakers.wav")):
+                node = await page.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector=selector)
+                await page.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node["nodeId"])
+                if selector == "#voice":
+                    listed = await page.wait_for("!document.getElementById('voices').hidden && "
+                                                 "document.getElementById('voice-list').textContent")
+            await page.wait_for("document.body.dataset.state === 'running'")
+            await page.wait_for("document.body.dataset.state === 'idle' && window.wavlmDemo.closeCode !== null",
+                                timeout=60)
+            await page.screenshot("browser_demo_known_voice.png")
+            labels = await page.js("[...document.querySelectorAll('#finals .speaker')].map((e) => e.textContent)")
+            return listed, labels, await page.js("window.wavlmDemo")
+        finally:
+            await page.close()
+            chrome.close()
+            await server.stop()
+
+    listed, labels, stats = run(main(), timeout=120)
+    assert listed.startswith("bdl")
+    assert stats["enrolled"] == ["bdl"] and stats["errors"] == [] and stats["closeCode"] == 1000
+    assert labels == ["bdl", "S1", "bdl", "S1"], labels
+
+
 def test_page_explains_a_denied_microphone(demo_setup, tmp_path):
     """A browser that asks the user (no auto-accept) and a user who says no."""
     pipeline, wav, _ = demo_setup

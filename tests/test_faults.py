@@ -48,8 +48,8 @@ class Recording:
         self.poisoned: weakref.WeakSet = weakref.WeakSet()
         self.failures = 0
 
-    def new_stream(self, defer_finals: bool = False):
-        stream = _RecordedStream(self, self.pipeline.new_stream(defer_finals=defer_finals))
+    def new_stream(self, defer_finals: bool = False, enrolled: dict | None = None):
+        stream = _RecordedStream(self, self.pipeline.new_stream(defer_finals=defer_finals, enrolled=enrolled))
         self.refs.append(weakref.ref(stream.inner))
         return stream
 

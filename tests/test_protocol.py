@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.protocol import (ProtocolError, Start, Stop, VoskConfig, VoskEof, VoskReset, check_audio_bytes,
-                             detect_dialect, parse_native, parse_vosk)
+from stream.protocol import (Enrol, EnrolEnd, ProtocolError, Start, Stop, VoskConfig, VoskEof, VoskReset,
+                             check_audio_bytes, detect_dialect, parse_native, parse_vosk)
 
 
 def test_start_defaults_and_fields():
@@ -17,6 +17,20 @@ def test_start_defaults_and_fields():
     s = parse_native('{"type": "start", "sample_rate": 44100.0, "format": "f32le", "channels": 2}')
     assert s == Start(44100, "f32le", 2) and s.frame_bytes == 8
     assert parse_native('{"type": "stop"}') == Stop()
+
+
+def test_enrol_messages_carry_a_name_and_an_audio_format():
+    e = parse_native('{"type": "enrol", "name": "alice", "sample_rate": 48000, "format": "f32le", "channels": 2}')
+    assert e == Enrol(48000, "f32le", 2, name="alice") and e.frame_bytes == 8
+    assert parse_native('{"type": "enrol", "name": "bo", "sample_rate": 16000}') == Enrol(16000, name="bo")
+    assert parse_native('{"type": "enrol_end"}') == EnrolEnd()
+    for text, code in [('{"type": "enrol", "sample_rate": 16000}', "bad_enrolment"),
+                       ('{"type": "enrol", "name": 3, "sample_rate": 16000}', "bad_enrolment"),
+                       ('{"type": "enrol", "name": "bo"}', "bad_sample_rate"),
+                       ('{"type": "enrol", "name": "bo", "sample_rate": 16000, "channels": 0}', "bad_channels")]:
+        with pytest.raises(ProtocolError) as e:
+            parse_native(text)
+        assert e.value.code == code, text
 
 
 @pytest.mark.parametrize("text,code", [

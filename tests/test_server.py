@@ -697,6 +697,126 @@ def test_every_session_knows_the_voices_enrolled_at_start():
         assert [e["speaker"] for e in events if e["type"] == "final"] == ["bdl", "S1", "bdl", "S1"]
 
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _pcm16(path: Path) -> np.ndarray:
+    import soundfile as sf
+
+    return sf.read(str(path), dtype="int16")[0]
+
+
+def _enrol_msg(name: str, rate: int = 16000, fmt: str = "pcm_s16le", channels: int = 1) -> str:
+    return json.dumps({"type": "enrol", "name": name, "sample_rate": rate, "format": fmt, "channels": channels})
+
+
+async def _enrol(ws, name: str, audio: np.ndarray, rate: int = 16000, fmt: str = "pcm_s16le") -> None:
+    channels = 1 if audio.ndim == 1 else audio.shape[1]
+    await ws.send(_enrol_msg(name, rate, fmt, channels))
+    await stream_audio(ws, audio, 3000)
+    await ws.send(json.dumps({"type": "enrol_end"}))
+
+
+async def _session(server, steps, audio: np.ndarray):
+    """Run `steps` (text messages, or coroutine functions of the socket), then stream `audio` and stop."""
+    async with connect(url(server)) as ws:
+        for step in steps:
+            await (step(ws) if callable(step) else ws.send(step))
+        await ws.send(start_msg())
+        await stream_audio(ws, audio, 3200)
+        await ws.send('{"type": "stop"}')
+        return await drain(ws)
+
+
+def test_a_session_enrols_its_own_known_voices_before_start():
+    """Two sessions at once over one pipeline: the one that enrols the held-out voice rh-bdl (from
+    single_speaker.wav, other sentences; once at 16 kHz PCM16, once as 8 kHz stereo f32, which the
+    server resamples) gets a name on that voice's finals; the other, which enrolled nobody, S1 / S2."""
+    import soxr
+
+    from stream import Pipeline
+
+    voice, meeting = _pcm16(EXAMPLES / "single_speaker.wav"), _pcm16(EXAMPLES / "two_speakers.wav")
+    voice_8k = soxr.resample(voice.astype(np.float32) / 32768, 16000, 8000).astype(np.float32)
+    stereo_8k = np.repeat(voice_8k[:, None], 2, axis=1)
+    pipeline = Pipeline.from_pretrained(None, beam=False)
+
+    async def main():
+        async with serving(pipeline) as server:
+            steps = [lambda ws: _enrol(ws, "bdl", voice), lambda ws: _enrol(ws, "bdl8k", stereo_8k, 8000, "f32le")]
+            return await asyncio.gather(_session(server, steps, meeting), _session(server, [], meeting))
+
+    (named, code1), (plain, code2) = run(main(), timeout=120)
+    assert code1 == code2 == 1000 and not errors(named) and not errors(plain)
+    answers = {e["name"]: e["seconds"] for e in named if e["type"] == "enrolled"}
+    assert answers == {"bdl": pytest.approx(len(voice) / 16000, abs=0.01),
+                       "bdl8k": pytest.approx(len(voice) / 16000, abs=0.01)}
+    # The example's reference turns are rh-bdl, pico-gb, rh-bdl, pico-gb (examples/two_speakers.rttm);
+    # both enrolments are rh-bdl, so her turns carry one of the two names.
+    labels = [e["speaker"] for e in named if e["type"] == "final"]
+    assert len(labels) == 4 and labels[0] in answers and labels[2] == labels[0] and labels[1] == labels[3] == "S1"
+    assert [e["speaker"] for e in plain if e["type"] == "final"] == ["S1", "S2", "S1", "S2"]
+
+
+def test_enrolment_mistakes_are_error_events_and_the_session_goes_on(tiny_pipeline):
+    from stream import Pipeline
+    from stream.server import MAX_ENROL_S, MAX_ENROLMENTS
+
+    voice = _pcm16(EXAMPLES / "single_speaker.wav")
+    speech = voice[:40000]                        # 2.5 s: a final when the session goes on
+    too_long = np.tile(voice, int(MAX_ENROL_S * 16000 / len(voice)) + 1)
+    cases = [  # (steps before start, the one error expected, words of its message)
+        ([_enrol_msg("S1")], "bad_enrolment", "unenrolled voice's label"),
+        (['{"type": "enrol_end"}'], "bad_enrolment", "without an enrolment"),
+        ([lambda ws: _enrol(ws, "quiet", np.zeros(48000, np.int16))], "bad_enrolment", "no speech found"),
+        ([lambda ws: _enrol(ws, "long", too_long)], "bad_enrolment", "longer than 30 s"),
+    ]
+
+    async def main():
+        async with serving(Pipeline.from_pretrained(None, beam=False)) as server:
+            out = [await _session(server, steps, speech) for steps, _, _ in cases]
+            # Out of order: a second enrol while one is open, a start while one is open (refused; the
+            # enrolment, which had no audio, then fails), an enrol after start.
+            async with connect(url(server)) as ws:
+                for message in [_enrol_msg("a"), _enrol_msg("b"), start_msg(), '{"type": "enrol_end"}',
+                                start_msg(), _enrol_msg("c"), '{"type": "stop"}']:
+                    await ws.send(message)
+                out.append(await drain(ws))
+            # One session may send at most MAX_ENROLMENTS recordings (each costs a forward).
+            async with connect(url(server)) as ws:
+                for _ in range(MAX_ENROLMENTS + 1):
+                    await ws.send(_enrol_msg("x"))
+                    await ws.send('{"type": "enrol_end"}')
+                await ws.send('{"type": "stop"}')
+                many = await drain(ws)
+        async with serving(tiny_pipeline) as server:     # no speaker tracking
+            out.append(await _session(server, [_enrol_msg("a")], speech))
+        async with serving(FakePipeline()) as server:    # a pipeline that cannot enrol voices
+            out.append(await _session(server, [_enrol_msg("a")], speech))
+        return out, many
+
+    results, (many, many_code) = run(main(), timeout=180)
+    for (events, code), (_, expected, words) in zip(results, cases):
+        errs = [e for e in events if e["type"] == "error"]
+        assert code == 1000 and [e["code"] for e in errs] == [expected] and words in errs[0]["message"], errs
+        assert finals(events), words                  # the session went on
+    events, code = results[len(cases)]
+    assert code == 1000 and not any(e["type"] == "enrolled" for e in events)
+    errs = [e for e in events if e["type"] == "error"]
+    expected = [("bad_enrolment", "the enrolment of 'a' is still open"), ("bad_enrolment", "end the enrolment of 'a'"),
+                ("bad_enrolment", "no audio came between enrol and enrol_end for 'a'"), ("already_started", "enrol known voices before")]
+    assert [e["code"] for e in errs] == [code for code, _ in expected]
+    assert all(e["message"].startswith(words) for e, (_, words) in zip(errs, expected)), errs
+    messages = [e["message"] for e in many if e["type"] == "error"]
+    assert many_code == 1000 and len(messages) == MAX_ENROLMENTS + 2
+    assert all(m.startswith("no audio came") for m in messages[:MAX_ENROLMENTS])
+    assert messages[MAX_ENROLMENTS:] == [f"more than {MAX_ENROLMENTS} enrolments in one session",
+                                         'enrol_end without an enrolment ({"type": "enrol", ...})']
+    for (events, code), words in zip(results[len(cases) + 1:], ["needs speaker tracking", "cannot enrol voices"]):
+        errs = [e for e in events if e["type"] == "error"]
+        assert code == 1000 and [e["code"] for e in errs] == ["bad_enrolment"] and words in errs[0]["message"]
+
+
 def test_wavlm_stream_serve_command(tmp_path):
     """The CLI entry point: serves the page and the websocket, stops cleanly on SIGTERM."""
     import os

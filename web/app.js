@@ -3,7 +3,9 @@
 //
 // Protocol (DESIGN.md "Websocket protocol"): {"type":"start", ...}, binary PCM16 frames,
 // {"type":"stop"}; the server answers with partial / final / speaker_change / error events
-// and closes after the last final. No framework, no build step.
+// and closes after the last final. Known voices go first: {"type":"enrol","name":...}, their
+// recording as f32 frames, {"type":"enrol_end"} (answered by {"type":"enrolled",...}).
+// No framework, no build step.
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -16,7 +18,8 @@ const CHUNK_MS = 100;
 const stats = {
   sentBytes: 0,
   sentChunks: 0,
-  events: { partial: 0, final: 0, speaker_change: 0, error: 0 },
+  events: { partial: 0, final: 0, speaker_change: 0, error: 0, enrolled: 0 },
+  enrolled: [],
   latencies: [],
   finals: [],
   errors: [],
@@ -28,12 +31,14 @@ let session = null;  // {ws, ctx, node, source, tracks, stopping, flushed}
 const speakers = new Map();  // speaker label -> colour index, in order of appearance
 let lastSpeaker = null;
 const transcript = [];  // every final shown: {start, speaker, text}, for "Save transcript"
+const knownVoices = [];  // {name, samples: Float32Array at 16 kHz}: enrolled at the start of each session
 
 function setState(state, text) {
   document.body.dataset.state = state;
   $("status").textContent = text || state;
   $("start").disabled = state !== "idle";
   $("file").disabled = state !== "idle";
+  $("voice").disabled = state !== "idle";
   $("stop").disabled = state !== "running";
 }
 
@@ -133,6 +138,7 @@ async function start(kind, file) {
     if (typeof e.data === "string") onEvent(JSON.parse(e.data));
   };
   ws.onclose = onClose;
+  sendKnownVoices(ws);
   ws.send(JSON.stringify({ type: "start", sample_rate: TARGET_RATE, format: "pcm_s16le", channels: 1 }));
   node.port.onmessage = (e) => {
     if (e.data instanceof ArrayBuffer) {
@@ -188,6 +194,66 @@ function onClose(e) {
     showMessage(e.code === 1006
       ? "Lost the connection to the server."
       : `The server closed the connection (code ${e.code}${e.reason ? ": " + e.reason : ""}).`);
+  }
+}
+
+// Known voices: a recording of one speaker alone, named after its file; the server learns each
+// voice at the start of every session and labels that speaker's turns with the name.
+function voiceName(fileName) {
+  const base = fileName.replace(/\.[^.]*$/, "").replace(/\s+/g, "_").slice(0, 32) || "voice";
+  return /^S[0-9]+$/.test(base) ? `${base}_` : base;  // S1, S2, ... label the voices nobody enrolled
+}
+
+async function addKnownVoice(file) {
+  showMessage("");
+  let samples;
+  try {
+    // Decoding in a 16 kHz context resamples; the channels are averaged here.
+    const decoded = await new OfflineAudioContext(1, 1, TARGET_RATE).decodeAudioData(await file.arrayBuffer());
+    samples = new Float32Array(decoded.length);
+    for (let c = 0; c < decoded.numberOfChannels; c++) {
+      const channel = decoded.getChannelData(c);
+      for (let i = 0; i < samples.length; i++) samples[i] += channel[i] / decoded.numberOfChannels;
+    }
+  } catch (e) {
+    showMessage(`Could not read "${file.name}" as audio (${e.message}).`);
+    return;
+  }
+  const name = voiceName(file.name);
+  const known = knownVoices.findIndex((v) => v.name === name);
+  if (known >= 0) knownVoices.splice(known, 1);
+  knownVoices.push({ name, samples });
+  showKnownVoices();
+}
+
+function showKnownVoices() {
+  const list = $("voice-list");
+  list.replaceChildren();
+  for (const voice of knownVoices) {
+    const label = document.createElement("span");
+    label.className = "voice";
+    label.textContent = voice.name;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "✕";
+    remove.title = `forget ${voice.name}`;
+    remove.addEventListener("click", () => {
+      knownVoices.splice(knownVoices.indexOf(voice), 1);
+      showKnownVoices();
+    });
+    list.append(label, remove);
+  }
+  $("voices").hidden = knownVoices.length === 0;
+}
+
+function sendKnownVoices(ws) {
+  const perMessage = TARGET_RATE;  // one second of f32 samples (64 kB) per message
+  for (const voice of knownVoices) {
+    ws.send(JSON.stringify({ type: "enrol", name: voice.name, sample_rate: TARGET_RATE, format: "f32le", channels: 1 }));
+    for (let i = 0; i < voice.samples.length; i += perMessage) {
+      ws.send(voice.samples.slice(i, i + perMessage).buffer);
+    }
+    ws.send(JSON.stringify({ type: "enrol_end" }));
   }
 }
 
@@ -265,6 +331,9 @@ function onEvent(ev) {
       break;
     case "speaker_change":
       break;  // finals carry the speaker label; a change shows as a new colour and a rule
+    case "enrolled":
+      stats.enrolled.push(ev.name);
+      break;
     case "error":
       stats.errors.push(ev.code);
       showMessage(`Server: ${ev.message} (${ev.code})`);
@@ -279,6 +348,11 @@ function onEvent(ev) {
 $("start").addEventListener("click", () => start("mic"));
 $("stop").addEventListener("click", () => stop());
 $("save").addEventListener("click", saveTranscript);
+$("voice").addEventListener("change", (e) => {
+  const file = e.target.files[0];
+  e.target.value = "";
+  if (file) addKnownVoice(file);
+});
 $("file").addEventListener("change", (e) => {
   const file = e.target.files[0];
   e.target.value = "";  // choosing the same file again streams it again
