@@ -88,6 +88,14 @@ def valid_start(r: random.Random) -> dict:
             "channels": r.choice([1, 1, 2])}
 
 
+def valid_enrol(r: random.Random) -> dict:
+    """A known voice's enrolment (before start) or its end: a speaker-tracking model learns the voice."""
+    if r.random() < 0.5:
+        return {"type": "enrol_end"}
+    return {"type": "enrol", "name": r.choice(["alice", "bo", "S1", "", "a b", "x" * 40]),
+            "sample_rate": r.choice(RATES), "format": r.choice(FORMATS), "channels": r.choice([1, 2])}
+
+
 def mutate_object(r: random.Random, obj: dict) -> dict:
     obj = dict(obj)
     for _ in range(r.randint(1, 3)):
@@ -99,7 +107,8 @@ def mutate_object(r: random.Random, obj: dict) -> dict:
         elif op == "extra":
             obj[random_text(r, r.randint(1, 8))] = random_json(r)
         else:
-            obj["type"] = r.choice(["start", "stop", "Start", "", None, 1, [], {}, "eof", "config"])
+            obj["type"] = r.choice(["start", "stop", "Start", "", None, 1, [], {}, "eof", "config", "enrol",
+                                    "enrol_end"])
     return obj
 
 
@@ -135,13 +144,15 @@ def fuzz_message(r: random.Random, state: dict, max_bytes: int) -> tuple[str, st
     """One message: (kind, payload)."""
     start = state.get("start")
     roll = r.random()
-    if roll < 0.08:
+    if roll < 0.06:
         s = valid_start(r)
         state["start"] = state.get("start") or s
         return "start", json.dumps(s)
+    if roll < 0.08:
+        return "enrol", json.dumps(valid_enrol(r))
     if roll < 0.25:
         base = r.choice([valid_start(r), {"type": "stop"}, {"config": {"sample_rate": r.choice(RATES)}},
-                         {"eof": 1}, {"reset": 1}])
+                         {"eof": 1}, {"reset": 1}, valid_enrol(r)])
         return "mutated_json", json.dumps(mutate_object(r, base))
     if roll < 0.38:
         base = json.dumps(r.choice([valid_start(r), {"config": {"sample_rate": 16000}}, {"eof": 1}]))
