@@ -416,8 +416,8 @@ def test_page_streams_an_uploaded_file_and_reports_errors(demo_setup, tmp_path):
 
 
 def test_page_enrols_a_known_voice_from_a_file(tmp_path):
-    """"Known voice…": a recording of the held-out voice rh-bdl (single_speaker.wav, saved as bdl.wav) is
-    enrolled at the start of the session; streaming the two-voice example then labels her turns "bdl"
+    """Known voices, "Add…": a recording of the held-out voice rh-bdl (single_speaker.wav, saved as bdl.wav)
+    is enrolled at the start of the session; streaming the two-voice example then labels her turns "bdl"
     and the other voice's S1, as the reference RTTM has them (rh-bdl, pico-gb, rh-bdl, pico-gb)."""
     import shutil as sh
 
@@ -437,7 +437,7 @@ def test_page_enrols_a_known_voice_from_a_file(tmp_path):
                 node = await page.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector=selector)
                 await page.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node["nodeId"])
                 if selector == "#voice":
-                    listed = await page.wait_for("!document.getElementById('voices').hidden && "
+                    listed = await page.wait_for("document.getElementById('voice-list').textContent !== 'none' && "
                                                  "document.getElementById('voice-list').textContent")
             await page.wait_for("document.body.dataset.state === 'running'")
             await page.wait_for("document.body.dataset.state === 'idle' && window.wavlmDemo.closeCode !== null",

@@ -243,7 +243,7 @@ function showKnownVoices() {
     });
     list.append(label, remove);
   }
-  $("voices").hidden = knownVoices.length === 0;
+  if (knownVoices.length === 0) list.textContent = "none";
 }
 
 function sendKnownVoices(ws) {
