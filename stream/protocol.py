@@ -55,8 +55,8 @@ class ProtocolError(ValueError):
 
 
 @dataclass(frozen=True)
-class Start:
-    """Begin a stream: how the binary frames that follow are encoded."""
+class AudioFormat:
+    """How the binary frames that follow a start or an enrol message are encoded."""
     sample_rate: int          # Hz of the client's audio (resampled to 16 kHz by the server)
     format: str = "pcm_s16le"  # "pcm_s16le" | "f32le", little-endian, interleaved channels
     channels: int = 1         # mixed down to mono by the server
@@ -68,12 +68,17 @@ class Start:
 
 
 @dataclass(frozen=True)
+class Start(AudioFormat):
+    """Begin a stream, whose audio the binary frames that follow are."""
+
+
+@dataclass(frozen=True)
 class Stop:
     """End of stream: the server flushes finals and closes."""
 
 
 @dataclass(frozen=True)
-class Enrol(Start):
+class Enrol(AudioFormat):
     """Before start: the binary frames until EnrolEnd are a recording of the speaker ``name`` alone."""
     name: str = ""
 

@@ -50,7 +50,7 @@ from websockets.protocol import State
 from websockets.http11 import Request, Response
 
 from decoders.events import ErrorEvent, Partial
-from stream.audio import AudioFormatError, AudioIntake, decode_pcm_bytes, to_float_mono
+from stream.audio import TARGET_RATE, AudioFormatError, AudioIntake, decode_pcm_bytes, to_float_mono
 from stream.protocol import (
     SAMPLE_BYTES,
     Enrol,
@@ -73,7 +73,6 @@ from stream.worker import InferenceWorker, WorkerResult, one_intra_op_thread
 #: many recordings one session may send (names can be enrolled again, each one costs a forward).
 MAX_ENROL_S = 30.0
 MAX_ENROLMENTS = 32
-ENGINE_RATE = 16000
 
 log = logging.getLogger("wavlm_stream.server")
 
@@ -233,10 +232,18 @@ def _voice_embedding(pipeline, audio_16k: np.ndarray) -> np.ndarray:
 
     return_large_buffers_to_the_os()
     with without_onednn():
-        return pipeline.voice_embedding(audio_16k, ENGINE_RATE)
+        return pipeline.voice_embedding(audio_16k, TARGET_RATE)
 
 
 # -- sessions --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Recording:
+    """A client's enrolment while its audio arrives: the enrol message, the audio at 16 kHz mono."""
+    enrol: Enrol
+    intake: AudioIntake                  # resamples as the frames come, so what is kept stays small
+    pieces: list[np.ndarray] = field(default_factory=list)
 
 
 class _Session:
@@ -267,9 +274,7 @@ class _Session:
         # native, before start: known voices (name -> voice embedding), the enrolment being
         # recorded and its audio, and one recorded in full that is waiting to be learnt.
         self.enrolled: dict[str, np.ndarray] = {}
-        self.enrolling: Enrol | None = None
-        self.enrol_intake: AudioIntake | None = None     # the enrolment's audio, to 16 kHz mono as it comes
-        self.enrol_audio: list[np.ndarray] = []
+        self.recording: _Recording | None = None   # the enrolment being recorded
         self.enrol_due: tuple[str, np.ndarray] | None = None
         self.enrol_dropped = False               # an over-long enrolment: its frames until enrol_end are ignored
         self.enrolments = 0                      # enrol messages accepted so far
@@ -405,8 +410,8 @@ class _Session:
         if isinstance(message, (Enrol, EnrolEnd)):
             self._handle_enrolment(message)
             return True
-        if isinstance(message, Start) and self.enrolling is not None:
-            raise ProtocolError("bad_enrolment", f'end the enrolment of {self.enrolling.name!r} '
+        if isinstance(message, Start) and self.recording is not None:
+            raise ProtocolError("bad_enrolment", f'end the enrolment of {self.recording.enrol.name!r} '
                                                  '({"type": "enrol_end"}) before start')
         if isinstance(message, Start):
             if self.start is not None:
@@ -431,7 +436,7 @@ class _Session:
             # A bad message's error event is its one reply.
             samples = _decode_audio(data, "pcm_s16le", 1)
             return self._submit(samples, rate, arrival, tag="audio")
-        if self.enrolling is not None:
+        if self.recording is not None:
             self._add_enrolment_audio(data)
             return True
         if self.enrol_dropped and self.start is None:
@@ -448,19 +453,19 @@ class _Session:
         if isinstance(message, EnrolEnd):
             if dropped:
                 return                   # the end of the recording whose error was already sent
-            if self.enrolling is None:
+            if self.recording is None:
                 raise ProtocolError("bad_enrolment", 'enrol_end without an enrolment ({"type": "enrol", ...})')
-            frames, self.enrol_audio = self.enrol_audio + [self.enrol_intake.flush()], []
-            enrol, self.enrolling, self.enrol_intake = self.enrolling, None, None
-            audio = np.concatenate(frames)
+            recording, self.recording = self.recording, None
+            audio = np.concatenate(recording.pieces + [recording.intake.flush()])
             if not len(audio):
-                raise ProtocolError("bad_enrolment", f"no audio came between enrol and enrol_end for {enrol.name!r}")
-            self.enrol_due = (enrol.name, audio)     # learnt by read_loop, off the event loop
+                raise ProtocolError("bad_enrolment",
+                                    f"no audio came between enrol and enrol_end for {recording.enrol.name!r}")
+            self.enrol_due = (recording.enrol.name, audio)     # learnt by read_loop, off the event loop
             return
         if self.start is not None or self.opened:
             raise ProtocolError("already_started", "enrol known voices before start")
-        if self.enrolling is not None:
-            raise ProtocolError("bad_enrolment", f"the enrolment of {self.enrolling.name!r} is still open "
+        if self.recording is not None:
+            raise ProtocolError("bad_enrolment", f"the enrolment of {self.recording.enrol.name!r} is still open "
                                                  '(end it with {"type": "enrol_end"})')
         self.enrolments += 1
         if self.enrolments > MAX_ENROLMENTS:
@@ -472,18 +477,18 @@ class _Session:
             pipeline.check_enrolment(message.name, {**pipeline.enrolled, **self.enrolled})
         except ValueError as e:
             raise ProtocolError("bad_enrolment", str(e)) from None
-        self.enrolling = message
-        self.enrol_intake = AudioIntake(ENGINE_RATE)
+        self.recording = _Recording(message, AudioIntake(TARGET_RATE))
 
     def _add_enrolment_audio(self, data: bytes) -> None:
-        enrol = self.enrolling
+        recording = self.recording
+        enrol = recording.enrol
         samples = _decode_audio(data, enrol.format, enrol.channels)
         try:
-            self.enrol_audio.append(self.enrol_intake.push(samples, enrol.sample_rate))
+            recording.pieces.append(recording.intake.push(samples, enrol.sample_rate))
         except AudioFormatError as e:
             raise ProtocolError("bad_audio", str(e)) from None
-        if sum(len(x) for x in self.enrol_audio) > MAX_ENROL_S * ENGINE_RATE:
-            self.enrolling, self.enrol_intake, self.enrol_audio = None, None, []
+        if recording.intake.samples_out > MAX_ENROL_S * TARGET_RATE:
+            self.recording = None
             self.enrol_dropped = True
             raise ProtocolError("bad_enrolment", f"the recording to enrol {enrol.name!r} is longer than "
                                                  f"{MAX_ENROL_S:g} s (a few seconds of the speaker are enough); "
@@ -504,7 +509,7 @@ class _Session:
             self.send_error("internal_error", f"enrolling {name!r} failed")
             return
         self.enrolled[name] = embedding
-        self.send(json.dumps({"type": "enrolled", "name": name, "seconds": round(len(audio) / ENGINE_RATE, 2)}))
+        self.send(json.dumps({"type": "enrolled", "name": name, "seconds": round(len(audio) / TARGET_RATE, 2)}))
 
     async def read_loop(self) -> None:
         limits = self.limits
