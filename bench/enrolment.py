@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decoders.speaker import SpeakerTrackerConfig  # noqa: E402
-from speaker_eval import KTUBERLING, SR, WIDE_MIN_SPEECH_S, _recorded_clips, assemble_meetings  # noqa: E402
+from speaker_eval import KTUBERLING, SR, assemble_meetings, wide_voices  # noqa: E402
 from speaker_metrics import DERCounts, diarization_error  # noqa: E402
 
 COLLAR = 0.25
@@ -40,22 +40,17 @@ COLLAR = 0.25
 
 def split_voices(enrol_seconds: float, seed: int) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
     """Each ktuberling voice with enough speech -> (its enrolment audio, its other clips for meetings)."""
-    if not KTUBERLING.is_dir():
-        raise SystemExit("bench/enrolment.py needs the Debian package ktuberling-data (apt-get install ktuberling-data)")
     rng = np.random.default_rng(seed)
     pause = np.zeros(int(0.3 * SR), dtype=np.float32)
     enrolment, rest = {}, {}
-    for folder in sorted(p for p in KTUBERLING.iterdir() if p.is_dir()):
-        clips = _recorded_clips(sorted(folder.glob("*.ogg")), 0.4)
-        if sum(len(c) for c in clips) < WIDE_MIN_SPEECH_S * SR:
-            continue
+    for name, clips in wide_voices("bench/enrolment.py").items():
         clips = [clips[k] for k in rng.permutation(len(clips))]
         taken, seconds = [], 0.0
         while seconds < enrol_seconds:
             clip = clips.pop()
             taken += [clip, pause]
             seconds += len(clip) / SR
-        enrolment[folder.name], rest[folder.name] = np.concatenate(taken), clips
+        enrolment[name], rest[name] = np.concatenate(taken), clips
     return enrolment, rest
 
 

@@ -209,16 +209,22 @@ def build_wide_meetings(n: int, seconds: float = 90.0, seed: int = 0) -> list[Me
 
     Unlike the asterisk prompts these are full-band microphone recordings, so the two sets
     together separate a telephone-channel mismatch from a real-voice one."""
+    return assemble_meetings(wide_voices("--real-wide"), n, seconds, seed, "wide")
+
+
+def wide_voices(needed_by: str) -> dict[str, list[np.ndarray]]:
+    """ktuberling-data's voices with at least WIDE_MIN_SPEECH_S of speech: name -> their word clips
+    (16 kHz float32, silence trimmed). SystemExit naming `needed_by` without the package or two voices."""
     if not KTUBERLING.is_dir():
-        raise SystemExit("--real-wide needs the Debian package ktuberling-data (apt-get install ktuberling-data)")
+        raise SystemExit(f"{needed_by} needs the Debian package ktuberling-data (apt-get install ktuberling-data)")
     prompts: dict[str, list[np.ndarray]] = {}
     for folder in sorted(p for p in KTUBERLING.iterdir() if p.is_dir()):
         clips = _recorded_clips(sorted(folder.glob("*.ogg")), 0.4)   # single words: most last 0.7-1.6 s
         if sum(len(c) for c in clips) >= WIDE_MIN_SPEECH_S * SR:
             prompts[folder.name] = clips
     if len(prompts) < 2:
-        raise SystemExit(f"--real-wide: fewer than two voices with {WIDE_MIN_SPEECH_S:g} s of speech in {KTUBERLING}")
-    return assemble_meetings(prompts, n, seconds, seed, "wide")
+        raise SystemExit(f"{needed_by}: fewer than two voices with {WIDE_MIN_SPEECH_S:g} s of speech in {KTUBERLING}")
+    return prompts
 
 
 def build_clip_meetings(directory: Path, n: int, seconds: float = 90.0, seed: int = 0,
