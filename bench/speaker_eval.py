@@ -516,7 +516,7 @@ def run_baseline(windows: list[Recorded], speech: np.ndarray, config: SpeakerTra
     after the peak (needed to know it is a peak). Each change opens a fresh label.
     """
     windows = [w for w in windows if isinstance(w, Recorded)]
-    sw = [w for w in windows if w.embedding is not None and w.fraction >= config.min_speech_fraction]
+    sw = [w for w in windows if config.is_speech(w.embedding, w.fraction)]
     e = [w.embedding / np.linalg.norm(w.embedding) for w in sw]
     d = [0.0] + [1.0 - float(e[i - 1] @ e[i]) for i in range(1, len(e))]
     changes = []
@@ -579,7 +579,7 @@ def distance_report(meetings: list[Meeting], windows: list[list[Recorded]], conf
     for m, ws in zip(meetings, windows):
         labels, vecs = [], []
         for w in ws:
-            if not isinstance(w, Recorded) or w.embedding is None or w.fraction < config.min_speech_fraction:
+            if not isinstance(w, Recorded) or not config.is_speech(w.embedding, w.fraction):
                 continue
             who = {t.label for t in m.ref if t.start < w.end and t.end > w.start}
             if len(who) == 1:

@@ -185,6 +185,10 @@ class SpeakerTrackerConfig:
     detector_retract: float = 0.45      # a candidate's change whose following windows are this close to the
                                         # previous speaker is retracted (restated with the previous label); 0: never
 
+    def is_speech(self, embedding, speech_fraction: float) -> bool:
+        """Does a window take part as speech (an embedding, and at least min_speech_fraction of speech)?"""
+        return embedding is not None and speech_fraction >= self.min_speech_fraction
+
     def __post_init__(self):
         if not (self.window_s > 0 and self.hop_s > 0):
             raise ValueError(f"window_s and hop_s must be > 0, got {self.window_s}, {self.hop_s}")
@@ -326,7 +330,7 @@ class SpeakerTracker:
         if not 0.0 <= speech_fraction <= 1.0:
             raise ValueError(f"speech_fraction must be in [0, 1], got {speech_fraction}")
         index = len(self.speech.starts)
-        is_speech = embedding is not None and speech_fraction >= self.config.min_speech_fraction
+        is_speech = self.config.is_speech(embedding, speech_fraction)
         self.speech.add_window(start_s, end_s, speech_fraction if embedding is not None else 0.0)
         if not is_speech:
             self._last_was_speech = False

@@ -699,8 +699,7 @@ class SpeakerSourceFactory:
         # Whole windows only: the shorter last one of a stream describes a voice less surely, and a
         # recording shorter than a window is too little to know a voice by.
         embeddings = [unit(w.embedding) for w in windows if isinstance(w, SpeakerWindow)
-                      and w.embedding is not None and w.speech_fraction >= config.min_speech_fraction
-                      and w.end_s - w.start_s >= config.window_s - 1e-6]
+                      and config.is_speech(w.embedding, w.speech_fraction) and w.end_s - w.start_s >= config.window_s - 1e-6]
         if not embeddings:
             raise ValueError(f"no speech found in the {len(audio_16k) / SAMPLE_RATE:.2f} s of the recording "
                              f"(it needs at least a window of {config.window_s:.2f} s that is mostly speech)")
