@@ -717,17 +717,6 @@ async def _enrol(ws, name: str, audio: np.ndarray, rate: int = 16000, fmt: str =
     await ws.send(json.dumps({"type": "enrol_end"}))
 
 
-async def _session(server, steps, audio: np.ndarray):
-    """Run `steps` (text messages, or coroutine functions of the socket), then stream `audio` and stop."""
-    async with connect(url(server)) as ws:
-        for step in steps:
-            await (step(ws) if callable(step) else ws.send(step))
-        await ws.send(start_msg())
-        await stream_audio(ws, audio, 3200)
-        await ws.send('{"type": "stop"}')
-        return await drain(ws)
-
-
 def test_a_session_enrols_its_own_known_voices_before_start():
     """Two sessions at once over one pipeline: the one that enrols the held-out voice rh-bdl (from
     single_speaker.wav, other sentences; once at 16 kHz PCM16, once as 8 kHz stereo f32, which the
@@ -744,7 +733,7 @@ def test_a_session_enrols_its_own_known_voices_before_start():
     async def main():
         async with serving(pipeline) as server:
             steps = [lambda ws: _enrol(ws, "bdl", voice), lambda ws: _enrol(ws, "bdl8k", stereo_8k, 8000, "f32le")]
-            return await asyncio.gather(_session(server, steps, meeting), _session(server, [], meeting))
+            return await asyncio.gather(transcribe(server, meeting, 3200, before=steps), transcribe(server, meeting, 3200))
 
     (named, code1), (plain, code2) = run(main(), timeout=120)
     assert code1 == code2 == 1000 and not errors(named) and not errors(plain)
@@ -774,7 +763,7 @@ def test_enrolment_mistakes_are_error_events_and_the_session_goes_on(tiny_pipeli
 
     async def main():
         async with serving(Pipeline.from_pretrained(None, beam=False)) as server:
-            out = [await _session(server, steps, speech) for steps, _, _ in cases]
+            out = [await transcribe(server, speech, 3200, before=steps) for steps, _, _ in cases]
             # Out of order: a second enrol while one is open, a start while one is open (refused; the
             # enrolment, which had no audio, then fails), an enrol after start.
             async with connect(url(server)) as ws:
@@ -790,9 +779,9 @@ def test_enrolment_mistakes_are_error_events_and_the_session_goes_on(tiny_pipeli
                 await ws.send('{"type": "stop"}')
                 many = await drain(ws)
         async with serving(tiny_pipeline) as server:     # no speaker tracking
-            out.append(await _session(server, [_enrol_msg("a")], speech))
+            out.append(await transcribe(server, speech, 3200, before=[_enrol_msg("a")]))
         async with serving(FakePipeline()) as server:    # a pipeline that cannot enrol voices
-            out.append(await _session(server, [_enrol_msg("a")], speech))
+            out.append(await transcribe(server, speech, 3200, before=[_enrol_msg("a")]))
         return out, many
 
     results, (many, many_code) = run(main(), timeout=180)

@@ -72,9 +72,14 @@ async def stream_audio(ws, audio: np.ndarray, chunk: int, pace_s: float = 0.0) -
         await asyncio.sleep(pace_s)
 
 
-async def transcribe(server, audio: np.ndarray, chunk: int = 1234, pace_s: float = 0.0, path: str = "/ws"):
+async def transcribe(server, audio: np.ndarray, chunk: int = 1234, pace_s: float = 0.0, path: str = "/ws",
+                     before=()):
+    """Start, stream `audio`, stop; every message back and the close code. `before`: text messages, or
+    coroutine functions of the socket, sent before the start (enrolments)."""
     async with connect(url(server, path)) as ws:
         with contextlib.suppress(ConnectionClosed):  # the server may close first (errors, limits)
+            for step in before:
+                await (step(ws) if callable(step) else ws.send(step))
             await ws.send(start_msg())
             await stream_audio(ws, audio, chunk, pace_s)
             await ws.send(json.dumps({"type": "stop"}))
