@@ -302,13 +302,20 @@ def test_same_api_for_every_source_through_the_stream_glue(kind, bundled, xvecto
     assert turns and all(t.label.startswith("S") for t in turns)
     assert speakers.label_for(0.0, 1.0) == "S1"
     # The windows the tracker saw are the source's own windows on the whole audio.
-    src = factory.kind(factory.model, CFG)
-    if kind == "bundled":
-        src.add_audio(audio, 0)
-        direct = src.push_frames(bundled.speaker_frame_features(hidden)[0].detach(), 0) + src.finish()
-    else:
-        direct = src.push_audio(audio, 0) + src.finish()
+    direct = whole_audio_windows(factory, audio)
     assert speakers.tracker.speech.ends == [w.end_s for w in direct]
+
+
+def whole_audio_windows(factory, audio: np.ndarray) -> list:
+    """The windows (and candidates) a fresh source of `factory` gives for all of `audio` at once: for the
+    bundled head, from the features of one forward over it."""
+    src = factory.kind(factory.model, CFG)
+    if src.needs_hidden_states:
+        src.add_audio(audio, 0)
+        with torch.no_grad():
+            hidden = factory.model(torch.from_numpy(audio)[None], output_hidden_states=True).hidden_states
+        return src.push_frames(factory.model.speaker_frame_features(hidden)[0], 0) + src.finish()
+    return src.push_audio(audio, 0) + src.finish()
 
 
 @pytest.mark.parametrize("kind", ["bundled", "xvector"])
@@ -319,14 +326,7 @@ def test_an_enrolment_is_the_mean_voice_of_the_recordings_whole_speech_windows(k
     factory = speaker_source_factory(bundled, {"bundled": None, "xvector": xvector}[kind])
     audio = meeting_audio(4.0, silence=[(1.6, 2.6)], seed=3)
     e = factory.enrolment_embedding(audio, CFG)
-    src = factory.kind(factory.model, CFG)
-    if kind == "bundled":
-        src.add_audio(audio, 0)
-        with torch.no_grad():
-            hidden = bundled(torch.from_numpy(audio)[None], output_hidden_states=True).hidden_states
-        windows = src.push_frames(bundled.speaker_frame_features(hidden)[0], 0) + src.finish()
-    else:
-        windows = src.push_audio(audio, 0) + src.finish()
+    windows = whole_audio_windows(factory, audio)
     whole = [unit(w.embedding) for w in windows if w.embedding is not None and w.speech_fraction >= 0.5
              and w.end_s - w.start_s >= CFG.window_s - 1e-6]
     assert 2 <= len(whole) < len(windows)            # the silent and the short last windows are left out
